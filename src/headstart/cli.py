@@ -1,0 +1,311 @@
+"""The `headstart` command: parses arguments, calls the library, draws progress and tables. Nothing else."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Transfer learning on images: train, evaluate and predict with pretrained backbones.")
+console = Console(stderr=True)
+out = Console()
+
+DEMO_DATA = Path(__file__).parent / "demo_data"
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from headstart.artifact import ArtifactError
+    from headstart.backbones.registry import UnknownBackboneError
+    from headstart.backbones.weights import WeightsError
+    from headstart.config import ConfigError
+    from headstart.data.folders import DataError
+    from headstart.data.images import ImageLoadError
+
+    return (ArtifactError, UnknownBackboneError, WeightsError, ConfigError, DataError, ImageLoadError)
+
+
+@contextmanager
+def _friendly_errors():
+    """Expected failures become one red line and exit code 2, never a traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        raise typer.Exit(130) from None
+    except _user_errors() as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+class _Progress:
+    """Turns the library's progress(task, done, total) calls into rich progress bars."""
+
+    def __init__(self, enabled: bool):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bars = Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
+                             TimeRemainingColumn(), console=console, disable=not enabled, transient=False)
+        self.tasks: dict[str, int] = {}
+
+    def __call__(self, task: str, done: int, total: int) -> None:
+        if task not in self.tasks:
+            self.tasks[task] = self.bars.add_task(task, total=total)
+        self.bars.update(self.tasks[task], completed=done, total=total)
+
+    def __enter__(self):
+        self.bars.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bars.__exit__(*exc)
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=False, show_time=False)])
+
+
+def _metrics_table(metrics: dict, title: str) -> Table:
+    table = Table(title=title)
+    for column in ("split", "images", "accuracy", "loss", "ECE", "ECE calibrated"):
+        table.add_column(column, justify="right" if column != "split" else "left")
+    for split, m in metrics.items():
+        table.add_row(split, str(m["n"]), f"{m['accuracy']:.4f}", f"{m['loss']:.4f}", f"{m['ece']:.4f}",
+                      f"{m['ece_calibrated']:.4f}")
+    return table
+
+
+def _run_training(progress_enabled: bool, **settings):
+    from headstart.train import train
+
+    history_rows: list[dict] = []
+
+    with _Progress(progress_enabled) as progress:
+        def on_epoch(row: dict) -> None:
+            history_rows.append(row)
+            progress("epochs", row["epoch"], settings.get("epochs") or row["epoch"])
+
+        return train(progress=progress, on_epoch=on_epoch, **settings)
+
+
+def _print_run(result, title: str) -> None:
+    out.print(_metrics_table(result.metrics, title))
+    best = max(result.history, key=lambda r: (r["val_accuracy"], -r["val_loss"]))
+    out.print(f"best epoch {best['epoch']} of {len(result.history)} (val accuracy {best['val_accuracy']:.4f}); "
+              f"temperature {next(iter(result.metrics.values()))['temperature']:.3f}")
+    if result.skipped:
+        out.print(f"[yellow]skipped {len(result.skipped)} unreadable file(s):[/]")
+        for path, reason in result.skipped:
+            out.print(f"  {path}: {reason}", highlight=False)
+    out.print(f"wall time {result.seconds:.1f}s; outputs in [bold]{result.run_dir}[/]")
+
+
+@app.command("train")
+def train_command(
+    data: Annotated[Path, typer.Argument(help="DATA/{train,val,test}/<class>/* or DATA/<class>/*")],
+    backbone: Annotated[str, typer.Option(help="a registered backbone or timm:NAME")] = "efficientnet_lite0",
+    mode: Annotated[str, typer.Option(help="features | finetune | auto")] = "features",
+    epochs: Annotated[Optional[int], typer.Option(help="default: 30 features, 8 finetune")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="run directory")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="local state_dict (.pth/.safetensors) to load")] = None,
+    seed: int = 42,
+    batch_size: int = 32,
+    lr: Annotated[Optional[float], typer.Option(help="head learning rate")] = None,
+    optimizer: Annotated[str, typer.Option(help="sgd | adam | adamw")] = "adamw",
+    schedule: Annotated[str, typer.Option(help="none | step | cosine | onecycle")] = "cosine",
+    warmup_epochs: int = 0,
+    label_smoothing: float = 0.1,
+    class_weights: Annotated[str, typer.Option(help="auto | none")] = "auto",
+    early_stop: Annotated[int, typer.Option(help="patience in epochs; 0 = off")] = 0,
+    augment: Annotated[Optional[str], typer.Option(help="none | light | standard")] = None,
+    views: Annotated[Optional[int], typer.Option(help="augmented views cached per image (features)")] = None,
+    unfreeze: Annotated[str, typer.Option(help="last | N | all (finetune)")] = "last",
+    stage_lr_mult: Annotated[float, typer.Option(help="lr multiplier per stage below the head")] = 0.5,
+    gradual_unfreeze: Annotated[int, typer.Option(help="unfreeze one more stage every N epochs")] = 0,
+    freeze_bn: Annotated[str, typer.Option(help="auto | on | off")] = "auto",
+    image_size: Optional[int] = None,
+    precision: Annotated[str, typer.Option(help="auto | 32 | bf16-mixed | 16-mixed")] = "auto",
+    accelerator: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    threshold: Annotated[float, typer.Option(help="confidence below which predictions are 'unsure'")] = 0.5,
+    overwrite: bool = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    progress: Annotated[bool, typer.Option(help="progress bars")] = True,
+) -> None:
+    """Train a classifier on a folder of labelled images."""
+    _setup_logging(verbose)
+    with _friendly_errors():
+        result = _run_training(
+            progress, data=str(data), backbone=backbone, mode=mode, epochs=epochs,
+            out=str(out_dir) if out_dir else None, weights=str(weights) if weights else None, seed=seed,
+            batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, warmup_epochs=warmup_epochs,
+            label_smoothing=label_smoothing, class_weights=class_weights, early_stop=early_stop,
+            augment=augment, views=views, unfreeze=unfreeze, stage_lr_mult=stage_lr_mult,
+            gradual_unfreeze=gradual_unfreeze, freeze_bn=freeze_bn, image_size=image_size, precision=precision,
+            accelerator=accelerator, threshold=threshold, overwrite=overwrite,
+        )
+        _print_run(result, f"{backbone} · {mode}")
+
+
+@app.command("demo")
+def demo_command(
+    out_dir: Annotated[Path, typer.Option("--out", help="run directory")] = Path("runs/demo"),
+    progress: bool = True,
+) -> None:
+    """Train the default backbone on the bundled pet photos (offline) and report test accuracy."""
+    _setup_logging(False)
+    with _friendly_errors():
+        result = _run_training(progress, data=str(DEMO_DATA), out=str(out_dir), overwrite=True)
+        _print_run(result, "demo: efficientnet_lite0 · features · 3 pet breeds")
+        out.print(f"try: headstart predict {result.run_dir} {DEMO_DATA / 'test'} --json")
+
+
+@app.command("evaluate")
+def evaluate_command(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    data: Annotated[Path, typer.Argument(help="data folder")],
+    split: Annotated[Optional[str], typer.Option(help="test | val (default: test if present)")] = None,
+    threshold: Optional[float] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Accuracy, per-class precision/recall/F1 and the confusion matrix (text, JSON, PNG)."""
+    _setup_logging(False)
+    with _friendly_errors():
+        from headstart.evaluate import evaluate_run
+
+        m = evaluate_run(run, data, split=split, threshold=threshold)
+    if as_json:
+        out.print_json(json.dumps(m))
+        return
+    table = Table(title=f"{m['split']}: accuracy {m['accuracy']:.4f} on {m['n']} images")
+    for column in ("class", "precision", "recall", "f1", "support"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for name, row in m["per_class"].items():
+        table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+                      str(row["support"]))
+    out.print(table)
+    matrix = Table(title="confusion matrix (rows: true, columns: predicted)")
+    matrix.add_column("")
+    for name in m["classes"]:
+        matrix.add_column(name, justify="right")
+    for name, row in zip(m["classes"], m["confusion_matrix"]):
+        matrix.add_row(name, *[str(v) for v in row])
+    out.print(matrix)
+    if "rejection" in m:
+        r = m["rejection"]
+        acc = "n/a" if r["accepted_accuracy"] is None else f"{r['accepted_accuracy']:.4f}"
+        out.print(f"threshold {r['threshold']}: {r['rejected_rate']:.1%} rejected as unsure, accuracy on the "
+                  f"rest {acc}")
+    for s in m["skipped"]:
+        out.print(f"[yellow]skipped[/] {s['path']}: {s['reason']}", highlight=False)
+    out.print(f"confusion matrix plot: {m['confusion_png']}")
+
+
+@app.command("predict")
+def predict_command(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    paths: Annotated[list[Path], typer.Argument(help="image files or folders (recursive)")],
+    threshold: Annotated[Optional[float], typer.Option(help="below this confidence: 'unsure'")] = None,
+    top_k: int = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+) -> None:
+    """Predict labels with confidence and top-k for new images."""
+    _setup_logging(False)
+    with _friendly_errors():
+        from headstart.predict import expand_paths, load
+
+        clf = load(run)
+        results = clf.predict(expand_paths(paths), top_k=top_k, threshold=threshold)
+    if as_json:
+        for r in results:
+            sys.stdout.write(json.dumps(r) + "\n")
+        return
+    table = Table()
+    for column in ("path", "label", "confidence", f"top {top_k}"):
+        table.add_column(column)
+    for r in results:
+        if "error" in r:
+            table.add_row(r["path"], "[red]error[/]", "", r["error"])
+        else:
+            top = ", ".join(f"{name} {p:.2f}" for name, p in r["top_k"])
+            label = f"[yellow]{r['label']}[/]" if r["label"] == "unsure" else r["label"]
+            table.add_row(r["path"], label, f"{r['confidence']:.3f}", top)
+    out.print(table)
+
+
+@app.command("backbones")
+def backbones_command(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the registered backbones and whether their weights are available offline."""
+    from headstart.backbones.inspect import describe_backbones
+
+    rows = describe_backbones()
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table(title="backbones (any timm model also works as timm:NAME)")
+    for column in ("name", "family", "features", "input", "weights", "offline"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r["name"], r["family"], str(r["in_features"]), str(r["input"]), r["weights"],
+                      "[green]yes[/]" if r["offline"] else "no (download, or --weights FILE)")
+    out.print(table)
+
+
+@app.command("inspect")
+def inspect_command(
+    name: Annotated[str, typer.Argument(help="backbone name")],
+    weights: Annotated[Optional[Path], typer.Option(help="local state_dict")] = None,
+    image: Annotated[Optional[list[Path]], typer.Option("--image", help="images to classify (ImageNet)")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Head, in_features, stages, parameters, preprocessing and ImageNet top-5 of a backbone."""
+    _setup_logging(False)
+    with _friendly_errors():
+        from headstart.backbones.inspect import inspect_backbone
+
+        info = inspect_backbone(name, weights=str(weights) if weights else None,
+                                images=[str(p) for p in image or []])
+    if as_json:
+        out.print_json(json.dumps(info))
+        return
+    out.print(f"[bold]{info['name']}[/] ({info['family']}), weights: {info['weights']}")
+    out.print(f"head: {info['head']}, in_features {info['in_features']}; parameters "
+              f"{info['parameters']['total']:,} total, {info['parameters']['trainable']:,} trainable")
+    out.print(f"preprocessing: {info['preprocessing']}")
+    table = Table(title=f"{len(info['stages'])} stages (unfreezing order is bottom-up from the head)")
+    table.add_column("#")
+    table.add_column("modules")
+    table.add_column("parameters", justify="right")
+    for i, stage in enumerate(info["stages"]):
+        table.add_row(str(i), ", ".join(stage["modules"]), f"{stage['parameters']:,}")
+    out.print(table)
+    for p in info["predictions"]:
+        if "error" in p:
+            out.print(f"{p['path']}: [red]{p['error']}[/]")
+        else:
+            out.print(f"{p['path']}: " + "; ".join(f"{label} {prob:.2f}" for label, prob in p["top_k"]),
+                      highlight=False)
+
+
+def main() -> None:
+    started = time.perf_counter()
+    try:
+        app()
+    finally:
+        logging.getLogger("headstart").debug("command took %.2fs", time.perf_counter() - started)
+
+
+if __name__ == "__main__":
+    main()

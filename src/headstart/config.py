@@ -1,0 +1,140 @@
+"""A run's settings: one dataclass, validated once, saved as config.json beside the model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ConfigError", "TrainConfig"]
+
+MODES = ("features", "finetune", "auto")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("none", "step", "cosine", "onecycle")
+AUGMENTS = ("none", "light", "standard")
+TRI_STATE = ("auto", "on", "off")
+PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
+ACCELERATORS = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A setting is unknown, out of range, or contradicts another one. The message is one line."""
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)} (got {value!r})")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of `headstart train`. None means "the mode's default", resolved by `resolved()`."""
+
+    data: str
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = None
+    mode: str = "features"
+    epochs: int | None = None
+    batch_size: int = 32
+    optimizer: str = "adamw"
+    lr: float | None = None
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    warmup_epochs: int = 0
+    step_size: int = 7
+    gamma: float = 0.1
+    label_smoothing: float = 0.1
+    class_weights: str = "auto"
+    early_stop: int = 0
+    augment: str | None = None
+    views: int | None = None
+    unfreeze: str = "last"
+    stage_lr_mult: float = 0.5
+    gradual_unfreeze: int = 0
+    freeze_bn: str = "auto"
+    dropout: float = 0.2
+    val_fraction: float = 0.2
+    image_size: int | None = None
+    seed: int = 42
+    precision: str = "auto"
+    accelerator: str = "auto"
+    devices: int = 1
+    num_workers: int | None = None
+    threshold: float = 0.5
+    out: str | None = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _one_of("mode", self.mode, MODES)
+        _one_of("optimizer", self.optimizer, OPTIMIZERS)
+        _one_of("schedule", self.schedule, SCHEDULES)
+        _one_of("freeze_bn", self.freeze_bn, TRI_STATE)
+        _one_of("class_weights", self.class_weights, ("auto", "none"))
+        _one_of("precision", self.precision, PRECISIONS)
+        _one_of("accelerator", self.accelerator, ACCELERATORS)
+        if self.augment is not None:
+            _one_of("augment", self.augment, AUGMENTS)
+        if self.unfreeze not in ("last", "all") and not (self.unfreeze.isdigit() and int(self.unfreeze) > 0):
+            raise ConfigError(f"unfreeze must be last, all or a positive number of stages (got {self.unfreeze!r})")
+        positive = {"batch_size": self.batch_size, "devices": self.devices}
+        if self.epochs is not None:
+            positive["epochs"] = self.epochs
+        if self.views is not None:
+            positive["views"] = self.views
+        if self.image_size is not None:
+            positive["image_size"] = self.image_size
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{name} must be at least 1 (got {value})")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"lr must be positive (got {self.lr})")
+        for name in ("warmup_epochs", "early_stop", "gradual_unfreeze", "step_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0 (got {getattr(self, name)})")
+        for name in ("label_smoothing", "dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be in [0, 1) (got {getattr(self, name)})")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be in (0, 1) (got {self.val_fraction})")
+        if not 0 <= self.threshold <= 1:
+            raise ConfigError(f"threshold must be in [0, 1] (got {self.threshold})")
+        if not 0 < self.stage_lr_mult <= 1:
+            raise ConfigError(f"stage_lr_mult must be in (0, 1] (got {self.stage_lr_mult})")
+        if self.mode == "features" and self.gradual_unfreeze:
+            raise ConfigError("gradual_unfreeze needs --mode finetune or auto: features mode keeps the backbone frozen")
+        if self.mode != "features" and self.views not in (None, 1):
+            raise ConfigError("views (cached augmented copies) applies to --mode features only")
+        if self.epochs is not None and self.warmup_epochs >= self.epochs:
+            raise ConfigError(f"warmup_epochs ({self.warmup_epochs}) must be fewer than epochs ({self.epochs})")
+
+    def resolved(self) -> TrainConfig:
+        """A copy with every mode-dependent default filled in: what the run really used."""
+        features = self.mode == "features"
+        return dataclasses.replace(
+            self,
+            epochs=self.epochs if self.epochs is not None else (30 if features else 8),
+            lr=self.lr if self.lr is not None else (3e-3 if features else 1e-3),
+            augment=self.augment if self.augment is not None else ("none" if features else "light"),
+            views=self.views if self.views is not None else 1,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TrainConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))

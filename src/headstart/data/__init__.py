@@ -1,0 +1,1 @@
+"""Data: safe image loading, folder layouts and splits, transforms, the dataset doctor, downloads."""

@@ -1,0 +1,62 @@
+"""Transforms built from a backbone's preprocessing: the weights' own eval pipeline and augmentation presets."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from headstart.backbones.registry import Preprocessing
+
+__all__ = ["AUGMENT_PRESETS", "eval_transform", "train_transform", "transform_key"]
+
+AUGMENT_PRESETS = ("none", "light", "standard")
+
+
+def _interpolation(name: str):
+    from torchvision.transforms import InterpolationMode
+
+    return InterpolationMode(name)
+
+
+def _to_tensor_normalized(pre: Preprocessing) -> list:
+    from torchvision import transforms as T
+
+    return [T.ToTensor(), T.Normalize(pre.mean, pre.std)]
+
+
+def eval_transform(pre: Preprocessing):
+    """Resize the short side, center-crop, normalize: exactly what the weights were evaluated with."""
+    from torchvision import transforms as T
+
+    return T.Compose(
+        [T.Resize(pre.resize_size, interpolation=_interpolation(pre.interpolation)), T.CenterCrop(pre.crop_size)]
+        + _to_tensor_normalized(pre)
+    )
+
+
+def train_transform(pre: Preprocessing, preset: str):
+    """Augmentation presets on the same size and normalization as the eval transform."""
+    from torchvision import transforms as T
+
+    if preset == "none":
+        return eval_transform(pre)
+    interpolation = _interpolation(pre.interpolation)
+    if preset == "light":
+        ops = [
+            T.RandomResizedCrop(pre.crop_size, scale=(0.5, 1.0), interpolation=interpolation),
+            T.RandomHorizontalFlip(),
+        ]
+    elif preset == "standard":
+        ops = [
+            T.RandomResizedCrop(pre.crop_size, scale=(0.25, 1.0), interpolation=interpolation),
+            T.RandomHorizontalFlip(),
+            T.ColorJitter(0.3, 0.3, 0.3, 0.05),
+        ]
+    else:
+        raise ValueError(f"unknown augmentation preset {preset!r}; choose one of {', '.join(AUGMENT_PRESETS)}")
+    return T.Compose(ops + _to_tensor_normalized(pre))
+
+
+def transform_key(pre: Preprocessing, preset: str) -> str:
+    """A stable description of a transform, part of the feature cache's key."""
+    return f"{preset}|{pre.resize_size}|{pre.crop_size}|{pre.interpolation}|{pre.mean}|{pre.std}"

@@ -1,0 +1,180 @@
+"""Metrics from logits: accuracy, loss, per-class precision/recall/F1, confusion matrix, calibration.
+
+Everything here takes logits and labels and returns plain dicts, so the trainer, `evaluate` and the report
+share one definition of each number.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = [
+    "classification_metrics",
+    "coverage_curve",
+    "expected_calibration_error",
+    "fit_temperature",
+    "softmax",
+    "threshold_for_accuracy",
+]
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _nll(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """ECE with equal-width confidence bins (Guo et al. 2017)."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (confidence > lo) & (confidence <= hi)
+        if inside.any():
+            ece += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(ece)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature minimising validation NLL (a 1-D convex problem: golden-section search on log T).
+
+    T is kept in [0.25, 10]: when every validation prediction is right, the NLL keeps falling as T -> 0, and
+    an unbounded fit would claim certainty that a small validation split cannot support.
+    Hand-written because it is a few lines and needs no torch, so the ONNX engine can reuse it.
+    """
+    labels = np.asarray(labels)
+    if len(labels) == 0:
+        return 1.0
+    lo, hi = math.log(0.25), math.log(10.0)
+    ratio = (math.sqrt(5) - 1) / 2
+    f = lambda log_t: _nll(softmax(logits, math.exp(log_t)), labels)  # noqa: E731
+    a, b = lo + (1 - ratio) * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = f(a), f(b)
+    for _ in range(60):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = lo + (1 - ratio) * (hi - lo)
+            fa = f(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = f(b)
+    return float(math.exp((lo + hi) / 2))
+
+
+def coverage_curve(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray | None = None) -> list[dict]:
+    """For each threshold: the share of predictions kept (confidence >= t) and the accuracy on those."""
+    thresholds = np.linspace(0, 0.99, 100) if thresholds is None else thresholds
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    rows = []
+    for t in thresholds:
+        kept = confidence >= t
+        rows.append({"threshold": float(t), "coverage": float(kept.mean()) if len(kept) else 0.0,
+                     "accuracy": float(correct[kept].mean()) if kept.any() else float("nan")})
+    return rows
+
+
+def threshold_for_accuracy(probs: np.ndarray, labels: np.ndarray, target: float) -> dict | None:
+    """The lowest threshold whose accepted predictions reach `target` accuracy, and the coverage it costs."""
+    confidence = probs.max(axis=1)
+    for t in np.unique(np.concatenate([[0.0], confidence])):
+        row = coverage_curve(probs, labels, np.array([t]))[0]
+        if row["coverage"] > 0 and row["accuracy"] >= target:
+            return row
+    return None
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str], *,
+                           temperature: float = 1.0, threshold: float | None = None) -> dict:
+    """Accuracy, loss, per-class precision/recall/F1, the confusion matrix and calibration, as plain data."""
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    k = len(classes)
+    probs_raw = softmax(logits)
+    probs = softmax(logits, temperature)
+    pred = probs.argmax(axis=1)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (labels, pred), 1)
+    per_class = {}
+    for i, name in enumerate(classes):
+        tp = int(confusion[i, i])
+        precision = tp / confusion[:, i].sum() if confusion[:, i].sum() else 0.0
+        recall = tp / confusion[i].sum() if confusion[i].sum() else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": int(confusion[i].sum())}
+    n = len(labels)
+    metrics = {
+        "n": n,
+        "accuracy": float((pred == labels).mean()) if n else 0.0,
+        "loss": _nll(probs_raw, labels) if n else 0.0,
+        "nll_calibrated": _nll(probs, labels) if n else 0.0,
+        "ece": expected_calibration_error(probs_raw, labels) if n else 0.0,
+        "ece_calibrated": expected_calibration_error(probs, labels) if n else 0.0,
+        "temperature": temperature,
+        "per_class": per_class,
+        "confusion_matrix": confusion.tolist(),
+    }
+    if threshold is not None and n:
+        kept = probs.max(axis=1) >= threshold
+        metrics["rejection"] = {
+            "threshold": threshold,
+            "rejected_rate": float(1 - kept.mean()),
+            "accepted_accuracy": float((pred[kept] == labels[kept]).mean()) if kept.any() else None,
+        }
+    return metrics
+
+
+def evaluate_run(run_dir, data, *, split: str | None = None, threshold: float | None = None, out_dir=None,
+                 batch_size: int = 32) -> dict:
+    """Score a saved run on DATA with its own split (split.json), write evaluation.json and the confusion PNG.
+
+    `split`: which split of DATA to score; by default test when present, else val. Unreadable files are
+    skipped and listed.
+    """
+    from pathlib import Path
+
+    from headstart.artifact import atomic_write_json
+    from headstart.data.folders import DataError, discover
+    from headstart.data.images import ImageLoadError, open_image
+    from headstart.predict import load
+    from headstart.report.plots import plot_confusion_matrix
+
+    run_dir = Path(run_dir)
+    clf = load(run_dir)
+    split_file = run_dir / "split.json"
+    dataset = discover(data, split_file=split_file if split_file.is_file() else None)
+    if dataset.classes != clf.classes:
+        extra = sorted(set(dataset.classes) - set(clf.classes))
+        if extra:
+            raise DataError(f"{data} has classes the model was not trained on: {extra}")
+    index = {name: i for i, name in enumerate(clf.classes)}
+    split = split or ("test" if "test" in dataset.splits else "val")
+    if split not in dataset.splits:
+        raise DataError(f"{data} has no {split} split (found: {', '.join(dataset.splits)})")
+    images, labels, skipped = [], [], []
+    for path, label in dataset.splits[split]:
+        try:
+            images.append(open_image(path))
+            labels.append(index[dataset.classes[label]])
+        except ImageLoadError as exc:
+            skipped.append({"path": path, "reason": exc.reason})
+    logits = clf.logits(images, batch_size)
+    threshold = clf.threshold if threshold is None else threshold
+    metrics = classification_metrics(logits, np.array(labels), clf.classes, temperature=clf.temperature,
+                                      threshold=threshold)
+    metrics.update({"split": split, "data": dataset.root, "skipped": skipped, "classes": clf.classes})
+    out_dir = Path(out_dir) if out_dir else run_dir / "evaluation"
+    metrics["confusion_png"] = str(plot_confusion_matrix(metrics["confusion_matrix"], clf.classes,
+                                                         out_dir / f"confusion_{split}.png"))
+    atomic_write_json(out_dir / f"evaluation_{split}.json", metrics)
+    return metrics

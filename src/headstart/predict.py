@@ -1,0 +1,139 @@
+"""`headstart.load(run_dir)` and the Classifier: the torch engine. Imports nothing from training."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from headstart.artifact import read_manifest, verify_weights
+from headstart.data.images import ImageLoadError, open_image
+
+__all__ = ["Classifier", "expand_paths", "load"]
+
+log = logging.getLogger(__name__)
+
+UNSURE = "unsure"
+
+
+def expand_paths(paths: Iterable[str | os.PathLike]) -> list[str]:
+    """Files as given; directories expanded recursively to their image files, sorted."""
+    from headstart.data.folders import list_images
+
+    out = []
+    for p in paths:
+        p = Path(p)
+        out.extend(str(f) for f in list_images(p)) if p.is_dir() else out.append(str(p))
+    return out
+
+
+@dataclass
+class Classifier:
+    """A trained classifier: predicts labels, confidences and top-k from image paths or PIL images."""
+
+    net: Any
+    manifest: dict
+    device: str = "cpu"
+    precision: str = "32-true"
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest["classes"])
+
+    @property
+    def temperature(self) -> float:
+        return float(self.manifest.get("temperature", 1.0))
+
+    @property
+    def threshold(self) -> float:
+        return float(self.manifest.get("threshold", 0.5))
+
+    def _transform(self):
+        from headstart.backbones.registry import Preprocessing
+        from headstart.data.transforms import eval_transform
+
+        return eval_transform(Preprocessing.from_dict(self.manifest["preprocessing"]))
+
+    def logits(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        """Raw logits [N, classes] for decoded RGB images."""
+        import torch
+
+        from headstart.device import autocast
+
+        transform = self._transform()
+        out = []
+        channels_last = not self.manifest.get("is_vit", False)
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                batch = torch.stack([transform(img) for img in images[start:start + batch_size]]).to(self.device)
+                if channels_last:
+                    batch = batch.contiguous(memory_format=torch.channels_last)
+                with autocast(self.device, self.precision):
+                    out.append(self.net(batch).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
+
+    def predict(self, inputs: str | os.PathLike | Image.Image | Sequence, *, top_k: int = 3,
+                threshold: float | None = None, batch_size: int = 32) -> list[dict]:
+        """One dict per input: {"path", "label", "confidence", "top_k"}, or {"path", "error"} for a bad file.
+
+        The label is "unsure" when the calibrated confidence is below the threshold.
+        """
+        from headstart.evaluate import softmax
+
+        items = [inputs] if isinstance(inputs, (str, os.PathLike, Image.Image)) else list(inputs)
+        threshold = self.threshold if threshold is None else threshold
+        results: list[dict | None] = [None] * len(items)
+        images, where = [], []
+        for i, item in enumerate(items):
+            name = item if not isinstance(item, Image.Image) else f"<image {i}>"
+            try:
+                images.append(open_image(item) if not isinstance(item, Image.Image) else item.convert("RGB"))
+                where.append(i)
+            except ImageLoadError as exc:
+                results[i] = {"path": str(name), "error": exc.reason}
+        if images:
+            probs = softmax(self.logits(images, batch_size), self.temperature)
+            k = max(1, min(top_k, len(self.classes)))
+            for row, i in zip(probs, where):
+                order = np.argsort(-row)[:k]
+                confidence = float(row[order[0]])
+                name = items[i] if not isinstance(items[i], Image.Image) else f"<image {i}>"
+                results[i] = {
+                    "path": str(name),
+                    "label": self.classes[order[0]] if confidence >= threshold else UNSURE,
+                    "confidence": confidence,
+                    "top_k": [[self.classes[j], float(row[j])] for j in order],
+                }
+        return results  # type: ignore[return-value]
+
+
+def load(run_dir: str | os.PathLike, *, engine: str = "torch", device: str = "cpu",
+         precision: str = "32-true") -> Classifier:
+    """Rebuild a trained classifier from its run directory alone (model.json + model.safetensors)."""
+    if engine != "torch":
+        raise ValueError(f"unknown engine {engine!r}; available: torch")
+    manifest = read_manifest(run_dir)
+    weights = verify_weights(run_dir, manifest)
+
+    from safetensors.torch import load_file
+
+    from headstart.backbones.model import build_network
+    from headstart.backbones.registry import get_spec
+
+    spec = get_spec(manifest["backbone"])
+    head = manifest["head"]
+    net = build_network(spec, head["num_classes"], pretrained=False, dropout=head["dropout"])
+    net.load_state_dict(load_file(str(weights)), strict=True)
+    net.eval().to(device)
+    if not spec.is_vit:
+        import torch
+
+        net.to(memory_format=torch.channels_last)
+    manifest = dict(manifest, is_vit=spec.is_vit)
+    return Classifier(net=net, manifest=manifest, device=device, precision=precision)

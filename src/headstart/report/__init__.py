@@ -1,0 +1,1 @@
+"""Plots, explanations and the self-contained HTML report."""

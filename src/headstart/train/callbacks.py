@@ -1,0 +1,89 @@
+"""The trainer's few named callbacks: keep the best checkpoint, stop early, unfreeze stages on a schedule."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from headstart.train.loop import Trainer
+
+__all__ = ["BestCheckpoint", "Callback", "EarlyStopping", "UnfreezeSchedule", "is_better"]
+
+log = logging.getLogger(__name__)
+
+
+def is_better(row: dict, best: dict | None) -> bool:
+    """Higher val accuracy wins; on a tie, lower val loss."""
+    if best is None:
+        return True
+    if row["val_accuracy"] != best["val_accuracy"]:
+        return row["val_accuracy"] > best["val_accuracy"]
+    return row["val_loss"] < best["val_loss"]
+
+
+class Callback:
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        """Called before each training epoch."""
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict) -> None:
+        """Called after validation with the epoch's history row."""
+
+
+class BestCheckpoint(Callback):
+    """Keeps the weights of the best epoch by validation score, in memory, and hands them to `save`."""
+
+    def __init__(self, save: Callable[[dict, dict], None] | None = None):
+        self.best_row: dict | None = None
+        self.best_state: dict | None = None
+        self.save = save
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict) -> None:
+        if is_better(row, self.best_row):
+            self.best_row = dict(row)
+            self.best_state = copy.deepcopy(trainer.module.state_dict())
+            row["best"] = True
+            if self.save is not None:
+                self.save(self.best_state, self.best_row)
+
+
+class EarlyStopping(Callback):
+    """Stops after `patience` epochs without a better validation score."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best_row: dict | None = None
+        self.stale = 0
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict) -> None:
+        if is_better(row, self.best_row):
+            self.best_row, self.stale = dict(row), 0
+            return
+        self.stale += 1
+        if self.stale >= self.patience:
+            log.info("early stop at epoch %d: no better val score for %d epochs", epoch + 1, self.patience)
+            trainer.should_stop = True
+
+
+class UnfreezeSchedule(Callback):
+    """Gradual unfreezing: every `every` epochs, the next frozen stage (from the head down) starts training.
+
+    Every stage is in the optimizer from the start with its own lr; a frozen stage has no gradients, which
+    every torch optimizer skips, so unfreezing is only flipping requires_grad.
+    """
+
+    def __init__(self, every: int, stages: list[list]):
+        self.every = every
+        self.pending = list(stages)  # ordered from the head downwards
+        for params in self.pending:
+            for p in params:
+                p.requires_grad_(False)
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        if epoch == 0 or epoch % self.every or not self.pending:
+            return
+        for p in self.pending.pop(0):
+            p.requires_grad_(True)
+        log.info("epoch %d: unfroze one more stage (%d left frozen)", epoch + 1, len(self.pending))

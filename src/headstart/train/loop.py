@@ -1,0 +1,122 @@
+"""Pure training steps and the small loop that owns the state, on Lightning Fabric.
+
+`train_one_epoch` and `evaluate_batches` return plain dicts. `Trainer` runs epochs, calls the named
+callbacks and keeps the history. Fabric supplies devices, precision (bf16/fp16 autocast) and distribution,
+so this file never handles a process group or an autocast context itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from headstart.train.callbacks import Callback
+
+__all__ = ["NonFiniteLossError", "Trainer", "evaluate_batches", "train_one_epoch"]
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+def train_one_epoch(model: nn.Module, batches: Iterable, optimizer, scheduler, loss_fn: Callable, fabric,
+                    *, train_mode: Callable[[nn.Module], None] | None = None, channels_last: bool = False) -> dict:
+    """One pass over `batches` of (inputs, labels). Returns loss, accuracy, images and seconds."""
+    if train_mode is None:
+        model.train()
+    else:
+        train_mode(model)
+    started = time.perf_counter()
+    total_loss, correct, seen = 0.0, 0, 0
+    for inputs, labels in batches:
+        if channels_last and inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(inputs)
+        loss = loss_fn(logits.float(), labels)
+        if not math.isfinite(loss.item()):
+            raise NonFiniteLossError(f"the training loss became {loss.item()}: lower the learning rate "
+                                     f"(--lr) or check the data; the last good checkpoint is kept")
+        fabric.backward(loss)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total_loss += loss.item() * len(labels)
+        correct += int((logits.argmax(1) == labels).sum())
+        seen += len(labels)
+    seconds = time.perf_counter() - started
+    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1), "images": seen,
+            "seconds": seconds}
+
+
+@torch.no_grad()
+def evaluate_batches(model: nn.Module, batches: Iterable, loss_fn: Callable, fabric, *,
+                     channels_last: bool = False) -> dict:
+    """Loss and accuracy over `batches`, with the logits and labels (on the CPU) for further metrics."""
+    model.eval()
+    all_logits, all_labels = [], []
+    for inputs, labels in batches:
+        if channels_last and inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with fabric.autocast():
+            logits = model(inputs)
+        all_logits.append(logits.float().cpu())
+        all_labels.append(labels.cpu())
+    logits = torch.cat(all_logits) if all_logits else torch.empty(0, 0)
+    labels = torch.cat(all_labels) if all_labels else torch.empty(0, dtype=torch.long)
+    loss = float(loss_fn(logits, labels)) if len(labels) else 0.0
+    accuracy = float((logits.argmax(1) == labels).float().mean()) if len(labels) else 0.0
+    return {"loss": loss, "accuracy": accuracy, "logits": logits, "labels": labels}
+
+
+class Trainer:
+    """Owns model, optimizer, scheduler and history; runs epochs and the callbacks between them."""
+
+    def __init__(self, fabric, model: nn.Module, optimizer, scheduler, loss_fn: Callable, *,
+                 callbacks: list[Callback] = (), train_mode: Callable[[nn.Module], None] | None = None,
+                 channels_last: bool = False, on_epoch: Callable[[dict], None] | None = None):
+        self.fabric = fabric
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.loss_fn = loss_fn
+        self.callbacks = list(callbacks)
+        self.train_mode = train_mode
+        self.channels_last = channels_last
+        self.on_epoch = on_epoch
+        self.history: list[dict] = []
+        self.should_stop = False
+        self.epoch = 0
+
+    @property
+    def module(self) -> nn.Module:
+        """The bare model, without Fabric's wrapper."""
+        return getattr(self.model, "module", self.model)
+
+    def fit(self, train_batches: Iterable, val_batches: Iterable, epochs: int) -> list[dict]:
+        # A plain loss for validation: smoothing and class weights belong to training only.
+        val_loss = nn.CrossEntropyLoss()
+        while self.epoch < epochs and not self.should_stop:
+            for cb in self.callbacks:
+                cb.on_epoch_start(self, self.epoch)
+            train = train_one_epoch(self.model, train_batches, self.optimizer, self.scheduler, self.loss_fn,
+                                    self.fabric, train_mode=self.train_mode, channels_last=self.channels_last)
+            val = evaluate_batches(self.model, val_batches, val_loss, self.fabric, channels_last=self.channels_last)
+            row = {"epoch": self.epoch + 1, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
+                   "val_loss": val["loss"], "val_accuracy": val["accuracy"], "seconds": train["seconds"],
+                   "images_per_second": train["images"] / max(train["seconds"], 1e-9),
+                   "lr": self.optimizer.param_groups[0]["lr"]}
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, self.epoch, row)
+            self.history.append(row)
+            self.epoch += 1
+            if self.on_epoch is not None:
+                self.on_epoch(row)
+        return self.history

@@ -1,0 +1,210 @@
+"""`headstart.train()`: settings -> data -> network -> mode -> evaluation -> a self-describing run directory."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import logging
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from headstart.artifact import atomic_write_json, atomic_write_text, sha256_file
+from headstart.config import ConfigError, TrainConfig
+
+__all__ = ["RunResult", "prepare_run_dir", "train"]
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass
+class RunResult:
+    """What a finished run returns; every field is also on disk in run_dir."""
+
+    run_dir: Path
+    metrics: dict
+    history: list[dict]
+    classes: list[str]
+    skipped: list[tuple[str, str]]
+    seconds: float
+    config: TrainConfig
+
+    def load(self, **kwargs):
+        from headstart.predict import load
+
+        return load(self.run_dir, **kwargs)
+
+
+def prepare_run_dir(cfg: TrainConfig) -> Path:
+    """The run's folder. An existing run is never overwritten unless overwrite=True."""
+    if cfg.out:
+        run_dir = Path(cfg.out)
+    else:
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{Path(cfg.data).resolve().name}-{cfg.backbone}-{cfg.mode}")
+        run_dir, n = Path("runs") / stem, 1
+        while run_dir.exists():
+            n += 1
+            run_dir = Path("runs") / f"{stem}-{n}"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not cfg.overwrite:
+            raise ConfigError(f"{run_dir} already exists and is not empty; choose another --out or pass --overwrite")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _class_weights(train_labels: list[int], num_classes: int, mode: str):
+    """Inverse-frequency weights when the largest class is over 1.5x the smallest, else None."""
+    import torch
+
+    counts = torch.bincount(torch.tensor(train_labels, dtype=torch.long), minlength=num_classes).float()
+    if mode == "none" or counts.min() == 0 or counts.max() / counts.min() <= 1.5:
+        return None
+    return counts.sum() / (num_classes * counts)
+
+
+def _history_csv(history: list[dict]) -> str:
+    if not history:
+        return ""
+    fields = list(dict.fromkeys(k for row in history for k in row))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return out.getvalue()
+
+
+def _model_id(cfg: TrainConfig, spec) -> str:
+    if cfg.weights:
+        return f"{spec.name}|file:{sha256_file(cfg.weights)}"
+    return f"{spec.name}|{spec.weights.kind}:{spec.weights.ref}"
+
+
+def train(data: str | Path | None = None, *, config: TrainConfig | None = None, progress: ProgressFn | None = None,
+          on_epoch: Callable[[dict], None] | None = None, **settings) -> RunResult:
+    """Train a classifier on a folder of labelled images and write a run directory.
+
+    `headstart.train("photos/", backbone="efficientnet_lite0", mode="features")`. Settings are the fields of
+    TrainConfig; unknown ones are rejected.
+    """
+    started = time.perf_counter()
+    if config is None:
+        try:
+            config = TrainConfig(data=str(data), **settings)
+        except TypeError as exc:  # an unknown keyword
+            raise ConfigError(str(exc).replace("TrainConfig.__init__()", "train()")) from exc
+    cfg = config.resolved()
+
+    import torch
+
+    from headstart.backbones.model import build_network, count_parameters
+    from headstart.backbones.registry import get_spec
+    from headstart.data.folders import discover
+    from headstart.data.loading import decode_split
+    from headstart.device import resolve_accelerator, resolve_precision
+    from headstart.evaluate import classification_metrics, fit_temperature
+    from headstart.features import FeatureCache
+    from headstart.train.checkpoint import save_checkpoint, save_model
+    from headstart.train.modes import SATURATED_ACCURACY, RunContext, fit_features, fit_finetune
+
+    spec = get_spec(cfg.backbone)
+    preprocessing = spec.preprocessing if cfg.image_size is None else spec.preprocessing.with_crop(cfg.image_size)
+    dataset = discover(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    run_dir = prepare_run_dir(cfg)
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("headstart").addHandler(handler)
+    try:
+        atomic_write_json(run_dir / "config.json", cfg.to_dict())
+        atomic_write_json(run_dir / "split.json", dataset.split_record(cfg.seed, cfg.val_fraction))
+        accelerator = resolve_accelerator(cfg.accelerator)
+        precision = resolve_precision(cfg.precision, accelerator)
+        torch.manual_seed(cfg.seed)
+        net = build_network(spec, len(dataset.classes), weights=cfg.weights, dropout=cfg.dropout)
+        decoded = {}
+        for split, items in dataset.splits.items():
+            decoded[split] = decode_split(
+                items, short_side=preprocessing.resize_size, interpolation=preprocessing.interpolation,
+                progress=(lambda d, t, s=split: progress(f"decode {s}", d, t)) if progress else None,
+            )
+        skipped = [f for d in decoded.values() for f in d.failures]
+        if not decoded["train"].labels or not decoded["val"].labels:
+            raise ConfigError("no readable images left in train or val after skipping unreadable files")
+
+        from lightning_fabric import Fabric
+
+        fabric = Fabric(accelerator=accelerator, devices=cfg.devices, precision=precision)
+        ctx = RunContext(
+            cfg=cfg, spec=spec, preprocessing=preprocessing, net=net, decoded=decoded,
+            class_weights=_class_weights(decoded["train"].labels, len(dataset.classes), cfg.class_weights),
+            fabric=fabric, accelerator=accelerator, precision=precision, model_id=_model_id(cfg, spec),
+            cache=FeatureCache(), progress=progress, on_epoch=on_epoch,
+            save_checkpoint=lambda state, row: save_checkpoint(run_dir, state, row),
+        )
+        if cfg.mode == "finetune":
+            result = fit_finetune(ctx, epochs=cfg.epochs)
+        else:
+            defaults = TrainConfig(data=cfg.data, mode="features").resolved()
+            features_mode = cfg.mode == "features"
+            result = fit_features(
+                ctx,
+                epochs=cfg.epochs if features_mode else defaults.epochs,
+                lr=cfg.lr if features_mode else defaults.lr,
+                augment=cfg.augment if features_mode else defaults.augment,
+                views=cfg.views if features_mode else defaults.views,
+            )
+            best_val = max(row["val_accuracy"] for row in result.history)
+            if cfg.mode == "auto" and best_val < SATURATED_ACCURACY:
+                log.info("auto: val accuracy %.3f is not saturated; fine-tuning", best_val)
+                features_history = result.history
+                result = fit_finetune(ctx, epochs=cfg.epochs)
+                result.history = [dict(r, phase="features") for r in features_history] + [
+                    dict(r, phase="finetune", epoch=r["epoch"] + len(features_history)) for r in result.history
+                ]
+
+        temperature = fit_temperature(result.logits["val"].numpy(), result.labels["val"].numpy())
+        metrics = {
+            split: classification_metrics(result.logits[split].numpy(), result.labels[split].numpy(),
+                                          dataset.classes, temperature=temperature, threshold=cfg.threshold)
+            for split in result.logits
+        }
+        metrics.pop("train", None)
+        seconds = time.perf_counter() - started
+        manifest = save_model(run_dir, net, {
+            "backbone": spec.name,
+            "weight_source": {"kind": "file", "path": str(cfg.weights)} if cfg.weights
+            else dataclasses.asdict(spec.weights),
+            "classes": dataset.classes,
+            "preprocessing": preprocessing.to_dict(),
+            "head": {"type": "dropout_linear", "in_features": spec.in_features,
+                     "num_classes": len(dataset.classes), "dropout": cfg.dropout},
+            "temperature": temperature,
+            "threshold": cfg.threshold,
+            "mode": cfg.mode,
+            "parameters": count_parameters(net),
+            "metrics": {s: {"accuracy": m["accuracy"], "loss": m["loss"]} for s, m in metrics.items()},
+        })
+        atomic_write_json(run_dir / "metrics.json", metrics)
+        atomic_write_text(run_dir / "history.csv", _history_csv(result.history))
+        summary = {
+            "data": dataset.root, "classes": dataset.classes, "counts": dataset.counts(),
+            "split_origin": dataset.split_origin, "notes": dataset.notes,
+            "skipped": [{"path": p, "reason": r} for p, r in skipped],
+            "backbone": spec.name, "mode": cfg.mode, "accelerator": accelerator, "precision": precision,
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "extraction": result.extraction, "seconds": seconds,
+            "epochs_run": len(result.history), "weights_bytes": manifest["weights_bytes"],
+        }
+        atomic_write_json(run_dir / "summary.json", summary)
+        (run_dir / "checkpoint.safetensors").unlink(missing_ok=True)
+        log.info("run written to %s in %.1fs", run_dir, seconds)
+        return RunResult(run_dir, metrics, result.history, dataset.classes, skipped, seconds, cfg)
+    finally:
+        logging.getLogger("headstart").removeHandler(handler)
+        handler.close()
