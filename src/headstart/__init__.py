@@ -16,13 +16,13 @@ from headstart._version import __version__
 
 if TYPE_CHECKING:
     from headstart.predict import Classifier, load
-    from headstart.train import RunResult, train
+    from headstart.training import RunResult, train
 
 __all__ = ["Classifier", "RunResult", "__version__", "load", "train"]
 
 _LAZY = {
-    "train": "headstart.train",
-    "RunResult": "headstart.train",
+    "train": "headstart.training",
+    "RunResult": "headstart.training",
     "load": "headstart.predict",
     "Classifier": "headstart.predict",
 }

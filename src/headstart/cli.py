@@ -89,7 +89,7 @@ def _metrics_table(metrics: dict, title: str) -> Table:
 
 
 def _run_training(progress_enabled: bool, **settings):
-    from headstart.train import train
+    from headstart.training import train
 
     history_rows: list[dict] = []
 
@@ -140,6 +140,8 @@ def train_command(
     precision: Annotated[str, typer.Option(help="auto | 32 | bf16-mixed | 16-mixed")] = "auto",
     accelerator: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     threshold: Annotated[float, typer.Option(help="confidence below which predictions are 'unsure'")] = 0.5,
+    exclude: Annotated[Optional[Path], typer.Option(help="files to leave out (from `headstart check --fix-split`)")
+                       ] = None,
     overwrite: bool = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     progress: Annotated[bool, typer.Option(help="progress bars")] = True,
@@ -155,6 +157,7 @@ def train_command(
             augment=augment, views=views, unfreeze=unfreeze, stage_lr_mult=stage_lr_mult,
             gradual_unfreeze=gradual_unfreeze, freeze_bn=freeze_bn, image_size=image_size, precision=precision,
             accelerator=accelerator, threshold=threshold, overwrite=overwrite,
+            exclude=str(exclude) if exclude else None,
         )
         _print_run(result, f"{backbone} · {mode}")
 
@@ -297,6 +300,65 @@ def inspect_command(
         else:
             out.print(f"{p['path']}: " + "; ".join(f"{label} {prob:.2f}" for label, prob in p["top_k"]),
                       highlight=False)
+
+
+@app.command("check")
+def check_command(
+    data: Annotated[Path, typer.Argument(help="data folder")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    fix_split: Annotated[bool, typer.Option("--fix-split", help="write the list of leaked duplicates to drop")
+                         ] = False,
+    fast: Annotated[bool, typer.Option(help="headers only (what train runs at start-up)")] = False,
+    val_fraction: float = 0.2,
+    seed: int = 42,
+) -> None:
+    """The dataset doctor: unusable files, modes, duplicates and leakage, class balance. Exit 1 if fatal."""
+    from headstart.data.check import check_dataset, fix_split as write_fix, summary_lines
+
+    with _Progress(not as_json) as progress:
+        report = check_dataset(data, fast=fast, val_fraction=val_fraction, seed=seed, progress=progress)
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_dict()) + "\n")
+    else:
+        for line in summary_lines(report):
+            out.print(line, highlight=False)
+    if fix_split:
+        with _friendly_errors():
+            out.print(f"files to leave out written to {write_fix(data, report)}")
+    raise typer.Exit(1 if report.fatal else 0)
+
+
+datasets_app = typer.Typer(no_args_is_help=True, help="Datasets by name, downloaded with checksums.")
+app.add_typer(datasets_app, name="datasets")
+
+
+@datasets_app.command("list")
+def datasets_list_command(to: Annotated[Optional[Path], typer.Option(help="download folder")] = None) -> None:
+    """The datasets headstart can download, and whether each is already here."""
+    from headstart.data.download import list_datasets
+
+    table = Table()
+    for column in ("name", "classes", "images", "downloaded", "description"):
+        table.add_column(column)
+    for row in list_datasets(to):
+        images = ", ".join(f"{split} {n}" for split, n in row["images"].items())
+        table.add_row(row["name"], str(row["classes"]), images, "yes" if row["downloaded"] else "no",
+                      row["description"])
+    out.print(table)
+
+
+@datasets_app.command("download")
+def datasets_download_command(
+    name: Annotated[str, typer.Argument(help="dataset name (see `headstart datasets list`)")],
+    to: Annotated[Optional[Path], typer.Option(help="download folder")] = None,
+) -> None:
+    """Download, verify and safely extract a dataset (HEADSTART_DATASETS_MIRROR supplies archives offline)."""
+    _setup_logging(False)
+    from headstart.data.download import download
+
+    with _friendly_errors(), _Progress(True) as progress:
+        path = download(name, to, progress=progress)
+    out.print(f"{name} is ready in [bold]{path}[/]")
 
 
 def main() -> None:

@@ -57,6 +57,7 @@ class TrainConfig:
     freeze_bn: str = "auto"
     dropout: float = 0.2
     val_fraction: float = 0.2
+    exclude: str | None = None
     image_size: int | None = None
     seed: int = 42
     precision: str = "auto"

@@ -74,8 +74,8 @@ def _stratified_split(items: list[tuple[str, int]], fraction: float, seed: int):
     return sorted(train), sorted(val)
 
 
-def discover(data: str | Path, *, val_fraction: float = 0.2, seed: int = 42, split_file: str | Path | None = None
-             ) -> Dataset:
+def discover(data: str | Path, *, val_fraction: float = 0.2, seed: int = 42, split_file: str | Path | None = None,
+             exclude: set[str] | frozenset[str] = frozenset()) -> Dataset:
     """Read DATA/{train,val|valid,test}/<class>/* or DATA/<class>/*.
 
     Without a val folder, a stratified, seeded share of train becomes val. With split_file (a run's
@@ -104,7 +104,7 @@ def discover(data: str | Path, *, val_fraction: float = 0.2, seed: int = 42, spl
             notes.append(f"{split}/ has no folder for class(es) {missing}")
     index = {name: i for i, name in enumerate(classes)}
     splits = {
-        split: [(str(p), index[name]) for name, d in dirs.items() for p in list_images(d)]
+        split: [(str(p), index[name]) for name, d in dirs.items() for p in list_images(d) if str(p) not in exclude]
         for split, dirs in class_dirs.items()
     }
     empty = [name for name, d in class_dirs.get("train", {}).items() if not list_images(d)]

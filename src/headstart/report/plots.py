@@ -1,12 +1,34 @@
-"""matplotlib figures written as PNG files. Each function takes plain data and a path, and returns the path."""
+"""matplotlib figures written as PNG files. Each function takes plain data and a path, and returns the path.
+
+No torch here: images come as PIL images or arrays (HWC uint8/float, or CHW normalized with mean/std, which is
+what a torchvision transform returns; `np.asarray` turns a CPU tensor into such an array).
+"""
 
 from __future__ import annotations
 
+import io
+import math
+import textwrap
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_confusion_matrix"]
+__all__ = [
+    "plot_confidence_histogram",
+    "plot_confusion_matrix",
+    "plot_conv_filters",
+    "plot_coverage",
+    "plot_history",
+    "plot_image_grid",
+    "plot_prediction_grid",
+    "plot_reliability",
+    "plot_top_losses",
+    "to_display",
+]
+
+CORRECT, WRONG = "#1a7f37", "#cf222e"  # green / red, readable on white and for most colour-blind readers
+DPI = 100
 
 
 def _pyplot():
@@ -16,6 +38,147 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(fig, path: str | Path, *, photo: bool = False) -> Path:
+    """Write the figure as PNG. `photo`: a grid of photographs, stored as 256 dithered colours, which keeps
+    the page a third the size and encodes faster than full RGB, at a quality that reads the same."""
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if photo:
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", pil_kwargs={"compress_level": 1})
+        rgb = Image.open(buffer).convert("RGB")
+        palette = rgb.quantize(256, method=Image.Quantize.FASTOCTREE)
+        rgb.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG).save(path, format="PNG")
+    else:
+        fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _plain(text: object) -> str:
+    """Text matplotlib shows as written: a class folder named "$x$" would otherwise be parsed as math."""
+    return str(text).replace("$", r"\$")
+
+
+def _wrap(text: object, width: int = 22) -> str:
+    return _plain("\n".join(textwrap.wrap(str(text), width, break_long_words=True)) or str(text))
+
+
+def to_display(image, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> np.ndarray:
+    """An HxWx3 float array in [0, 1] from a PIL image, an HWC array, or a normalized CHW array/tensor."""
+    arr = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.float32)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
+        arr = arr.transpose(1, 2, 0)  # CHW (a transform's output) -> HWC
+        if mean is not None and std is not None:
+            arr = arr * np.asarray(std, dtype=np.float32) + np.asarray(mean, dtype=np.float32)
+    elif arr.max(initial=0) > 1:
+        arr = arr / 255.0
+    if arr.ndim == 2 or arr.shape[-1] == 1:
+        arr = np.repeat(arr.reshape(arr.shape[0], arr.shape[1], 1), 3, axis=2)
+    return np.clip(arr, 0, 1)
+
+
+def _grid(n: int, columns: int, cell: float = 2.2, title_lines: int = 1):
+    plt = _pyplot()
+    columns = max(1, min(columns, n))
+    rows = max(1, math.ceil(n / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(cell * columns, (cell + 0.25 * title_lines) * rows),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, axes.flat
+
+
+def plot_image_grid(images: Sequence, labels: Sequence[str], path: str | Path, *,
+                    mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                    title: str = "Training samples (as augmented)", columns: int = 6) -> Path:
+    """Images with their labels; normalized CHW arrays are un-normalized with mean/std for display."""
+    fig, axes = _grid(len(images), columns, title_lines=2)
+    for ax, image, label in zip(axes, images, labels):
+        ax.imshow(to_display(image, mean, std))
+        ax.set_title(_wrap(label), fontsize=9)
+    fig.suptitle(_plain(title), fontsize=12)
+    fig.tight_layout()
+    return _save(fig, path, photo=True)
+
+
+def plot_prediction_grid(images: Sequence, true: Sequence[str], pred: Sequence[str], confidence: Sequence[float],
+                         path: str | Path, *, mean: Sequence[float] | None = None,
+                         std: Sequence[float] | None = None, title: str = "Predictions", columns: int = 6) -> Path:
+    """Each image titled true/pred/confidence, green when right and red when wrong."""
+    fig, axes = _grid(len(images), columns, title_lines=3)
+    for ax, image, t, p, c in zip(axes, images, true, pred, confidence):
+        ax.imshow(to_display(image, mean, std))
+        ax.set_title(f"true: {_wrap(t, 18)}\npred: {_wrap(p, 18)}\n{c:.2f}", fontsize=8,
+                     color=CORRECT if t == p else WRONG)
+    fig.suptitle(_plain(title), fontsize=12)
+    fig.tight_layout()
+    return _save(fig, path, photo=True)
+
+
+def plot_top_losses(images: Sequence, overlays: Sequence, true: Sequence[str], pred: Sequence[str],
+                    confidence: Sequence[float], loss: Sequence[float], path: str | Path, *,
+                    title: str = "Top losses", pairs_per_row: int = 2) -> Path:
+    """Each case as two panels, the image and its Grad-CAM for the predicted class, titled true/pred."""
+    plt = _pyplot()
+    n = len(images)
+    rows = max(1, math.ceil(n / pairs_per_row))
+    columns = 2 * max(1, min(pairs_per_row, n))
+    fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i in range(n):
+        left, right = axes[i // pairs_per_row, 2 * (i % pairs_per_row)], axes[i // pairs_per_row,
+                                                                              2 * (i % pairs_per_row) + 1]
+        color = CORRECT if true[i] == pred[i] else WRONG
+        left.imshow(to_display(images[i]))
+        left.set_title(f"true: {_wrap(true[i], 20)}\npred: {_wrap(pred[i], 20)}", fontsize=8, color=color)
+        right.imshow(to_display(overlays[i]))
+        right.set_title(f"Grad-CAM, {confidence[i]:.2f}\nloss {loss[i]:.2f}", fontsize=8, color=color)
+    fig.suptitle(_plain(title), fontsize=12)
+    fig.tight_layout()
+    return _save(fig, path, photo=True)
+
+
+def _column(rows: Sequence[Mapping], key: str) -> np.ndarray:
+    """A history column as floats; missing or empty cells (a CSV written with extra keys) become NaN."""
+    values = []
+    for row in rows:
+        try:
+            values.append(float(row.get(key)))
+        except (TypeError, ValueError):
+            values.append(float("nan"))
+    return np.asarray(values)
+
+
+def plot_history(rows: Sequence[Mapping], path: str | Path, *, title: str = "Training curves") -> Path:
+    """Loss and accuracy per epoch, train and val. Rows may hold strings (read back from history.csv)."""
+    plt = _pyplot()
+    epochs = _column(rows, "epoch")
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, metric in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            ax.plot(epochs, _column(rows, f"{split}_{metric}"), style, markersize=3, label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        # auto mode: features epochs, then fine-tuning; mark where the phase changes
+        phases = [row.get("phase") for row in rows]
+        for i in range(1, len(phases)):
+            if phases[i] != phases[i - 1] and phases[i]:
+                ax.axvline(epochs[i] - 0.5, color="gray", linestyle="--", linewidth=1)
+                ax.text(epochs[i] - 0.4, ax.get_ylim()[1], f" {phases[i]}", va="top", fontsize=8, color="gray")
+    ax_acc.set_ylim(-0.02, 1.02)
+    fig.suptitle(_plain(title), fontsize=12)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def plot_confusion_matrix(matrix: list[list[int]], classes: list[str], path: str | Path, *,
@@ -28,9 +191,9 @@ def plot_confusion_matrix(matrix: list[list[int]], classes: list[str], path: str
     fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size))
     for ax, data, name, fmt in ((axes[0], counts, "counts", "{:.0f}"), (axes[1], rates, "normalized", "{:.2f}")):
         ax.imshow(data, cmap="Blues", vmin=0)
-        ax.set_title(f"{title} ({name})")
-        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-        ax.set_yticks(range(len(classes)), classes)
+        ax.set_title(_plain(f"{title} ({name})"))
+        ax.set_xticks(range(len(classes)), [_wrap(c, 16) for c in classes], rotation=45, ha="right")
+        ax.set_yticks(range(len(classes)), [_wrap(c, 16) for c in classes])
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         top = data.max() if data.size else 0
@@ -39,8 +202,135 @@ def plot_confusion_matrix(matrix: list[list[int]], classes: list[str], path: str
                 ax.text(j, i, fmt.format(data[i, j]), ha="center", va="center",
                         color="white" if data[i, j] > top / 2 else "black", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
+
+
+def plot_confidence_histogram(confidence: Sequence[float], correct: Sequence[bool], path: str | Path, *,
+                              title: str = "Confidence of predictions", bins: int = 20) -> Path:
+    """How sure the model is when it is right and when it is wrong."""
+    plt = _pyplot()
+    confidence = np.asarray(confidence, dtype=float)
+    correct = np.asarray(correct, dtype=bool)
+    edges = np.linspace(0, 1, bins + 1)
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.hist([confidence[correct], confidence[~correct]], bins=edges, stacked=True, color=[CORRECT, WRONG],
+            label=[f"correct ({int(correct.sum())})", f"wrong ({int((~correct).sum())})"])
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("confidence of the predicted class")
+    ax.set_ylabel("images")
+    ax.set_title(_plain(title))
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int):
+    # The same equal-width (lo, hi] bins as headstart.evaluate.expected_calibration_error.
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    acc, conf, count = np.full(bins, np.nan), np.full(bins, np.nan), np.zeros(bins, dtype=int)
+    for b, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        inside = (confidence > lo) & (confidence <= hi)
+        count[b] = inside.sum()
+        if count[b]:
+            acc[b], conf[b] = correct[inside].mean(), confidence[inside].mean()
+    return edges, acc, conf, count
+
+
+def plot_reliability(logits: np.ndarray, labels: Sequence[int], temperature: float, path: str | Path, *,
+                     bins: int = 15, title: str = "Reliability") -> Path:
+    """Accuracy against confidence per bin, before (T=1) and after temperature scaling."""
+    from headstart.evaluate import expected_calibration_error, softmax
+
+    plt = _pyplot()
+    labels = np.asarray(labels)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharey=True)
+    for ax, t, name in ((axes[0], 1.0, "before"), (axes[1], temperature, "after")):
+        probs = softmax(logits, t)
+        edges, acc, conf, count = _reliability_bins(probs, labels, bins)
+        width = edges[1] - edges[0]
+        centers = edges[:-1] + width / 2
+        filled = count > 0
+        ax.bar(centers[filled], acc[filled], width=width * 0.95, color="#4c72b0", edgecolor="white",
+               label="accuracy")
+        ax.bar(centers[filled], (conf - acc)[filled], bottom=acc[filled], width=width * 0.95, color="none",
+               edgecolor=WRONG, hatch="//", label="gap to confidence")
+        ax.plot([0, 1], [0, 1], "--", color="gray", linewidth=1, label="perfect calibration")
+        ece = expected_calibration_error(probs, labels, bins)
+        ax.set_title(f"{name} (T={t:.3g}): ECE {ece:.3f}", fontsize=11)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("confidence")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(loc="upper left", fontsize=8)
+    fig.suptitle(_plain(f"{title} ({len(labels)} images, {bins} bins)"), fontsize=12)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_coverage(probs: np.ndarray, labels: Sequence[int], threshold: float, path: str | Path, *,
+                  title: str = "Accuracy and coverage") -> Path:
+    """Accuracy of the kept predictions and the share kept as the threshold rises; the chosen one marked."""
+    from headstart.evaluate import coverage_curve
+
+    plt = _pyplot()
+    labels = np.asarray(labels)
+    rows = coverage_curve(probs, labels)
+    t = np.array([r["threshold"] for r in rows])
+    coverage = np.array([r["coverage"] for r in rows])
+    accuracy = np.array([r["accuracy"] for r in rows])
+    chosen = coverage_curve(probs, labels, np.array([threshold]))[0]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.plot(t, accuracy, label="accuracy of kept", color="#4c72b0")
+    left.plot(t, coverage, label="coverage (share kept)", color="#dd8452")
+    left.axvline(threshold, color="gray", linestyle="--", linewidth=1)
+    left.text(threshold, 0.02, f" threshold {threshold:.2f}", fontsize=8, color="gray")
+    left.set_xlabel("confidence threshold")
+    left.set_ylim(-0.02, 1.02)
+    left.legend(loc="lower left", fontsize=8)
+    left.grid(alpha=0.3)
+    right.plot(coverage, accuracy, color="#4c72b0")
+    right.plot([chosen["coverage"]], [chosen["accuracy"]], "o", color=WRONG, markersize=8,
+               label=f"threshold {threshold:.2f}: coverage {chosen['coverage']:.0%}, "
+                     f"accuracy {chosen['accuracy']:.1%}")
+    right.set_xlabel("coverage")
+    right.set_ylabel("accuracy")
+    right.set_xlim(-0.02, 1.02)
+    worst = np.nanmin(accuracy) if np.isfinite(accuracy).any() else 0.0
+    right.set_ylim(max(0.0, min(0.9, worst - 0.05)), 1.01)
+    right.legend(loc="lower left", fontsize=8)
+    right.grid(alpha=0.3)
+    fig.suptitle(_plain(title), fontsize=12)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_conv_filters(weights: np.ndarray, path: str | Path, *, max_filters: int = 64,
+                      title: str = "First convolution's filters") -> Path:
+    """Filters [N, 3, k, k] as RGB tiles, each stretched to [0, 1] on its own so its pattern shows."""
+    plt = _pyplot()
+    weights = np.asarray(weights, dtype=np.float32)
+    total = len(weights)
+    weights = weights[:max_filters]
+    n, _, kh, kw = weights.shape
+    columns = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    # one mosaic in one Axes: a subplot per filter costs ~50 ms each
+    pad = max(1, kh // 4)
+    mosaic = np.ones((rows * (kh + pad) + pad, columns * (kw + pad) + pad, 3), dtype=np.float32)
+    for i, w in enumerate(weights):
+        w = w.transpose(1, 2, 0)
+        r, c = divmod(i, columns)
+        top, left = pad + r * (kh + pad), pad + c * (kw + pad)
+        mosaic[top:top + kh, left:left + kw] = (w - w.min()) / max(float(w.max() - w.min()), 1e-8)
+    side = min(7.0, max(4.5, 0.6 * columns))
+    fig, ax = plt.subplots(figsize=(side, side * mosaic.shape[0] / mosaic.shape[1] + 0.4))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.axis("off")
+    shown = f"{n} of {total}" if n < total else f"{n}"
+    ax.set_title(_plain(f"{title}: {shown}, {kh}x{kw} px"), fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

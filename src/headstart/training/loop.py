@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from headstart.train.callbacks import Callback
+from headstart.training.callbacks import Callback
 
 __all__ = ["NonFiniteLossError", "Trainer", "evaluate_batches", "train_one_epoch"]
 

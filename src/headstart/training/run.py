@@ -60,13 +60,14 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
 
 
 def _class_weights(train_labels: list[int], num_classes: int, mode: str):
-    """Inverse-frequency weights when the largest class is over 1.5x the smallest, else None."""
+    """The doctor's rule (one definition, in data/check.py) as a tensor for the loss, or None."""
     import torch
 
-    counts = torch.bincount(torch.tensor(train_labels, dtype=torch.long), minlength=num_classes).float()
-    if mode == "none" or counts.min() == 0 or counts.max() / counts.min() <= 1.5:
-        return None
-    return counts.sum() / (num_classes * counts)
+    from headstart.data.check import class_weights
+
+    counts = [train_labels.count(i) for i in range(num_classes)]
+    weights = class_weights(counts, mode)
+    return None if weights is None else torch.tensor(weights, dtype=torch.float32)
 
 
 def _history_csv(history: list[dict]) -> str:
@@ -105,17 +106,26 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
 
     from headstart.backbones.model import build_network, count_parameters
     from headstart.backbones.registry import get_spec
-    from headstart.data.folders import discover
+    from headstart.data.check import check_dataset, load_exclusions
+    from headstart.data.folders import DataError, discover
     from headstart.data.loading import decode_split
     from headstart.device import resolve_accelerator, resolve_precision
     from headstart.evaluate import classification_metrics, fit_temperature
     from headstart.features import FeatureCache
-    from headstart.train.checkpoint import save_checkpoint, save_model
-    from headstart.train.modes import SATURATED_ACCURACY, RunContext, fit_features, fit_finetune
+    from headstart.training.checkpoint import save_checkpoint, save_model
+    from headstart.training.modes import SATURATED_ACCURACY, RunContext, fit_features, fit_finetune
 
     spec = get_spec(cfg.backbone)
     preprocessing = spec.preprocessing if cfg.image_size is None else spec.preprocessing.with_crop(cfg.image_size)
-    dataset = discover(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    excluded = load_exclusions(cfg.exclude, cfg.data) if cfg.exclude else set()
+    doctor = check_dataset(cfg.data, fast=True, val_fraction=cfg.val_fraction, seed=cfg.seed, exclude=excluded)
+    if doctor.fatal:
+        raise DataError(" ".join(p.message for p in doctor.problems if p.severity == "fatal")
+                        + f" Run `headstart check {cfg.data}` for the full report.")
+    warnings = [p for p in doctor.problems if p.severity == "warning"]
+    for problem in warnings:
+        log.warning("%s", problem.message)
+    dataset = discover(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, exclude=excluded)
     run_dir = prepare_run_dir(cfg)
     handler = logging.FileHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -195,6 +205,8 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
         summary = {
             "data": dataset.root, "classes": dataset.classes, "counts": dataset.counts(),
             "split_origin": dataset.split_origin, "notes": dataset.notes,
+            "warnings": [{"code": p.code, "message": p.message, "paths": p.paths} for p in warnings],
+            "excluded": sorted(excluded),
             "skipped": [{"path": p, "reason": r} for p, r in skipped],
             "backbone": spec.name, "mode": cfg.mode, "accelerator": accelerator, "precision": precision,
             "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -15,9 +15,9 @@ from headstart.config import TrainConfig
 from headstart.data.loading import DecodedSplit
 from headstart.data.transforms import eval_transform, train_transform, transform_key
 from headstart.features import FeatureCache, extract_features, view_seed
-from headstart.train.callbacks import BestCheckpoint, EarlyStopping, UnfreezeSchedule
-from headstart.train.loop import Trainer, evaluate_batches
-from headstart.train.schedules import build_optimizer, build_scheduler
+from headstart.training.callbacks import BestCheckpoint, EarlyStopping, UnfreezeSchedule
+from headstart.training.loop import Trainer, evaluate_batches
+from headstart.training.schedules import build_optimizer, build_scheduler
 
 __all__ = ["FitResult", "RunContext", "fit_features", "fit_finetune", "freeze_bn_wanted"]
 

@@ -1,5 +1,5 @@
 """Training: the run orchestration, the Fabric loop, callbacks, schedules and modes."""
 
-from headstart.train.run import RunResult, train
+from headstart.training.run import RunResult, train
 
 __all__ = ["RunResult", "train"]

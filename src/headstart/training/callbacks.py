@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from headstart.train.loop import Trainer
+    from headstart.training.loop import Trainer
 
 __all__ = ["BestCheckpoint", "Callback", "EarlyStopping", "UnfreezeSchedule", "is_better"]
 

@@ -1,0 +1,419 @@
+"""The dataset doctor: everything wrong with a data folder, found before training instead of during it.
+
+``check_dataset`` never raises on a broken layout: it scans the folders itself (the same rules as
+``folders.discover``) so that every problem is reported at once, each with what to do about it.
+Only three things are fatal: no classes to train on, a class in val/test that train lacks (or an
+empty class folder in train, which ``discover`` refuses), and the same image content in two splits
+(leakage). Everything else is a warning (training copes, maybe worse) or info.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from headstart.data.folders import SPLIT_ALIASES, _class_dirs, _find_split, _stratified_split, list_images
+from headstart.data.images import ImageLoadError, image_info, is_image_file, open_image
+
+__all__ = ["CheckReport", "Problem", "check_dataset", "class_weights", "fix_split", "load_exclusions",
+           "summary_lines"]
+
+log = logging.getLogger(__name__)
+
+IMBALANCE_THRESHOLD = 1.5  # the one definition training uses too (see class_weights)
+FEW_IMAGES = 5  # a class with fewer training images than this can hardly be learned
+FIX_SPLIT_FILE = "headstart-fix-split.json"
+_SPLIT_ORDER = ("train", "val", "test")  # when content repeats across splits, the earliest copy is kept
+# Which extensions each PIL format is normally saved under; anything else is a (harmless) mismatch.
+_FORMAT_EXTENSIONS = {
+    "JPEG": {".jpg", ".jpeg"}, "MPO": {".jpg", ".jpeg"}, "PNG": {".png"}, "GIF": {".gif"}, "BMP": {".bmp"},
+    "WEBP": {".webp"}, "TIFF": {".tif", ".tiff"},
+}
+# ImageLoadError reason prefix -> problem code; unusable files are skipped by training.
+_UNUSABLE = {
+    "empty file": "empty_file", "not an image": "not_an_image", "decompression bomb": "decompression_bomb",
+    "permission denied": "unreadable", "file not found": "unreadable",
+}
+_MESSAGES = {
+    "unreadable": "{n} file(s) cannot be read (permissions?); training skips them: fix or delete them",
+    "empty_file": "{n} zero-byte file(s); training skips them: delete them or copy them again",
+    "not_an_image": "{n} file(s) with an image extension are not images; training skips them: delete them",
+    "decompression_bomb": "{n} image(s) have too many pixels to decode safely; training skips them: "
+                          "downscale them",
+    "corrupt_image": "{n} truncated or corrupt image(s); training skips them: re-download or delete them",
+    "too_small": "{n} image(s) are smaller than {min_side}px on a side; training upscales them: "
+                 "check they belong",
+    "exif_rotated": "{n} image(s) carry an EXIF rotation; they are used upright, as photo viewers show them",
+    "format_mismatch": "{n} file(s) have an extension that does not match their format; they load fine",
+    "animated": "{n} animated image(s); only the first frame is used",
+}
+
+
+@dataclass
+class Problem:
+    """One finding. ``message`` is one line and says what to do; ``paths``: the files or folders concerned."""
+
+    severity: str  # "fatal" | "warning" | "info"
+    code: str
+    message: str
+    paths: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CheckReport:
+    """What ``check_dataset`` found. ``counts`` are usable images per split and class, after the val split."""
+
+    root: str
+    split_origin: str  # "folders" (DATA/train, DATA/val...) or "generated" (val held out of train)
+    classes: list[str]
+    counts: dict[str, dict[str, int]]
+    files: int
+    modes: dict[str, int]
+    formats: dict[str, int]
+    imbalance_ratio: float | None
+    class_weights: dict[str, float] | None
+    problems: list[Problem]
+    fast: bool
+    seconds: float
+
+    @property
+    def fatal(self) -> bool:
+        return any(p.severity == "fatal" for p in self.problems)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "fatal": self.fatal}
+
+
+@dataclass
+class _Facts:
+    path: Path
+    split: str
+    label: str
+    sha1: str | None = None
+    info: dict[str, Any] | None = None
+    error: str | None = None  # problem code when the file is unusable
+
+
+def class_weights(counts: Sequence[int], mode: str = "auto") -> list[float] | None:
+    """Training's loss weights: inverse frequency n/(k*count) when max/min count > 1.5, else None.
+
+    The single definition of the rule (training should call this); None also when a class has no images.
+    """
+    if mode == "none" or not counts or min(counts) == 0 or max(counts) / min(counts) <= IMBALANCE_THRESHOLD:
+        return None
+    total, k = sum(counts), len(counts)
+    return [total / (k * c) for c in counts]
+
+
+def load_exclusions(file: str | Path, root: str | Path) -> set[str]:
+    """Absolute paths listed in a ``fix_split`` file (relative to DATA), for training to leave out."""
+    record = json.loads(Path(file).read_text())
+    base = Path(root).expanduser().resolve()
+    return {str(base / rel) for rel in record.get("exclude", [])}
+
+
+def check_dataset(
+    data: str | Path, *, fast: bool = False, val_fraction: float = 0.2, seed: int = 42, min_side: int = 32,
+    exclude: Iterable[str | Path] = (), progress: Callable[[str, int, int], None] | None = None,
+) -> CheckReport:
+    """Inspect DATA and report every problem; never raises for a bad dataset.
+
+    The full check reads, hashes and decodes every image (truncation and duplicates are found);
+    ``fast=True`` reads headers only and skips duplicate detection, for a start-up check.
+    ``val_fraction``/``seed`` reproduce the val split training generates when DATA has no val folder.
+    """
+    start = time.perf_counter()
+    root = Path(data).expanduser().resolve()
+    problems: list[Problem] = []
+    if not root.is_dir():
+        problems.append(Problem("fatal", "not_found", f"data folder not found: {root}; check the path"))
+        return CheckReport(str(root), "folders", [], {}, 0, {}, {}, None, None, problems, fast, 0.0)
+    skip = {str(Path(p).expanduser().resolve()) for p in exclude}
+    class_dirs, files = _scan_layout(root, skip, problems)
+    facts = _inspect_all(files, fast=fast, progress=progress)
+    problems += _file_problems(facts, min_side)
+    splits, origin = _assign_splits(class_dirs, facts, val_fraction, seed)
+    classes = sorted(set().union(*class_dirs.values())) if class_dirs else []
+    if not fast:
+        problems += _duplicate_problems(splits, root, origin)
+    counts = {}
+    for split, items in splits.items():  # a generated val has train's classes
+        per_class = Counter(f.label for f in items)
+        counts[split] = {c: per_class[c] for c in class_dirs.get(split, class_dirs.get("train", {}))}
+    ratio, weights = _balance(counts.get("train", {}), problems)
+    problems.sort(key=lambda p: ("fatal", "warning", "info").index(p.severity))
+    return CheckReport(
+        root=str(root), split_origin=origin, classes=classes, counts=counts, files=len(facts),
+        modes=dict(Counter(f.info["mode"] for f in facts if f.info).most_common()),
+        formats=dict(Counter(f.info["format"] for f in facts if f.info).most_common()),
+        imbalance_ratio=ratio, class_weights=weights, problems=problems, fast=fast,
+        seconds=round(time.perf_counter() - start, 3),
+    )
+
+
+def _scan_layout(root: Path, skip: set[str], problems: list[Problem]
+                 ) -> tuple[dict[str, dict[str, Path]], list[_Facts]]:
+    """Split -> class -> folder, and every image file to inspect; structural problems are appended."""
+    found = {s: _find_split(root, s) for s in SPLIT_ALIASES}
+    if all(d is None for d in found.values()):
+        found = {"train": root}
+    split_dirs = {s: d for s, d in found.items() if d is not None}
+    class_dirs = {s: _class_dirs(d) for s, d in split_dirs.items()}
+    files = [_Facts(p, s, c) for s, dirs in class_dirs.items() for c, d in dirs.items()
+             for p in list_images(d) if str(p) not in skip]
+    if "train" not in class_dirs or not class_dirs["train"]:
+        where = split_dirs.get("train", root)
+        problems.append(Problem("fatal", "no_classes", f"no class folders in {where}: put images in "
+                                "DATA/<class>/*.jpg or DATA/train/<class>/*.jpg", [str(where)]))
+    train = set(class_dirs.get("train", {}))
+    others = {s: dirs for s, dirs in class_dirs.items() if s != "train" and train}
+    extra = {s: sorted(set(dirs) - train) for s, dirs in others.items() if set(dirs) - train}
+    if extra:
+        where = "; ".join(f"{s}/ has {names}" for s, names in extra.items())
+        msg = (f"classes missing from train/ ({where}): the model could never predict them; "
+               "add them to train/ or remove them")
+        problems.append(Problem("fatal", "class_mismatch", msg,
+                                [str(others[s][c]) for s, names in extra.items() for c in names]))
+    missing = {s: sorted(train - set(dirs)) for s, dirs in others.items() if train - set(dirs)}
+    if missing:
+        where = "; ".join(f"{s}/ lacks {names}" for s, names in missing.items())
+        msg = f"{where}: those classes go unmeasured there; add their folders if you have images"
+        problems.append(Problem("warning", "class_missing_from_split", msg))
+    counted = Counter((f.split, f.label) for f in files)
+    empty = {s: [str(d) for c, d in dirs.items() if not counted[s, c]] for s, dirs in class_dirs.items()}
+    if empty.get("train"):  # discover refuses an empty train class outright, so it is fatal
+        msg = f"{len(empty['train'])} class folder(s) in train/ hold no images: add images or remove them"
+        problems.append(Problem("fatal", "empty_class", msg, empty["train"]))
+    eval_empty = [d for s, dirs in empty.items() if s != "train" for d in dirs]
+    if eval_empty:
+        msg = f"{len(eval_empty)} class folder(s) in val/ or test/ hold no images: those go unmeasured there"
+        problems.append(Problem("warning", "empty_eval_class", msg, eval_empty))
+    loose = [str(p) for d in split_dirs.values() for p in sorted(d.iterdir())
+             if p.is_file() and is_image_file(p)]
+    if loose:
+        msg = f"{len(loose)} image(s) sit outside any class folder and are ignored: move them into one"
+        problems.append(Problem("warning", "loose_images", msg, loose))
+    kinds = sorted({p.suffix.lower() or p.name for d in split_dirs.values() for p in d.rglob("*")
+                    if p.is_file() and not is_image_file(p) and not p.name.startswith(".")})
+    if kinds:
+        problems.append(Problem("info", "non_image_files", f"files of type(s) {kinds[:8]} are not images "
+                                "and are ignored"))
+    return class_dirs, files
+
+
+def _inspect_all(files: list[_Facts], *, fast: bool, progress: Callable[[str, int, int], None] | None
+                 ) -> list[_Facts]:
+    """Inspect files on a thread pool: file reads, hashing and PIL decoding all release the GIL."""
+    task = "checking headers" if fast else "checking images"
+    workers = min(16, (os.cpu_count() or 1) + 2)  # a few more threads than cores hide file-read latency
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for done, _ in enumerate(pool.map(lambda f: _inspect(f, fast), files), 1):
+            if progress is not None:
+                progress(task, done, len(files))
+    return files
+
+
+def _inspect(f: _Facts, fast: bool) -> None:
+    """Fill in f's header facts (and hash, when full); an unusable file gets its problem code instead."""
+    try:
+        if fast:
+            f.info = image_info(f.path)
+        else:
+            data = f.path.read_bytes()
+            f.sha1 = hashlib.sha1(data).hexdigest()
+            f.info = image_info(data)
+            open_image(data)  # a full decode: the only way to catch a truncated file
+    except ImageLoadError as exc:
+        f.error = next((code for prefix, code in _UNUSABLE.items() if exc.reason.startswith(prefix)),
+                       "corrupt_image")
+    except OSError as exc:  # read_bytes failing: permissions, I/O errors
+        log.debug("cannot read %s: %s", f.path, exc)
+        f.error = "unreadable"
+
+
+def _file_problems(facts: list[_Facts], min_side: int) -> list[Problem]:
+    groups: dict[str, list[str]] = defaultdict(list)
+    for f in facts:
+        if f.error:
+            groups[f.error].append(str(f.path))
+            continue
+        info = f.info or {}
+        if min(info["width"], info["height"]) < min_side:
+            groups["too_small"].append(str(f.path))
+        if info["exif_rotated"]:
+            groups["exif_rotated"].append(str(f.path))
+        if f.path.suffix.lower() not in _FORMAT_EXTENSIONS.get(info["format"], ()):
+            groups["format_mismatch"].append(str(f.path))
+        if info["n_frames"] > 1:
+            groups["animated"].append(str(f.path))
+    problems = []
+    for code, template in _MESSAGES.items():
+        if groups[code]:
+            severity = "info" if code in ("exif_rotated", "format_mismatch", "animated") else "warning"
+            problems.append(Problem(severity, code, template.format(n=len(groups[code]), min_side=min_side),
+                                    groups[code]))
+    modes = Counter(f.info["mode"] for f in facts if f.info)
+    if len(modes) > 1:
+        mix = ", ".join(f"{m} {n}" for m, n in modes.most_common())
+        problems.append(Problem("info", "mixed_modes", f"image modes are mixed ({mix}); all become RGB"))
+    return problems
+
+
+def _assign_splits(class_dirs: dict[str, dict[str, Path]], facts: list[_Facts], val_fraction: float, seed: int
+                   ) -> tuple[dict[str, list[_Facts]], str]:
+    """Usable files per split; without a val folder, the same stratified split training generates.
+
+    The split is drawn over all listed files, unusable ones included, exactly as ``discover`` draws it
+    (training drops unusable files only later, while decoding).
+    """
+    origin = "folders"
+    if "val" not in class_dirs and "train" in class_dirs:
+        origin = "generated"
+        index = {c: i for i, c in enumerate(class_dirs["train"])}
+        by_path = {str(f.path): f for f in facts if f.split == "train"}
+        _, val = _stratified_split([(p, index[f.label]) for p, f in by_path.items()], val_fraction, seed)
+        for p, _ in val:
+            by_path[p].split = "val"
+    splits = {s: [f for f in facts if f.split == s and f.error is None] for s in _SPLIT_ORDER}
+    kept = {s: v for s, v in splits.items() if s in class_dirs or (s == "val" and origin == "generated")}
+    return kept, origin
+
+
+def _duplicate_problems(splits: dict[str, list[_Facts]], root: Path, origin: str) -> list[Problem]:
+    groups: dict[str, list[_Facts]] = defaultdict(list)
+    for items in splits.values():
+        for f in items:
+            groups[f.sha1].append(f)
+    groups = {h: g for h, g in groups.items() if len(g) > 1}
+    leaked, within, conflicting = [], [], []
+    for g in groups.values():
+        paths = [str(f.path) for f in g]
+        if len({f.split for f in g}) > 1:
+            leaked += paths
+        elif len(g) > len({f.split for f in g}):
+            within += paths
+        if len({f.label for f in g}) > 1:
+            conflicting += paths
+    problems = []
+    if leaked:
+        where = "the generated train/val split" if origin == "generated" else "more than one split"
+        msg = (f"{len(leaked)} files are copies of each other across {where}: scores would be inflated; "
+               f"run `headstart check {root} --fix-split`")
+        problems.append(Problem("fatal", "leakage", msg, leaked))
+    if within:
+        msg = f"{len(within)} files are exact copies within a split (they count twice): keep one copy of each"
+        problems.append(Problem("warning", "duplicates", msg, within))
+    if conflicting:
+        msg = f"{len(conflicting)} files hold one image under different classes: keep it in the right one"
+        problems.append(Problem("warning", "conflicting_labels", msg, conflicting))
+    return problems
+
+
+def _balance(train_counts: dict[str, int], problems: list[Problem]
+             ) -> tuple[float | None, dict[str, float] | None]:
+    names, counts = list(train_counts), list(train_counts.values())
+    few = [n for n, c in train_counts.items() if c < FEW_IMAGES]
+    if few:
+        problems.append(Problem("warning", "few_images", f"class(es) {few[:10]} have fewer than {FEW_IMAGES} "
+                                "usable training images: add more for a reliable model"))
+    if not counts or min(counts) == 0:
+        return None, None
+    ratio = max(counts) / min(counts)
+    weights = class_weights(counts)
+    if weights is not None:
+        msg = (f"classes are imbalanced ({ratio:.1f}x largest/smallest in train): training weights the loss "
+               "by inverse class frequency")
+        problems.append(Problem("info", "imbalance", msg))
+    return round(ratio, 3), (None if weights is None else dict(zip(names, weights, strict=True)))
+
+
+def fix_split(data: str | Path, report: CheckReport, out_dir: str | Path | None = None) -> Path:
+    """Write ``headstart-fix-split.json`` listing the files to leave out so no content repeats across splits.
+
+    With folder splits the train copy is kept and the val/test copies are excluded (val before test);
+    with a generated split every copy of every duplicate but one is excluded, since the redrawn split
+    decides where copies land. DATA is never modified (it may be read-only). Returns the file written.
+    """
+    if report.fast:
+        raise ValueError("fix_split needs the full check's duplicate detection: check_dataset(fast=False)")
+    root = Path(data).expanduser().resolve()
+    # A generated split is redrawn after exclusion, so every duplicate, not only today's leaked ones, must go.
+    codes = ("leakage", "duplicates") if report.split_origin == "generated" else ("leakage",)
+    dupes = [path for p in report.problems if p.code in codes for path in p.paths]
+    hashes: dict[str, list[str]] = defaultdict(list)
+    for path in dupes:  # content hashes again: the report holds paths only, and leakage sets are small
+        hashes[hashlib.sha1(Path(path).read_bytes()).hexdigest()].append(path)
+    exclude, kept_for = [], {}
+    generated = report.split_origin == "generated"
+    for paths in hashes.values():
+        ordered = sorted(paths, key=lambda p: (_split_rank(root, p), p))
+        keep = _split_rank(root, ordered[0])
+        for p in ordered[1:]:
+            if not generated and _split_rank(root, p) == keep:
+                continue  # a second copy in the kept split is no leakage: the duplicates warning covers it
+            rel = str(Path(p).relative_to(root))
+            exclude.append(rel)
+            kept_for[rel] = str(Path(ordered[0]).relative_to(root))
+    out = Path(out_dir or ".").expanduser() / FIX_SPLIT_FILE
+    record = {"format": "headstart.exclude/1", "root": str(root), "exclude": sorted(exclude),
+              "duplicate_of": dict(sorted(kept_for.items())),
+              "reason": "same image content in more than one split (leakage); the listed copies are left out"}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    log.info("wrote %s: %d file(s) to exclude", out, len(exclude))
+    return out
+
+
+def _split_rank(root: Path, path: str) -> int:
+    """0 for train/, 1 for val/, 2 for test/; in a DATA/<class> layout every file ranks alike."""
+    top = Path(path).relative_to(root).parts[0].lower()
+    return next((i for i, s in enumerate(_SPLIT_ORDER) if top in SPLIT_ALIASES[s]), len(_SPLIT_ORDER))
+
+
+def summary_lines(report: CheckReport) -> list[str]:
+    """A one-screen summary that ends with what to do next."""
+    lines = [f"data: {report.root}"]
+    if report.classes:
+        generated = report.split_origin == "generated"
+        origin = "val split generated from train" if generated else "split by folders"
+        names = ", ".join(report.classes[:6]) + (", ..." if len(report.classes) > 6 else "")
+        lines.append(f"classes: {len(report.classes)} ({names}); {origin}")
+        lines.append("images: " + ", ".join(f"{s} {sum(c.values())}" for s, c in report.counts.items())
+                     + f"; {report.files} files checked" + (" (headers only)" if report.fast else ""))
+    train = report.counts.get("train", {})
+    if train and report.imbalance_ratio is not None:
+        weights = "inverse-frequency class weights" if report.class_weights else "no class weights"
+        lines.append(f"train per class: min {min(train.values())}, max {max(train.values())} "
+                     f"(imbalance {report.imbalance_ratio:.2f}x: {weights})")
+    shown = 16
+    for p in report.problems[:shown]:
+        example = ""
+        if p.paths:
+            first = os.path.relpath(p.paths[0], report.root)
+            example = f" [{first}" + (f" +{len(p.paths) - 1} more]" if len(p.paths) > 1 else "]")
+        lines.append(f"{p.severity.upper():8}{p.code}: {p.message}{example}")
+    if len(report.problems) > shown:
+        lines.append(f"... and {len(report.problems) - shown} more (see --json)")
+    lines.append(_next_step(report))
+    return lines
+
+
+def _next_step(report: CheckReport) -> str:
+    codes = {p.code for p in report.problems if p.severity == "fatal"}
+    if codes == {"leakage"}:
+        return (f"next: run `headstart check {report.root} --fix-split`, then train with "
+                f"`--exclude {FIX_SPLIT_FILE}`")
+    if codes:
+        return "next: fix the FATAL problems above, then run `headstart check` again"
+    if any(p.severity == "warning" for p in report.problems):
+        return f"next: ready to train (`headstart train {report.root}`); the warnings above may cost accuracy"
+    return f"next: all clear; train with `headstart train {report.root}`"

@@ -1,0 +1,342 @@
+"""`build_report(run_dir)`: a run's files plus a fresh look at its images, as one self-contained report.html.
+
+Numbers come from the run's own files (metrics.json, history.csv, summary.json, model.json); only what
+they do not hold is recomputed: the logits of one split (val by default, small) for the confidence,
+reliability and coverage plots, the predictions grid and the top losses. When the images are gone those
+parts say so and the rest of the report is still written.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from headstart.artifact import atomic_write_text, read_manifest
+from headstart.report import html as H
+from headstart.report import plots
+
+__all__ = ["build_report"]
+
+log = logging.getLogger(__name__)
+
+GRID_IMAGES = 12
+
+
+@dataclass
+class _Scored:
+    """The readable images of one split with labels (indices into the model's classes) and logits."""
+
+    split: str
+    paths: list[str]
+    images: list
+    labels: np.ndarray
+    logits: np.ndarray
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        log.warning("report: cannot read %s: %s", path, exc)
+        return {}
+
+
+def _history(path: Path) -> list[dict]:
+    try:
+        with path.open(newline="") as f:
+            return list(csv.DictReader(f))
+    except OSError:
+        return []
+
+
+def _spread(items: list, k: int) -> list:
+    """k items evenly spread over a list sorted by class, so every class shows up."""
+    if len(items) <= k:
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, k).round().astype(int)]
+
+
+def _dataset(run: Path, data, classes: list[str]):
+    """(Dataset, None) rebuilt from split.json, or (None, why not)."""
+    from headstart.data.folders import DataError, discover
+
+    split_file = run / "split.json"
+    root = data or _json(split_file).get("root")
+    if not root:
+        return None, "split.json names no data folder; pass the data folder to build the image sections"
+    try:
+        dataset = discover(root, split_file=split_file if split_file.is_file() else None)
+    except (DataError, OSError, ValueError, KeyError) as exc:
+        return None, f"the images are not available ({exc}); image sections skipped"
+    unknown = sorted(set(dataset.classes) - set(classes))
+    if unknown:
+        return None, f"{root} has classes the model does not know: {unknown}; image sections skipped"
+    return dataset, None
+
+
+def _score(clf, dataset, split: str) -> _Scored | None:
+    from headstart.data.images import ImageLoadError, open_image
+
+    paths, images, labels = [], [], []
+    for path, y in dataset.splits.get(split, []):
+        try:
+            images.append(open_image(path))
+        except ImageLoadError as exc:
+            log.warning("report: skipping %s: %s", path, exc.reason)
+            continue
+        paths.append(path)
+        labels.append(clf.classes.index(dataset.classes[y]))
+    if not images:
+        return None
+    return _Scored(split, paths, images, np.asarray(labels), clf.logits(images))
+
+
+def _dataset_section(summary: dict, classes: list[str]) -> H.Section:
+    counts = summary.get("counts", {})
+    splits = list(counts)
+    rows = [[c] + [counts[s].get(c, 0) for s in splits] for c in classes]
+    rows.append(["total"] + [sum(counts[s].values()) for s in splits])
+    body = [H.para(f"{len(classes)} classes from {summary.get('data', '?')}; "
+                   f"split: {summary.get('split_origin', '?')}."),
+            H.table(["class"] + splits, rows)]
+    body += [H.note(n) for n in summary.get("notes", [])]
+    skipped = summary.get("skipped", [])
+    body.append(H.para(f"Skipped files: {len(skipped)}."))
+    if skipped:
+        body.append(H.table(["file", "reason"], [(s["path"], s["reason"]) for s in skipped[:50]]))
+        if len(skipped) > 50:
+            body.append(H.note(f"... and {len(skipped) - 50} more (summary.json lists them all)"))
+    return H.Section("dataset", "Dataset", "".join(body))
+
+
+def _model_section(manifest: dict) -> H.Section:
+    params = manifest.get("parameters", {})
+    rows = {
+        "backbone": manifest.get("backbone"),
+        "weights": manifest.get("weight_source", {}).get("description") or manifest.get("weight_source"),
+        "mode": manifest.get("mode"),
+        "trainable parameters": params.get("trainable"),
+        "total parameters": params.get("total"),
+        "head": manifest.get("head"),
+        "preprocessing": manifest.get("preprocessing"),
+        "temperature": manifest.get("temperature"),
+        "threshold": manifest.get("threshold"),
+        "headstart version": manifest.get("headstart_version"),
+        "created": manifest.get("created"),
+        "weights sha256": manifest.get("weights_sha256"),
+    }
+    return H.Section("model", "Model", H.kv_table(rows))
+
+
+def _curves_section(history: list[dict], out: Path) -> H.Section:
+    if not history:
+        return H.Section("curves", "Training curves", H.note("history.csv is missing or empty"))
+    png = plots.plot_history(history, out / "curves.png")
+    return H.Section("curves", "Training curves", H.figure(png, "loss and accuracy per epoch"))
+
+
+_METRIC_ROWS = (("images", "n"), ("accuracy", "accuracy"), ("loss (NLL)", "loss"),
+                ("NLL after temperature", "nll_calibrated"), ("ECE", "ece"), ("ECE after temperature",
+                                                                               "ece_calibrated"))
+
+
+def _metrics_section(metrics: dict) -> H.Section:
+    splits = list(metrics)
+    rows = [[name] + [metrics[s].get(key) for s in splits] for name, key in _METRIC_ROWS]
+    return H.Section("metrics", "Metrics", H.table(["metric"] + splits, rows))
+
+
+def _per_class_section(metrics: dict) -> H.Section:
+    body = []
+    for split, m in metrics.items():
+        rows = [(c, v["precision"], v["recall"], v["f1"], v["support"]) for c, v in m.get("per_class", {}).items()]
+        body += [f"<h3>{H.esc(split)}</h3>", H.table(["class", "precision", "recall", "F1", "support"], rows)]
+    return H.Section("per-class", "Per-class metrics", "".join(body))
+
+
+def _confusion_section(metrics: dict, classes: list[str], out: Path) -> H.Section:
+    body = [H.figure(plots.plot_confusion_matrix(m["confusion_matrix"], classes, out / f"confusion_{s}.png",
+                                                 title=f"{s} split"), f"confusion matrix, {s}")
+            for s, m in metrics.items() if "confusion_matrix" in m]
+    return H.Section("confusion", "Confusion matrix", "".join(body) or H.note("metrics.json has no matrix"))
+
+
+def _calibration_section(metrics: dict, temperature: float, scored: _Scored | None, why: str,
+                         out: Path) -> H.Section:
+    from headstart.evaluate import softmax
+
+    body = [H.para(f"Temperature T = {temperature:.4g}, fitted on val to minimise its NLL; probabilities "
+                   "are softmax(logits / T). ECE: expected calibration error, 15 equal-width bins."),
+            H.table(["split", "ECE before", "ECE after", "NLL before", "NLL after"],
+                    [(s, m.get("ece"), m.get("ece_calibrated"), m.get("loss"), m.get("nll_calibrated"))
+                     for s, m in metrics.items()])]
+    if scored is None:
+        return H.Section("calibration", "Calibration", "".join(body) + H.note(why))
+    caveat = " (the split T was fitted on, so 'after' is optimistic)" if scored.split == "val" else ""
+    probs = softmax(scored.logits, temperature)
+    body.append(H.figure(plots.plot_reliability(scored.logits, scored.labels, temperature,
+                                                out / "reliability.png", title=f"Reliability, {scored.split}"),
+                         "reliability diagram", f"{scored.split} split{caveat}"))
+    body.append(H.figure(plots.plot_confidence_histogram(
+        probs.max(axis=1), probs.argmax(axis=1) == scored.labels, out / "confidence.png",
+        title=f"Calibrated confidence, {scored.split}"), "confidence histogram"))
+    return H.Section("calibration", "Calibration", "".join(body))
+
+
+def _rejection_section(metrics: dict, threshold: float, temperature: float, scored: _Scored | None, why: str,
+                       out: Path) -> H.Section:
+    from headstart.evaluate import softmax
+
+    rows = [(s, m["rejection"]["threshold"], m["rejection"]["rejected_rate"], m["rejection"]["accepted_accuracy"])
+            for s, m in metrics.items() if "rejection" in m]
+    body = [H.para(f"Predictions whose calibrated confidence is below {threshold:.2f} are answered 'unsure'."),
+            H.table(["split", "threshold", "rejected", "accuracy of accepted"], rows)]
+    if scored is None:
+        body.append(H.note(why))
+    else:
+        png = plots.plot_coverage(softmax(scored.logits, temperature), scored.labels, threshold,
+                                  out / "coverage.png", title=f"Accuracy and coverage, {scored.split}")
+        body.append(H.figure(png, "accuracy against coverage"))
+    return H.Section("rejection", "Rejection", "".join(body))
+
+
+def _predictions_section(clf, scored: _Scored | None, why: str, out: Path) -> H.Section:
+    from headstart.evaluate import softmax
+    from headstart.report.explain import display_crop
+
+    if scored is None:
+        return H.Section("predictions", "Predictions", H.note(why))
+    chosen = _spread(list(range(len(scored.images))), GRID_IMAGES)
+    probs = softmax(scored.logits[chosen], clf.temperature)
+    png = plots.plot_prediction_grid(
+        [display_crop(clf, scored.images[i]) for i in chosen], [clf.classes[scored.labels[i]] for i in chosen],
+        [clf.classes[j] for j in probs.argmax(axis=1)], probs.max(axis=1), out / "predictions.png",
+        title=f"Predictions on {scored.split} (calibrated confidence)")
+    return H.Section("predictions", "Predictions", H.figure(png, "a grid of predictions"))
+
+
+def _top_losses_section(clf, scored: _Scored | None, why: str, n: int, out: Path) -> H.Section:
+    from headstart.report.explain import top_losses
+
+    if scored is None:
+        return H.Section("top-losses", "Top losses", H.note(why))
+    items = list(zip(scored.paths, scored.labels.tolist()))
+    result = top_losses(clf, items, n, out=out / "top_losses.png", logits=scored.logits)
+    body = [H.para(f"The {len(result.rows)} {scored.split} images with the highest loss; {result.wrong} of "
+                   f"{len(items)} are misclassified. Grad-CAM shows where the model looked for its prediction.")]
+    if result.plot:
+        body.append(H.figure(result.plot, "top losses with Grad-CAM"))
+    body.append(H.table(["file", "true", "predicted", "confidence", "loss"],
+                        [(r["path"], r["true"], r["pred"], r["confidence"], r["loss"]) for r in result.rows]))
+    return H.Section("top-losses", "Top losses", "".join(body))
+
+
+def _samples_section(clf, dataset, augment: str, why: str, out: Path) -> H.Section:
+    import torch
+
+    from headstart.backbones.registry import Preprocessing
+    from headstart.data.images import ImageLoadError, open_image
+    from headstart.data.transforms import train_transform
+
+    title = "Training samples"
+    if dataset is None or not dataset.splits.get("train"):
+        return H.Section("samples", title, H.note(why or "no training images"))
+    pre = Preprocessing.from_dict(clf.manifest["preprocessing"])
+    transform = train_transform(pre, augment)
+    torch.manual_seed(0)  # the same augmented samples every time the report is rebuilt
+    tensors, labels = [], []
+    for path, y in _spread(dataset.splits["train"], GRID_IMAGES):
+        try:
+            tensors.append(transform(open_image(path)).numpy())
+            labels.append(dataset.classes[y])
+        except ImageLoadError:
+            continue
+    if not tensors:
+        return H.Section("samples", title, H.note("no readable training images"))
+    png = plots.plot_image_grid(tensors, labels, out / "samples.png", mean=pre.mean, std=pre.std,
+                                title=f"Training samples, augmentation preset '{augment}'")
+    return H.Section("samples", title, H.figure(png, "augmented training samples"))
+
+
+def _filters_section(clf, out: Path) -> H.Section:
+    from headstart.report.explain import first_conv_weights
+
+    weights = first_conv_weights(clf.net)
+    if weights is None:
+        return H.Section("filters", "First-layer filters", H.note("the network has no RGB convolution"))
+    return H.Section("filters", "First-layer filters",
+                     H.figure(plots.plot_conv_filters(weights, out / "filters.png"), "first convolution filters"))
+
+
+def _time_size_section(run: Path, summary: dict, history: list[dict], manifest: dict) -> H.Section:
+    seconds = [float(r["seconds"]) for r in history if r.get("seconds") not in (None, "")]
+    weights = run / manifest.get("weights_file", "model.safetensors")
+    size = weights.stat().st_size if weights.is_file() else manifest.get("weights_bytes")
+    rows = {
+        "whole run (s)": summary.get("seconds"),
+        "epochs": summary.get("epochs_run", len(history)),
+        "seconds per epoch, mean": float(np.mean(seconds)) if seconds else None,
+        "seconds per epoch, min / max": f"{min(seconds):.3g} / {max(seconds):.3g}" if seconds else None,
+        "feature extraction (computed / total)": summary.get("extraction"),
+        "accelerator, precision": f"{summary.get('accelerator', '?')}, {summary.get('precision', '?')}",
+        "model.safetensors": f"{size / 2**20:.1f} MiB ({size:,} bytes)" if size else None,
+    }
+    return H.Section("time-size", "Time and size", H.kv_table(rows))
+
+
+def build_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = None, *, split: str = "val",
+                 top_n: int = 8, classifier=None, plots_dir: str | os.PathLike | None = None) -> Path:
+    """Write RUN/report.html and return its path.
+
+    data: the image folder when it moved since training (default: the root in split.json). split: whose
+    images are scored for the image plots. classifier: an already loaded `headstart.load(run_dir)`.
+    plots_dir: also keep the PNGs there (they are always embedded in the page).
+    """
+    from headstart.predict import load
+
+    started = time.perf_counter()
+    run = Path(run_dir)
+    manifest = read_manifest(run)
+    metrics, summary = _json(run / "metrics.json"), _json(run / "summary.json")
+    config, history = _json(run / "config.json"), _history(run / "history.csv")
+    clf = classifier or load(run)
+    dataset, why = _dataset(run, data, clf.classes)
+    scored = None
+    if dataset is not None:
+        scored = _score(clf, dataset, split)
+        why = f"no readable images in the {split} split" if scored is None else ""
+    with tempfile.TemporaryDirectory(prefix="headstart-report-") as tmp:
+        out = Path(plots_dir) if plots_dir else Path(tmp)
+        sections = [
+            _dataset_section(summary, clf.classes),
+            _model_section(manifest),
+            H.Section("config", "Configuration", H.kv_table(config) if config else H.note("config.json missing")),
+            _curves_section(history, out),
+            _metrics_section(metrics),
+            _per_class_section(metrics),
+            _confusion_section(metrics, clf.classes, out),
+            _calibration_section(metrics, clf.temperature, scored, why, out),
+            _rejection_section(metrics, clf.threshold, clf.temperature, scored, why, out),
+            _predictions_section(clf, scored, why, out),
+            _top_losses_section(clf, scored, why, top_n, out),
+            _samples_section(clf, dataset, config.get("augment") or "none", why, out),
+            _filters_section(clf, out),
+            _time_size_section(run, summary, history, manifest),
+        ]
+        lead = H.cards([(f"{m['accuracy']:.1%}", f"{s} accuracy") for s, m in metrics.items() if "accuracy" in m]
+                       + [(str(manifest.get("backbone")), str(manifest.get("mode", ""))),
+                          (f"{summary.get('seconds', 0):.0f} s", "training time")])
+        page = H.page(f"headstart run: {run.resolve().name}", sections, lead=lead,
+                      subtitle=f"{run.resolve()} · {manifest.get('created', '')}")
+    path = run / "report.html"
+    atomic_write_text(path, page)
+    log.info("report written to %s in %.1fs", path, time.perf_counter() - started)
+    return path

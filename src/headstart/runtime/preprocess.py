@@ -1,0 +1,87 @@
+"""Eval preprocessing with PIL + numpy, equal to torchvision's Resize(int) + CenterCrop + ToTensor + Normalize.
+
+No torch here: a serving install needs only onnxruntime, numpy and Pillow. PREPROCESSING_STEPS spells the
+pipeline out for a client in any language; the ONNX file carries it, and the numbers, in its metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+# data.loading imports only PIL and data.images (tests/runtime/test_no_torch.py keeps it that way).
+from headstart.data.loading import resize_short_side
+
+__all__ = ["PREPROCESSING_STEPS", "PreprocessSpec", "center_crop_box", "preprocess", "preprocess_batch"]
+
+PREPROCESSING_STEPS = """\
+1. decode to RGB (EXIF-oriented), 8 bits per channel;
+2. resize so the short side is resize_size; the long side is floor(resize_size * long / short); Pillow's
+   antialiased filter named by interpolation (bilinear | bicubic | nearest); skipped when the short side
+   already is resize_size;
+3. center-crop crop_size x crop_size: top = round((height - crop_size) / 2), left likewise, with Python's
+   round (halves to even), as torchvision does;
+4. float32 x = uint8 / 255, then (x - mean[c]) / std[c] per channel, in float32;
+5. HWC -> CHW, stacked to a float32 NCHW batch.
+"""
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """The numbers of the eval pipeline; the same keys as model.json's `preprocessing`."""
+
+    crop_size: int
+    resize_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in ("bilinear", "bicubic", "nearest"):
+            raise ValueError(f"unsupported interpolation {self.interpolation!r}")
+        if self.resize_size < self.crop_size:
+            raise ValueError(f"resize_size {self.resize_size} is smaller than crop_size {self.crop_size}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PreprocessSpec:
+        return cls(
+            crop_size=int(data["crop_size"]),
+            resize_size=int(data["resize_size"]),
+            mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
+            interpolation=str(data.get("interpolation", "bilinear")),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"crop_size": self.crop_size, "resize_size": self.resize_size, "mean": list(self.mean),
+                "std": list(self.std), "interpolation": self.interpolation}
+
+
+def center_crop_box(width: int, height: int, crop: int) -> tuple[int, int]:
+    """(top, left) of torchvision's CenterCrop; Python's round() halves to even, and so must we."""
+    return int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))
+
+
+def preprocess(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
+    """One RGB image -> float32 [3, crop, crop], normalized."""
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    # The short side becomes resize_size >= crop_size, so the crop never needs torchvision's zero padding.
+    img = resize_short_side(img, spec.resize_size, spec.interpolation)
+    top, left = center_crop_box(img.width, img.height, spec.crop_size)
+    pixels = np.asarray(img)[top:top + spec.crop_size, left:left + spec.crop_size]
+    # float32 all the way, in torchvision's order (divide, subtract, divide), so the results agree bit for bit.
+    x = pixels.astype(np.float32) / np.float32(255)
+    x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def preprocess_batch(images: Sequence[Image.Image], spec: PreprocessSpec) -> np.ndarray:
+    """RGB images -> float32 [N, 3, crop, crop]."""
+    if not images:
+        return np.zeros((0, 3, spec.crop_size, spec.crop_size), np.float32)
+    return np.stack([preprocess(img, spec) for img in images])

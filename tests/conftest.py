@@ -1,0 +1,55 @@
+"""Shared fixtures: an isolated feature cache, the ../shared folder, and synthetic image datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+DEMO_DATA = REPO / "src" / "headstart" / "demo_data"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Tests never read or fill the user's feature cache."""
+    old = os.environ.get("HEADSTART_CACHE")
+    os.environ["HEADSTART_CACHE"] = str(tmp_path_factory.mktemp("headstart-cache"))
+    yield
+    if old is None:
+        os.environ.pop("HEADSTART_CACHE", None)
+    else:
+        os.environ["HEADSTART_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} is missing: the real datasets and weights live there")
+    return SHARED
+
+
+def make_synthetic_dataset(root: Path, classes=("red", "green", "blue"), per_split=None, size=48,
+                           seed: int = 0) -> Path:
+    """Images whose dominant colour is their class, with noise: separable even by random features."""
+    per_split = per_split or {"train": 12, "val": 6, "test": 6}
+    rng = np.random.default_rng(seed)
+    palette = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200), "gray": (128, 128, 128)}
+    for split, count in per_split.items():
+        for name in classes:
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                base = np.array(palette.get(name, rng.integers(0, 255, 3)), dtype=np.float32)
+                pixels = np.clip(base + rng.normal(0, 30, (size, size + 8, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{name}_{i}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture
+def synthetic_data(tmp_path) -> Path:
+    return make_synthetic_dataset(tmp_path / "data")

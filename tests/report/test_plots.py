@@ -1,0 +1,100 @@
+"""Every plot writes a real PNG from plain synthetic data; display helpers undo normalization exactly."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from headstart.report import plots
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CLASSES = ["cat", "dog", "a $long$ class name with spaces"]
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _assert_png(path: Path, min_side: int = 150) -> None:
+    data = Path(path).read_bytes()
+    assert data.startswith(PNG_SIGNATURE)
+    assert len(data) > 1024
+    with Image.open(path) as img:
+        img.load()  # decodes the whole file: a truncated PNG fails here
+        assert min(img.size) >= min_side
+
+
+def _photos(n: int, rng) -> list[Image.Image]:
+    return [Image.fromarray(rng.integers(0, 255, (40 + i, 56, 3), dtype=np.uint8)) for i in range(n)]
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def scored(rng):
+    """Logits of 3 classes for 90 images, right about 80% of the time."""
+    labels = rng.integers(0, 3, 90)
+    logits = rng.normal(0, 1, (90, 3))
+    logits[np.arange(90), np.where(rng.random(90) < 0.8, labels, (labels + 1) % 3)] += 3
+    return logits, labels
+
+
+def test_image_grid_of_normalized_tensors(tmp_path, rng):
+    chw = [((rng.random((3, 32, 32)) - np.array(MEAN)[:, None, None]) / np.array(STD)[:, None, None])
+           for _ in range(7)]
+    _assert_png(plots.plot_image_grid(chw, [CLASSES[i % 3] for i in range(7)], tmp_path / "grid.png",
+                                      mean=MEAN, std=STD))
+
+
+def test_prediction_grid(tmp_path, rng):
+    images = _photos(8, rng)
+    true = [CLASSES[i % 3] for i in range(8)]
+    pred = [CLASSES[(i // 2) % 3] for i in range(8)]
+    _assert_png(plots.plot_prediction_grid(images, true, pred, rng.random(8), tmp_path / "pred.png"))
+
+
+def test_top_losses_grid(tmp_path, rng):
+    images = _photos(5, rng)
+    _assert_png(plots.plot_top_losses(images, images[::-1], CLASSES[:2] * 2 + ["cat"], ["dog"] * 5,
+                                      rng.random(5), rng.random(5) * 3, tmp_path / "top.png"))
+
+
+def test_history_from_csv_strings_with_phases(tmp_path):
+    rows = [{"epoch": str(e), "train_loss": str(1 / e), "train_accuracy": str(1 - 1 / (e + 1)),
+             "val_loss": str(1.2 / e), "val_accuracy": "" if e == 3 else str(1 - 1.2 / (e + 2)),
+             "phase": "features" if e <= 4 else "finetune"} for e in range(1, 9)]
+    _assert_png(plots.plot_history(rows, tmp_path / "curves.png"))
+
+
+def test_confusion_matrix(tmp_path):
+    _assert_png(plots.plot_confusion_matrix([[5, 1, 0], [2, 7, 1], [0, 0, 9]], CLASSES, tmp_path / "cm.png"))
+
+
+def test_confidence_histogram(tmp_path, rng):
+    _assert_png(plots.plot_confidence_histogram(rng.random(50), rng.random(50) > 0.3, tmp_path / "conf.png"))
+
+
+def test_reliability_before_and_after(tmp_path, scored):
+    logits, labels = scored
+    _assert_png(plots.plot_reliability(logits, labels, 1.7, tmp_path / "rel.png"))
+
+
+def test_coverage_curve(tmp_path, scored):
+    from headstart.evaluate import softmax
+
+    logits, labels = scored
+    _assert_png(plots.plot_coverage(softmax(logits), labels, 0.6, tmp_path / "cov.png"))
+
+
+@pytest.mark.parametrize("shape", [(32, 3, 3, 3), (768, 3, 16, 16)])
+def test_conv_filters(tmp_path, rng, shape):
+    _assert_png(plots.plot_conv_filters(rng.normal(size=shape), tmp_path / "filters.png"))
+
+
+def test_to_display_undoes_normalization(rng):
+    pixels = rng.random((20, 30, 3)).astype(np.float32)
+    chw = ((pixels - np.array(MEAN)) / np.array(STD)).transpose(2, 0, 1)
+    np.testing.assert_allclose(plots.to_display(chw, MEAN, STD), pixels, atol=1e-5)
+    uint8 = (pixels * 255).astype(np.uint8)
+    np.testing.assert_allclose(plots.to_display(Image.fromarray(uint8)), uint8 / 255.0, atol=1e-6)

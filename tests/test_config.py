@@ -1,0 +1,46 @@
+import json
+
+import pytest
+
+from headstart.config import ConfigError, TrainConfig
+
+
+def test_defaults_resolve_by_mode():
+    features = TrainConfig(data="d").resolved()
+    finetune = TrainConfig(data="d", mode="finetune").resolved()
+    assert (features.epochs, features.augment, features.views) == (30, "none", 1)
+    assert (finetune.epochs, finetune.augment) == (8, "light")
+    assert features.lr > finetune.lr
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"mode": "linear"}, "mode must be one of"),
+        ({"optimizer": "rmsprop"}, "optimizer must be one of"),
+        ({"unfreeze": "most"}, "unfreeze must be"),
+        ({"epochs": 0}, "epochs must be at least 1"),
+        ({"lr": -1.0}, "lr must be positive"),
+        ({"label_smoothing": 1.5}, "label_smoothing must be in"),
+        ({"mode": "features", "gradual_unfreeze": 2}, "gradual_unfreeze needs --mode finetune"),
+        ({"mode": "finetune", "views": 4}, "views (cached augmented copies) applies to --mode features"),
+        ({"epochs": 3, "warmup_epochs": 3}, "warmup_epochs (3) must be fewer than epochs (3)"),
+    ],
+)
+def test_invalid_settings_get_one_line_messages(settings, message):
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(data="d", **settings)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_setting_is_rejected(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"data": "d", "epoch": 3}))
+    with pytest.raises(ConfigError, match="unknown setting"):
+        TrainConfig.from_json(path)
+
+
+def test_round_trip():
+    cfg = TrainConfig(data="d", mode="finetune", unfreeze="2", epochs=4).resolved()
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
