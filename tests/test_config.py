@@ -23,7 +23,7 @@ def test_defaults_resolve_by_mode():
         ({"lr": -1.0}, "lr must be positive"),
         ({"label_smoothing": 1.5}, "label_smoothing must be in"),
         ({"mode": "features", "gradual_unfreeze": 2}, "gradual_unfreeze needs --mode finetune"),
-        ({"mode": "finetune", "views": 4}, "views (cached augmented copies) applies to --mode features"),
+        ({"mode": "finetune", "unfreeze": "all", "views": 4}, "views (cached augmented copies) needs a frozen"),
         ({"epochs": 3, "warmup_epochs": 3}, "warmup_epochs (3) must be fewer than epochs (3)"),
     ],
 )

@@ -74,8 +74,10 @@ class _Progress:
 def _setup_logging(verbose: bool) -> None:
     from rich.logging import RichHandler
 
+    handler = RichHandler(console=console, show_path=False, show_time=False)
+    handler.setLevel(logging.INFO if verbose else logging.WARNING)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
-                        handlers=[RichHandler(console=console, show_path=False, show_time=False)])
+                        handlers=[handler])
 
 
 def _metrics_table(metrics: dict, title: str) -> Table:
@@ -131,7 +133,7 @@ def train_command(
     class_weights: Annotated[str, typer.Option(help="auto | none")] = "auto",
     early_stop: Annotated[int, typer.Option(help="patience in epochs; 0 = off")] = 0,
     augment: Annotated[Optional[str], typer.Option(help="none | light | standard")] = None,
-    views: Annotated[Optional[int], typer.Option(help="augmented views cached per image (features)")] = None,
+    views: Annotated[Optional[int], typer.Option(help="augmented views cached per image (features; finetune: of the frozen prefix, 0 = off)")] = None,
     unfreeze: Annotated[str, typer.Option(help="last | N | all (finetune)")] = "last",
     stage_lr_mult: Annotated[float, typer.Option(help="lr multiplier per stage below the head")] = 0.5,
     gradual_unfreeze: Annotated[int, typer.Option(help="unfreeze one more stage every N epochs")] = 0,

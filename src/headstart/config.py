@@ -86,8 +86,10 @@ class TrainConfig:
         positive = {"batch_size": self.batch_size, "devices": self.devices}
         if self.epochs is not None:
             positive["epochs"] = self.epochs
-        if self.views is not None:
+        if self.views is not None and self.mode == "features":
             positive["views"] = self.views
+        if self.views is not None and self.views < 0:
+            raise ConfigError(f"views must be >= 0 (got {self.views})")
         if self.image_size is not None:
             positive["image_size"] = self.image_size
         for name, value in positive.items():
@@ -109,8 +111,8 @@ class TrainConfig:
             raise ConfigError(f"stage_lr_mult must be in (0, 1] (got {self.stage_lr_mult})")
         if self.mode == "features" and self.gradual_unfreeze:
             raise ConfigError("gradual_unfreeze needs --mode finetune or auto: features mode keeps the backbone frozen")
-        if self.mode != "features" and self.views not in (None, 1):
-            raise ConfigError("views (cached augmented copies) applies to --mode features only")
+        if self.mode != "features" and self.unfreeze == "all" and self.views:
+            raise ConfigError("views (cached augmented copies) needs a frozen part: not with --unfreeze all")
         if self.epochs is not None and self.warmup_epochs >= self.epochs:
             raise ConfigError(f"warmup_epochs ({self.warmup_epochs}) must be fewer than epochs ({self.epochs})")
 
@@ -122,7 +124,7 @@ class TrainConfig:
             epochs=self.epochs if self.epochs is not None else (30 if features else 8),
             lr=self.lr if self.lr is not None else (3e-3 if features else 1e-3),
             augment=self.augment if self.augment is not None else ("none" if features else "light"),
-            views=self.views if self.views is not None else 1,
+            views=self.views if self.views is not None else (1 if features else 0 if self.unfreeze == "all" else 4),
         )
 
     def to_dict(self) -> dict[str, Any]:

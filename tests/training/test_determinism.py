@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 import headstart
 from headstart.training.run import _class_weights
 
@@ -20,7 +22,7 @@ def test_finetune_runs_and_keeps_best(synthetic_data, tmp_path):
     result = headstart.train(synthetic_data, out=str(tmp_path / "ft"), mode="finetune", epochs=2, image_size=64,
                              unfreeze="2", batch_size=8, gradual_unfreeze=1)
     best = max(result.history, key=lambda r: (r["val_accuracy"], -r["val_loss"]))
-    assert result.metrics["val"]["accuracy"] == best["val_accuracy"]
+    assert result.metrics["val"]["accuracy"] == pytest.approx(best["val_accuracy"])
     config = json.loads((result.run_dir / "config.json").read_text())
     assert config["mode"] == "finetune" and config["epochs"] == 2 and config["lr"] == 1e-3
 
@@ -30,3 +32,15 @@ def test_class_weights_only_when_imbalanced():
     weights = _class_weights([0] * 30 + [1] * 10, 2, "auto")
     assert weights[1] > weights[0]
     assert _class_weights([0] * 30 + [1] * 10, 2, "none") is None
+
+
+def test_finetune_with_cached_prefix_matches_the_image_path(synthetic_data, tmp_path):
+    """Caching the frozen prefix changes the cost, not the model: with no augmentation both paths agree."""
+    common = dict(mode="finetune", epochs=2, image_size=64, augment="none", batch_size=8, seed=5)
+    cached = headstart.train(synthetic_data, out=str(tmp_path / "c"), views=1, **common)
+    plain = headstart.train(synthetic_data, out=str(tmp_path / "p"), views=0, **common)
+    assert json.loads((cached.run_dir / "summary.json").read_text())["extraction"]["prefix_cached"] is True
+    assert json.loads((plain.run_dir / "summary.json").read_text())["extraction"]["prefix_cached"] is False
+    for a, b in zip(cached.history, plain.history):
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-4
+    assert cached.metrics["test"]["accuracy"] == plain.metrics["test"]["accuracy"]

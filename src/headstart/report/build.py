@@ -57,6 +57,12 @@ def _history(path: Path) -> list[dict]:
         return []
 
 
+def _ordered(splits) -> list[str]:
+    """Split names in reading order: train, val, test, then any others."""
+    rank = {"train": 0, "val": 1, "test": 2}
+    return sorted(splits, key=lambda s: (rank.get(s, 3), s))
+
+
 def _spread(items: list, k: int) -> list:
     """k items evenly spread over a list sorted by class, so every class shows up."""
     if len(items) <= k:
@@ -64,8 +70,9 @@ def _spread(items: list, k: int) -> list:
     return [items[i] for i in np.linspace(0, len(items) - 1, k).round().astype(int)]
 
 
-def _dataset(run: Path, data, classes: list[str]):
-    """(Dataset, None) rebuilt from split.json, or (None, why not)."""
+def _dataset(run: Path, data, classes: list[str], config: dict):
+    """(Dataset, None) rebuilt as training saw it (split.json, exclusions), or (None, why not)."""
+    from headstart.data.check import load_exclusions
     from headstart.data.folders import DataError, discover
 
     split_file = run / "split.json"
@@ -73,7 +80,8 @@ def _dataset(run: Path, data, classes: list[str]):
     if not root:
         return None, "split.json names no data folder; pass the data folder to build the image sections"
     try:
-        dataset = discover(root, split_file=split_file if split_file.is_file() else None)
+        excluded = load_exclusions(config["exclude"], root) if config.get("exclude") else set()
+        dataset = discover(root, split_file=split_file if split_file.is_file() else None, exclude=excluded)
     except (DataError, OSError, ValueError, KeyError) as exc:
         return None, f"the images are not available ({exc}); image sections skipped"
     unknown = sorted(set(dataset.classes) - set(classes))
@@ -101,7 +109,7 @@ def _score(clf, dataset, split: str) -> _Scored | None:
 
 def _dataset_section(summary: dict, classes: list[str]) -> H.Section:
     counts = summary.get("counts", {})
-    splits = list(counts)
+    splits = _ordered(counts)
     rows = [[c] + [counts[s].get(c, 0) for s in splits] for c in classes]
     rows.append(["total"] + [sum(counts[s].values()) for s in splits])
     body = [H.para(f"{len(classes)} classes from {summary.get('data', '?')}; "
@@ -157,7 +165,8 @@ def _metrics_section(metrics: dict) -> H.Section:
 def _per_class_section(metrics: dict) -> H.Section:
     body = []
     for split, m in metrics.items():
-        rows = [(c, v["precision"], v["recall"], v["f1"], v["support"]) for c, v in m.get("per_class", {}).items()]
+        rows = [(c, v["precision"], v["recall"], v["f1"], v["support"])
+                for c, v in m.get("per_class", {}).items()]
         body += [f"<h3>{H.esc(split)}</h3>", H.table(["class", "precision", "recall", "F1", "support"], rows)]
     return H.Section("per-class", "Per-class metrics", "".join(body))
 
@@ -182,9 +191,9 @@ def _calibration_section(metrics: dict, temperature: float, scored: _Scored | No
         return H.Section("calibration", "Calibration", "".join(body) + H.note(why))
     caveat = " (the split T was fitted on, so 'after' is optimistic)" if scored.split == "val" else ""
     probs = softmax(scored.logits, temperature)
-    body.append(H.figure(plots.plot_reliability(scored.logits, scored.labels, temperature,
-                                                out / "reliability.png", title=f"Reliability, {scored.split}"),
-                         "reliability diagram", f"{scored.split} split{caveat}"))
+    png = plots.plot_reliability(scored.logits, scored.labels, temperature, out / "reliability.png",
+                                 title=f"Reliability, {scored.split}")
+    body.append(H.figure(png, "reliability diagram", f"{scored.split} split{caveat}"))
     body.append(H.figure(plots.plot_confidence_histogram(
         probs.max(axis=1), probs.argmax(axis=1) == scored.labels, out / "confidence.png",
         title=f"Calibrated confidence, {scored.split}"), "confidence histogram"))
@@ -195,9 +204,10 @@ def _rejection_section(metrics: dict, threshold: float, temperature: float, scor
                        out: Path) -> H.Section:
     from headstart.evaluate import softmax
 
-    rows = [(s, m["rejection"]["threshold"], m["rejection"]["rejected_rate"], m["rejection"]["accepted_accuracy"])
-            for s, m in metrics.items() if "rejection" in m]
-    body = [H.para(f"Predictions whose calibrated confidence is below {threshold:.2f} are answered 'unsure'."),
+    rejection = {s: m["rejection"] for s, m in metrics.items() if "rejection" in m}
+    rows = [(s, r["threshold"], r["rejected_rate"], r["accepted_accuracy"]) for s, r in rejection.items()]
+    body = [H.para(f"Predictions whose calibrated confidence is below {threshold:.2f} are answered "
+                   "'unsure'."),
             H.table(["split", "threshold", "rejected", "accuracy of accepted"], rows)]
     if scored is None:
         body.append(H.note(why))
@@ -217,7 +227,8 @@ def _predictions_section(clf, scored: _Scored | None, why: str, out: Path) -> H.
     chosen = _spread(list(range(len(scored.images))), GRID_IMAGES)
     probs = softmax(scored.logits[chosen], clf.temperature)
     png = plots.plot_prediction_grid(
-        [display_crop(clf, scored.images[i]) for i in chosen], [clf.classes[scored.labels[i]] for i in chosen],
+        [display_crop(clf, scored.images[i]) for i in chosen],
+        [clf.classes[scored.labels[i]] for i in chosen],
         [clf.classes[j] for j in probs.argmax(axis=1)], probs.max(axis=1), out / "predictions.png",
         title=f"Predictions on {scored.split} (calibrated confidence)")
     return H.Section("predictions", "Predictions", H.figure(png, "a grid of predictions"))
@@ -231,7 +242,8 @@ def _top_losses_section(clf, scored: _Scored | None, why: str, n: int, out: Path
     items = list(zip(scored.paths, scored.labels.tolist()))
     result = top_losses(clf, items, n, out=out / "top_losses.png", logits=scored.logits)
     body = [H.para(f"The {len(result.rows)} {scored.split} images with the highest loss; {result.wrong} of "
-                   f"{len(items)} are misclassified. Grad-CAM shows where the model looked for its prediction.")]
+                   f"{len(items)} are misclassified. Grad-CAM shows where the model looked for its "
+                   "prediction.")]
     if result.plot:
         body.append(H.figure(result.plot, "top losses with Grad-CAM"))
     body.append(H.table(["file", "true", "predicted", "confidence", "loss"],
@@ -272,8 +284,8 @@ def _filters_section(clf, out: Path) -> H.Section:
     weights = first_conv_weights(clf.net)
     if weights is None:
         return H.Section("filters", "First-layer filters", H.note("the network has no RGB convolution"))
-    return H.Section("filters", "First-layer filters",
-                     H.figure(plots.plot_conv_filters(weights, out / "filters.png"), "first convolution filters"))
+    png = plots.plot_conv_filters(weights, out / "filters.png")
+    return H.Section("filters", "First-layer filters", H.figure(png, "first convolution filters"))
 
 
 def _time_size_section(run: Path, summary: dict, history: list[dict], manifest: dict) -> H.Section:
@@ -285,11 +297,13 @@ def _time_size_section(run: Path, summary: dict, history: list[dict], manifest: 
         "epochs": summary.get("epochs_run", len(history)),
         "seconds per epoch, mean": float(np.mean(seconds)) if seconds else None,
         "seconds per epoch, min / max": f"{min(seconds):.3g} / {max(seconds):.3g}" if seconds else None,
-        "feature extraction (computed / total)": summary.get("extraction"),
+        "feature extraction, computed / total": "{computed} / {total}".format(**summary["extraction"])
+        if isinstance(summary.get("extraction"), dict) and {"computed", "total"} <= set(summary["extraction"])
+        else None,
         "accelerator, precision": f"{summary.get('accelerator', '?')}, {summary.get('precision', '?')}",
         "model.safetensors": f"{size / 2**20:.1f} MiB ({size:,} bytes)" if size else None,
     }
-    return H.Section("time-size", "Time and size", H.kv_table(rows))
+    return H.Section("time-size", "Time and size", H.kv_table(rows, header=("measure", "value")))
 
 
 def build_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = None, *, split: str = "val",
@@ -306,9 +320,10 @@ def build_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
     run = Path(run_dir)
     manifest = read_manifest(run)
     metrics, summary = _json(run / "metrics.json"), _json(run / "summary.json")
+    metrics = {s: metrics[s] for s in _ordered(metrics)}
     config, history = _json(run / "config.json"), _history(run / "history.csv")
     clf = classifier or load(run)
-    dataset, why = _dataset(run, data, clf.classes)
+    dataset, why = _dataset(run, data, clf.classes, config)
     scored = None
     if dataset is not None:
         scored = _score(clf, dataset, split)
@@ -318,7 +333,8 @@ def build_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
         sections = [
             _dataset_section(summary, clf.classes),
             _model_section(manifest),
-            H.Section("config", "Configuration", H.kv_table(config) if config else H.note("config.json missing")),
+            H.Section("config", "Configuration",
+                      H.kv_table(config, columns=2) if config else H.note("config.json is missing")),
             _curves_section(history, out),
             _metrics_section(metrics),
             _per_class_section(metrics),
@@ -331,8 +347,8 @@ def build_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
             _filters_section(clf, out),
             _time_size_section(run, summary, history, manifest),
         ]
-        lead = H.cards([(f"{m['accuracy']:.1%}", f"{s} accuracy") for s, m in metrics.items() if "accuracy" in m]
-                       + [(str(manifest.get("backbone")), str(manifest.get("mode", ""))),
+        accuracy = [(f"{m['accuracy']:.1%}", f"{s} accuracy") for s, m in metrics.items() if "accuracy" in m]
+        lead = H.cards(accuracy + [(str(manifest.get("backbone")), str(manifest.get("mode", ""))),
                           (f"{summary.get('seconds', 0):.0f} s", "training time")])
         page = H.page(f"headstart run: {run.resolve().name}", sections, lead=lead,
                       subtitle=f"{run.resolve()} · {manifest.get('created', '')}")

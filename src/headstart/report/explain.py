@@ -1,9 +1,9 @@
 """Grad-CAM explanations (the `grad-cam` package), overlays, and the images a classifier gets most wrong.
 
-Grad-CAM needs a spatial layer near the output. For CNNs that is the module producing the final feature map
-(found by one probing forward pass); for ViTs it is the first LayerNorm of the last transformer block (the final
-norm only feeds the class token, so its patch tokens get no gradient), with the patch tokens reshaped into a
-grid. Both are found from the network itself, so `timm:NAME` backbones work too.
+Grad-CAM needs a spatial layer near the output. For CNNs that is the module producing the final feature
+map (found by one probing forward pass); for ViTs it is the first LayerNorm of the last transformer block
+(the final norm only feeds the class token, so its patch tokens get no gradient), with the patch tokens
+reshaped into a grid. Both are found from the network itself, so `timm:NAME` backbones work too.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def display_crop(classifier: Classifier, image: Image.Image) -> Image.Image:
 
 
 def _vit_tokens_to_grid(tokens: torch.Tensor) -> torch.Tensor:
-    """[B, prefix + h*w, C] -> [B, C, h, w]: drop the class (and register) tokens, lay the patches out square."""
+    """[B, prefix + h*w, C] -> [B, C, h, w]: drop the class (and register) tokens, patches laid out square."""
     n = tokens.shape[1]
     side = math.isqrt(n)
     grid = tokens[:, n - side * side:, :]
@@ -63,7 +63,7 @@ def _vit_tokens_to_grid(tokens: torch.Tensor) -> torch.Tensor:
 
 
 def target_layer(net: nn.Module, spec: BackboneSpec, probe: torch.Tensor):
-    """(layer, reshape_transform or None) for Grad-CAM on `net` (a HeadstartNet); `probe` is one input batch."""
+    """(layer, reshape_transform or None) for Grad-CAM on `net` (a HeadstartNet); `probe`: one input batch."""
     import torch
     from torch import nn
 
@@ -118,7 +118,8 @@ def _class_indices(classifier: Classifier, target_class, n: int) -> list[int | N
 
 
 def gradcam(classifier: Classifier, images: Sequence[Image.Image],
-            target_class: TargetClass | Sequence[TargetClass] = None, *, batch_size: int = 8) -> list[np.ndarray]:
+            target_class: TargetClass | Sequence[TargetClass] = None, *,
+            batch_size: int = 8) -> list[np.ndarray]:
     """One Grad-CAM map per image, HxW at the network's input (crop) size, in [0, 1].
 
     target_class: None explains the predicted class; a class name or index (or one per image) explains that.
@@ -141,9 +142,13 @@ def gradcam(classifier: Classifier, images: Sequence[Image.Image],
     if not spec.is_vit:
         x = x.contiguous(memory_format=torch.channels_last)
     layer, reshape = target_layer(net, spec, x[:1])
-    # Cut the graph at the target layer: its output becomes a leaf that needs a gradient, so the backward
-    # pass runs through the few layers above it only, not the whole body (and works when the body is
-    # frozen). Registered before GradCAM's own hooks, which then see the cut tensor.
+    # Grad-CAM needs d(class score)/d(target layer output) only. With every parameter frozen for the call
+    # and the layer's output cut into a leaf that needs a gradient, autograd records and runs backward
+    # through the layers above the target alone: not the body below it, nor a ViT's residual stream around
+    # it. The cut is registered before GradCAM's own hooks, which then see the leaf.
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
     cut = layer.register_forward_hook(lambda _m, _i, out: out.detach().requires_grad_(True))
     cam = GradCAM(model=net, target_layers=[layer], reshape_transform=reshape)
     maps = []
@@ -164,7 +169,8 @@ def gradcam(classifier: Classifier, images: Sequence[Image.Image],
     finally:
         cam.activations_and_grads.release()
         cut.remove()
-        net.zero_grad(set_to_none=True)
+        for p in trainable:
+            p.requires_grad_(True)
     return [_unit_range(np.asarray(m, dtype=np.float32)) for m in maps]
 
 
@@ -182,8 +188,10 @@ def overlay(image: Image.Image, cam: np.ndarray, *, image_weight: float = 0.55) 
 
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     if cam.shape != rgb.shape[:2]:
-        cam = np.asarray(Image.fromarray(cam.astype(np.float32)).resize(image.size, Image.Resampling.BILINEAR))
-    return Image.fromarray(show_cam_on_image(rgb, np.clip(cam, 0, 1), use_rgb=True, image_weight=image_weight))
+        resized = Image.fromarray(cam.astype(np.float32)).resize(image.size, Image.Resampling.BILINEAR)
+        cam = np.asarray(resized)
+    heat = show_cam_on_image(rgb, np.clip(cam, 0, 1), use_rgb=True, image_weight=image_weight)
+    return Image.fromarray(heat)
 
 
 def first_conv_weights(net: nn.Module) -> np.ndarray | None:
@@ -205,8 +213,9 @@ def _unique_name(out_dir: Path, stem: str, used: set[str]) -> Path:
     return out_dir / name
 
 
-def explain_images(run_dir: str | os.PathLike, image_paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
-                   class_name: str | None = None, *, classifier: Classifier | None = None) -> list[dict]:
+def explain_images(run_dir: str | os.PathLike, image_paths: Sequence[str | os.PathLike],
+                   out_dir: str | os.PathLike, class_name: str | None = None, *,
+                   classifier: Classifier | None = None) -> list[dict]:
     """Write one Grad-CAM overlay PNG per image into out_dir, for the predicted class or `class_name`.
 
     Returns, in input order, {"path", "label" (the class explained), "confidence" (its calibrated

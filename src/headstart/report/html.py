@@ -49,6 +49,7 @@ figcaption { color: var(--muted); font-size: 13px; margin-top: 4px; }
 .card b { display: block; font-size: 20px; }
 .card span { color: var(--muted); font-size: 13px; }
 .scroll { overflow-x: auto; }
+.side { display: flex; flex-wrap: wrap; gap: 0 24px; align-items: flex-start; }
 """
 
 
@@ -78,21 +79,28 @@ def _cell(value: object) -> tuple[str, bool]:
     return esc(value), False
 
 
-def table(header: Sequence[str], rows: Iterable[Sequence[object]], *, caption: str = "") -> str:
+def table(header: Sequence[str], rows: Iterable[Sequence[object]], *, caption: str = "",
+          align_numbers: bool = True) -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = []
     for row in rows:
         cells = []
         for value in row:
             text, numeric = _cell(value)
-            cells.append(f'<td class="num">{text}</td>' if numeric else f"<td>{text}</td>")
+            cells.append(f'<td class="num">{text}</td>' if numeric and align_numbers else f"<td>{text}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")
     cap = f"<caption>{esc(caption)}</caption>" if caption else ""
-    return f'<div class="scroll"><table>{cap}<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+    return (f'<div class="scroll"><table>{cap}<thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
-def kv_table(mapping: Mapping[str, object]) -> str:
-    return table(("setting", "value"), [(k, v) for k, v in mapping.items()])
+def kv_table(mapping: Mapping[str, object], *, header: Sequence[str] = ("setting", "value"),
+             columns: int = 1) -> str:
+    """Name/value rows, left-aligned; `columns` > 1 splits a long list into tables side by side."""
+    items = list(mapping.items())
+    per = max(1, math.ceil(len(items) / columns))
+    tables = [table(header, items[i:i + per], align_numbers=False) for i in range(0, len(items), per)]
+    return tables[0] if len(tables) == 1 else f'<div class="side">{"".join(tables)}</div>'
 
 
 def para(text: str) -> str:

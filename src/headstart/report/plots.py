@@ -7,6 +7,7 @@ what a torchvision transform returns; `np.asarray` turns a CPU tensor into such 
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -50,12 +51,12 @@ def _save(fig, path: str | Path, *, photo: bool = False) -> Path:
         from PIL import Image
 
         buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", pil_kwargs={"compress_level": 1})
+        fig.savefig(buffer, format="png", dpi=DPI, pil_kwargs={"compress_level": 1})
         rgb = Image.open(buffer).convert("RGB")
         palette = rgb.quantize(256, method=Image.Quantize.FASTOCTREE)
         rgb.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG).save(path, format="PNG")
     else:
-        fig.savefig(path, dpi=DPI, bbox_inches="tight")
+        fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
 
@@ -83,7 +84,7 @@ def to_display(image, mean: Sequence[float] | None = None, std: Sequence[float] 
     return np.clip(arr, 0, 1)
 
 
-def _grid(n: int, columns: int, cell: float = 2.2, title_lines: int = 1):
+def _grid(n: int, columns: int, cell: float = 1.75, title_lines: int = 1):
     plt = _pyplot()
     columns = max(1, min(columns, n))
     rows = max(1, math.ceil(n / columns))
@@ -107,9 +108,10 @@ def plot_image_grid(images: Sequence, labels: Sequence[str], path: str | Path, *
     return _save(fig, path, photo=True)
 
 
-def plot_prediction_grid(images: Sequence, true: Sequence[str], pred: Sequence[str], confidence: Sequence[float],
-                         path: str | Path, *, mean: Sequence[float] | None = None,
-                         std: Sequence[float] | None = None, title: str = "Predictions", columns: int = 6) -> Path:
+def plot_prediction_grid(images: Sequence, true: Sequence[str], pred: Sequence[str],
+                         confidence: Sequence[float], path: str | Path, *,
+                         mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                         title: str = "Predictions", columns: int = 6) -> Path:
     """Each image titled true/pred/confidence, green when right and red when wrong."""
     fig, axes = _grid(len(images), columns, title_lines=3)
     for ax, image, t, p, c in zip(axes, images, true, pred, confidence):
@@ -129,7 +131,7 @@ def plot_top_losses(images: Sequence, overlays: Sequence, true: Sequence[str], p
     n = len(images)
     rows = max(1, math.ceil(n / pairs_per_row))
     columns = 2 * max(1, min(pairs_per_row, n))
-    fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.3 * columns, 2.8 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i in range(n):
@@ -137,9 +139,9 @@ def plot_top_losses(images: Sequence, overlays: Sequence, true: Sequence[str], p
                                                                               2 * (i % pairs_per_row) + 1]
         color = CORRECT if true[i] == pred[i] else WRONG
         left.imshow(to_display(images[i]))
-        left.set_title(f"true: {_wrap(true[i], 20)}\npred: {_wrap(pred[i], 20)}", fontsize=8, color=color)
+        left.set_title(f"true: {_wrap(true[i], 20)}\npred: {_wrap(pred[i], 20)}", fontsize=9, color=color)
         right.imshow(to_display(overlays[i]))
-        right.set_title(f"Grad-CAM, {confidence[i]:.2f}\nloss {loss[i]:.2f}", fontsize=8, color=color)
+        right.set_title(f"Grad-CAM, {confidence[i]:.2f}\nloss {loss[i]:.2f}", fontsize=9, color=color)
     fig.suptitle(_plain(title), fontsize=12)
     fig.tight_layout()
     return _save(fig, path, photo=True)
@@ -160,7 +162,7 @@ def plot_history(rows: Sequence[Mapping], path: str | Path, *, title: str = "Tra
     """Loss and accuracy per epoch, train and val. Rows may hold strings (read back from history.csv)."""
     plt = _pyplot()
     epochs = _column(rows, "epoch")
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10.5, 3.8))
     for ax, metric in ((ax_loss, "loss"), (ax_acc, "accuracy")):
         for split, style in (("train", "-o"), ("val", "-s")):
             ax.plot(epochs, _column(rows, f"{split}_{metric}"), style, markersize=3, label=split)
@@ -174,7 +176,8 @@ def plot_history(rows: Sequence[Mapping], path: str | Path, *, title: str = "Tra
         for i in range(1, len(phases)):
             if phases[i] != phases[i - 1] and phases[i]:
                 ax.axvline(epochs[i] - 0.5, color="gray", linestyle="--", linewidth=1)
-                ax.text(epochs[i] - 0.4, ax.get_ylim()[1], f" {phases[i]}", va="top", fontsize=8, color="gray")
+                ax.text(epochs[i] - 0.4, ax.get_ylim()[1], f" {phases[i]}", va="top", fontsize=8,
+                        color="gray")
     ax_acc.set_ylim(-0.02, 1.02)
     fig.suptitle(_plain(title), fontsize=12)
     fig.tight_layout()
@@ -231,7 +234,7 @@ def _reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int):
     correct = probs.argmax(axis=1) == labels
     edges = np.linspace(0, 1, bins + 1)
     acc, conf, count = np.full(bins, np.nan), np.full(bins, np.nan), np.zeros(bins, dtype=int)
-    for b, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+    for b, (lo, hi) in enumerate(itertools.pairwise(edges)):
         inside = (confidence > lo) & (confidence <= hi)
         count[b] = inside.sum()
         if count[b]:
@@ -283,7 +286,7 @@ def plot_coverage(probs: np.ndarray, labels: Sequence[int], threshold: float, pa
     coverage = np.array([r["coverage"] for r in rows])
     accuracy = np.array([r["accuracy"] for r in rows])
     chosen = coverage_curve(probs, labels, np.array([threshold]))[0]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 4))
     left.plot(t, accuracy, label="accuracy of kept", color="#4c72b0")
     left.plot(t, coverage, label="coverage (share kept)", color="#dd8452")
     left.axvline(threshold, color="gray", linestyle="--", linewidth=1)

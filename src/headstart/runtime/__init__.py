@@ -5,7 +5,13 @@
     clf.predict(["photo.jpg"])
 """
 
-from headstart.runtime.onnx_engine import ONNX_FILE, ONNX_FORMAT, OnnxClassifier, load_onnx, read_onnx_metadata
+from headstart.runtime.onnx_engine import (
+    ONNX_FILE,
+    ONNX_FORMAT,
+    OnnxClassifier,
+    load_onnx,
+    read_onnx_metadata,
+)
 from headstart.runtime.preprocess import PreprocessSpec, preprocess, preprocess_batch
 from headstart.runtime.results import UNSURE, build_predictions, predict_images
 

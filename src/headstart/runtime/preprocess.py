@@ -63,7 +63,7 @@ class PreprocessSpec:
 
 def center_crop_box(width: int, height: int, crop: int) -> tuple[int, int]:
     """(top, left) of torchvision's CenterCrop; Python's round() halves to even, and so must we."""
-    return int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))
+    return round((height - crop) / 2.0), round((width - crop) / 2.0)
 
 
 def preprocess(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:

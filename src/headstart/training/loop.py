@@ -116,6 +116,8 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_epoch_end(self, self.epoch, row)
             self.history.append(row)
+            log.info("epoch %d: train loss %.4f acc %.4f, val loss %.4f acc %.4f, %.1fs", row["epoch"],
+                     row["train_loss"], row["train_accuracy"], row["val_loss"], row["val_accuracy"], row["seconds"])
             self.epoch += 1
             if self.on_epoch is not None:
                 self.on_epoch(row)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -14,9 +15,11 @@ from headstart.backbones.registry import BackboneSpec, Preprocessing
 from headstart.config import TrainConfig
 from headstart.data.loading import DecodedSplit
 from headstart.data.transforms import eval_transform, train_transform, transform_key
+from headstart.device import autocast
 from headstart.features import FeatureCache, extract_features, view_seed
 from headstart.training.callbacks import BestCheckpoint, EarlyStopping, UnfreezeSchedule
 from headstart.training.loop import Trainer, evaluate_batches
+from headstart.training.prefix import find_frozen_prefix
 from headstart.training.schedules import build_optimizer, build_scheduler
 
 __all__ = ["FitResult", "RunContext", "fit_features", "fit_finetune", "freeze_bn_wanted"]
@@ -158,55 +161,138 @@ def freeze_bn_wanted(cfg: TrainConfig) -> bool:
 
 
 def _train_mode(freeze_bn: bool):
+    """Train mode, except BatchNorm in frozen layers (always) and in every layer when freeze_bn is on."""
+
     def set_mode(model: nn.Module) -> None:
         model.train()
-        if freeze_bn:
-            for m in model.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and (
+                    freeze_bn or not any(p.requires_grad for p in m.parameters())):
+                m.eval()
 
     return set_mode
 
 
-def fit_finetune(ctx: RunContext, *, epochs: int) -> FitResult:
-    """Train the head and the chosen backbone stages on images, with per-stage learning rates."""
+def _chosen_stages(ctx: RunContext) -> tuple[list[list], list[tuple[str, ...]]]:
+    """The stages that train (from the head downwards): their parameters and their name prefixes."""
     cfg = ctx.cfg
     stages = stage_parameters(ctx.net, ctx.spec)
     count = len(stages) if cfg.unfreeze == "all" else 1 if cfg.unfreeze == "last" else min(int(cfg.unfreeze),
                                                                                             len(stages))
+    return stages[::-1][:count], list(ctx.spec.stages[::-1][:count])
+
+
+class _CachedViews:
+    """Batches of cached prefix activations: each epoch, every image appears once, in one of its K views.
+
+    The order comes from a DataLoader over indices with the run's seed, so it is the order the image path
+    would use; the view picks draw from a second generator.
+    """
+
+    def __init__(self, views: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int):
+        self.views, self.labels = views, labels
+        self.order = _loader(range(len(labels)), batch_size, True, seed)
+        self.picks = torch.Generator().manual_seed(seed + 1)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self):
+        for idx in self.order:
+            pick = torch.randint(len(self.views), (len(idx),), generator=self.picks)
+            yield self.views[pick, idx], self.labels[idx]
+
+
+def _prefix_activations(ctx: RunContext, prefix, split: str, preset: str, view: int) -> torch.Tensor:
+    decoded = ctx.decoded[split]
+    transform = eval_transform(ctx.preprocessing) if preset == "none" else train_transform(ctx.preprocessing, preset)
+    chunks = []
+    memory_format = torch.channels_last
+    for start in range(0, len(decoded.images), 64):
+        batch = []
+        for i in range(start, min(start + 64, len(decoded.images))):
+            if preset != "none":
+                torch.manual_seed(view_seed(ctx.cfg.seed, view, decoded.hashes[i]))
+            batch.append(transform(decoded.images[i]))
+        x = torch.stack(batch).to(ctx.accelerator, memory_format=memory_format)
+        with autocast(ctx.accelerator, ctx.precision):
+            chunks.append(prefix.activations(x).float().contiguous(memory_format=memory_format))
+        _report(ctx, f"prefix {split}" + (f" view {view}" if view else ""), start + len(batch), len(decoded.images))
+    return torch.cat(chunks)
+
+
+def fit_finetune(ctx: RunContext, *, epochs: int) -> FitResult:
+    """Train the head and the chosen backbone stages, with per-stage learning rates.
+
+    When the trainable stages sit on top of a frozen prefix, the prefix runs once per image and view
+    (see training/prefix.py) and epochs only pay for the trainable part; otherwise epochs run on images.
+    """
+    cfg = ctx.cfg
+    chosen, chosen_prefixes = _chosen_stages(ctx)
     freeze_backbone(ctx.net)
-    chosen = stages[::-1][:count]  # from the head downwards
     groups = [{"params": list(ctx.net.head.parameters()), "lr": cfg.lr}]
     for depth, params in enumerate(chosen, start=1):
         for p in params:
             p.requires_grad_(True)
         groups.append({"params": params, "lr": cfg.lr * cfg.stage_lr_mult ** depth})
     callbacks_extra = [UnfreezeSchedule(cfg.gradual_unfreeze, chosen)] if cfg.gradual_unfreeze else []
-    log.info("fine-tuning %d of %d stages; %s", count, len(stages), count_parameters(ctx.net))
-
+    log.info("fine-tuning %d stages; %s", len(chosen), count_parameters(ctx.net))
     torch.manual_seed(cfg.seed)
     channels_last = not ctx.spec.is_vit
     if channels_last:
         ctx.net.to(memory_format=torch.channels_last)
+    prefix = None
+    if cfg.unfreeze != "all" and cfg.views:
+        size = ctx.preprocessing.crop_size
+        # A local generator: probing must not move the global RNG that dropout draws from.
+        sample = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(ctx.accelerator)
+        prefix = find_frozen_prefix(ctx.net.backbone, tuple(p for s in chosen_prefixes for p in s), sample)
+    if prefix is not None:
+        train_batches, eval_batches, labels = _cached_batches(ctx, prefix)
+        bypass = prefix.bypassed_modules()
+    else:
+        train_batches, eval_batches, labels = _image_batches(ctx)
+        bypass = contextlib.nullcontext()
+    with bypass:
+        optimizer = build_optimizer(groups, cfg)
+        scheduler = build_scheduler(optimizer, cfg, len(train_batches), epochs)
+        model, optimizer = ctx.fabric.setup(ctx.net, optimizer)
+        best, callbacks = _callbacks(ctx)
+        trainer = Trainer(ctx.fabric, model, optimizer, scheduler, _loss(ctx),
+                          callbacks=callbacks + callbacks_extra, train_mode=_train_mode(freeze_bn_wanted(cfg)),
+                          channels_last=channels_last, on_epoch=ctx.on_epoch)
+        history = trainer.fit(train_batches, eval_batches["val"], epochs)
+        ctx.net.load_state_dict(best.best_state)
+        logits = {split: evaluate_batches(model, batches, nn.CrossEntropyLoss(), ctx.fabric,
+                                          channels_last=channels_last)["logits"]
+                  for split, batches in eval_batches.items()}
+    ctx.net.to(memory_format=torch.contiguous_format)
+    return FitResult(history, logits, labels, {"prefix_cached": prefix is not None})
+
+
+def _cached_batches(ctx: RunContext, prefix):
+    cfg = ctx.cfg
+    labels = {s: torch.tensor(d.labels, dtype=torch.long) for s, d in ctx.decoded.items()}
+    if cfg.augment == "none":
+        views = _prefix_activations(ctx, prefix, "train", "none", 0).unsqueeze(0)
+    else:
+        views = torch.stack([_prefix_activations(ctx, prefix, "train", cfg.augment, v)
+                             for v in range(1, cfg.views + 1)])
+    train = _CachedViews(views, labels["train"], cfg.batch_size, cfg.seed)
+    evals = {s: list(zip(torch.split(_prefix_activations(ctx, prefix, s, "none", 0), 64),
+                         torch.split(labels[s], 64)))
+             for s in ctx.decoded}
+    return train, evals, labels
+
+
+def _image_batches(ctx: RunContext):
+    cfg = ctx.cfg
     workers = cfg.num_workers if cfg.num_workers is not None else 0
     train_loader = _loader(_ImageDataset(ctx.decoded["train"], train_transform(ctx.preprocessing, cfg.augment)),
                            cfg.batch_size, True, cfg.seed, workers)
     eval_tf = eval_transform(ctx.preprocessing)
-    eval_loaders = {s: _loader(_ImageDataset(d, eval_tf), 64, False, 0, workers) for s, d in ctx.decoded.items()}
-    optimizer = build_optimizer(groups, cfg)
-    scheduler = build_scheduler(optimizer, cfg, len(train_loader), epochs)
-    model, optimizer = ctx.fabric.setup(ctx.net, optimizer)
+    evals = {s: _loader(_ImageDataset(d, eval_tf), 64, False, 0, workers) for s, d in ctx.decoded.items()}
     train_loader = ctx.fabric.setup_dataloaders(train_loader)
-    eval_loaders = {s: ctx.fabric.setup_dataloaders(loader) for s, loader in eval_loaders.items()}
-    best, callbacks = _callbacks(ctx)
-    trainer = Trainer(ctx.fabric, model, optimizer, scheduler, _loss(ctx), callbacks=callbacks + callbacks_extra,
-                      train_mode=_train_mode(freeze_bn_wanted(cfg)), channels_last=channels_last,
-                      on_epoch=ctx.on_epoch)
-    history = trainer.fit(train_loader, eval_loaders["val"], epochs)
-    ctx.net.load_state_dict(best.best_state)
-    logits, labels = {}, {}
-    for split, loader in eval_loaders.items():
-        out = evaluate_batches(model, loader, nn.CrossEntropyLoss(), ctx.fabric, channels_last=channels_last)
-        logits[split], labels[split] = out["logits"], out["labels"]
-    ctx.net.to(memory_format=torch.contiguous_format)
-    return FitResult(history, logits, labels)
+    evals = {s: ctx.fabric.setup_dataloaders(loader) for s, loader in evals.items()}
+    labels = {s: torch.tensor(d.labels, dtype=torch.long) for s, d in ctx.decoded.items()}
+    return train_loader, evals, labels

@@ -127,9 +127,14 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
         log.warning("%s", problem.message)
     dataset = discover(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, exclude=excluded)
     run_dir = prepare_run_dir(cfg)
+    # train.log gets INFO whatever the console shows; console handlers filter by their own level.
+    package_logger = logging.getLogger("headstart")
+    old_level = package_logger.level
+    if package_logger.getEffectiveLevel() > logging.INFO:
+        package_logger.setLevel(logging.INFO)
     handler = logging.FileHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("headstart").addHandler(handler)
+    package_logger.addHandler(handler)
     try:
         atomic_write_json(run_dir / "config.json", cfg.to_dict())
         atomic_write_json(run_dir / "split.json", dataset.split_record(cfg.seed, cfg.val_fraction))
@@ -218,5 +223,6 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
         log.info("run written to %s in %.1fs", run_dir, seconds)
         return RunResult(run_dir, metrics, result.history, dataset.classes, skipped, seconds, cfg)
     finally:
-        logging.getLogger("headstart").removeHandler(handler)
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(old_level)
         handler.close()

@@ -1,0 +1,51 @@
+"""Accuracy on real data with real pretrained weights (efficientnet_lite0, CPU), thresholds from measured runs.
+
+Measured on the project's 2-core machines (see docs/benchmarks.md): pizza_steak_sushi features 0.96 test,
+hymenoptera features 0.948 val, hymenoptera finetune >= 0.93 val.
+"""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+import headstart
+
+pytestmark = pytest.mark.integration
+
+
+def test_pizza_steak_sushi_features_cli_under_a_minute(shared, tmp_path):
+    run_dir = tmp_path / "pss"
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "headstart.cli", "train", str(shared / "datasets" / "pizza_steak_sushi"),
+                    "--mode", "features", "--out", str(run_dir), "--no-progress"], check=True, capture_output=True,
+                   timeout=600)
+    wall = time.perf_counter() - started
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] >= 0.90
+    # The issue's target is 60 s on an idle 2-core machine (measured 25-35 s); allow for a busy CI neighbour.
+    assert wall < 120, f"{wall:.0f}s"
+
+
+@pytest.fixture(scope="module")
+def hymenoptera(shared):
+    return shared / "datasets" / "hymenoptera_data"
+
+
+def test_hymenoptera_features(hymenoptera, tmp_path):
+    result = headstart.train(hymenoptera, mode="features", out=str(tmp_path / "fe"))
+    assert result.metrics["val"]["accuracy"] >= 0.93
+    assert result.metrics["val"]["n"] == 153
+    # The reloaded classifier scores the val split exactly as training did.
+    clf = result.load()
+    val = json.loads((result.run_dir / "split.json").read_text())["files"]["val"]
+    predictions = clf.predict([str(hymenoptera / rel) for rel in val])
+    correct = sum(p["top_k"][0][0] == rel.split("/")[1] for p, rel in zip(predictions, val))
+    assert correct / len(val) == pytest.approx(result.metrics["val"]["accuracy"])
+
+
+def test_hymenoptera_finetune(hymenoptera, tmp_path):
+    result = headstart.train(hymenoptera, mode="finetune", epochs=3, out=str(tmp_path / "ft"))
+    assert result.metrics["val"]["accuracy"] >= 0.93

@@ -1,0 +1,157 @@
+"""The run report of a tiny real run: valid, self-contained HTML with every section and working images."""
+
+import base64
+import io
+import json
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import headstart
+from conftest import make_synthetic_dataset
+from headstart.report.build import build_report
+
+SECTIONS = ["Dataset", "Model", "Configuration", "Training curves", "Metrics", "Per-class metrics",
+            "Confusion matrix", "Calibration", "Rejection", "Predictions", "Top losses", "Training samples",
+            "First-layer filters", "Time and size"]
+ODD_CLASS = 'a<b>&"c'  # a legal folder name that breaks HTML unless escaped
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+
+class _Page(HTMLParser):
+    """Checks that every element is closed in order, and collects images, links and h2 headings."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.stack, self.errors, self.images, self.urls, self.links, self.h2 = [], [], [], [], [], []
+        self._text = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag not in VOID:
+            self.stack.append(tag)
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+        if tag == "link":
+            self.links.append(attrs)
+        self.urls += [attrs[a] for a in ("src", "href", "action", "poster") if attrs.get(a)]
+        if tag == "h2":
+            self._text = []
+
+    def handle_startendtag(self, tag, attrs):
+        self.handle_starttag(tag, attrs)
+        if tag not in VOID:
+            self.stack.pop()
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes <{self.stack[-1] if self.stack else None}>")
+            return
+        self.stack.pop()
+        if tag == "h2":
+            self.h2.append("".join(self._text).strip())
+            self._text = None
+
+    def handle_data(self, data):
+        if self._text is not None:
+            self._text.append(data)
+
+
+def _parse(text: str) -> _Page:
+    page = _Page()
+    page.feed(text)
+    page.close()
+    return page
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    data = make_synthetic_dataset(root / "data", classes=("red", "green", ODD_CLASS),
+                                  per_split={"train": 10, "val": 5, "test": 5}, size=72)
+    result = headstart.train(data, image_size=64, epochs=3, out=str(root / "run"), seed=0)
+    clf = result.load()
+    return result.run_dir, clf, build_report(result.run_dir, classifier=clf)
+
+
+def test_report_is_valid_html_with_every_section(run):
+    run_dir, _, path = run
+    assert path == run_dir / "report.html"
+    page = _parse(path.read_text(encoding="utf-8"))
+    assert not page.errors, page.errors[:5]
+    assert not page.stack, f"unclosed: {page.stack}"
+    assert page.h2 == SECTIONS
+
+
+def test_report_is_self_contained(run):
+    text = run[2].read_text(encoding="utf-8")
+    page = _parse(text)
+    assert "http://" not in text and "https://" not in text
+    assert not [u for u in page.urls if u.startswith("//")]
+    assert not page.links, "no <link> (stylesheets, fonts, icons)"
+    assert not re.search(r"<script[^>]+src=|@import|url\(", text)
+    assert all(u.startswith(("#", "data:image/png;base64,")) for u in page.urls), page.urls
+    assert len(page.images) >= 10
+    for src in page.images:
+        assert src.startswith("data:image/png;base64,")
+        data = base64.b64decode(src.split(",", 1)[1], validate=True)
+        with Image.open(io.BytesIO(data)) as img:
+            assert img.format == "PNG"
+            img.load()
+            assert min(img.size) > 100
+
+
+def test_report_shows_the_run_files(run):
+    run_dir, _, path = run
+    text = path.read_text(encoding="utf-8")
+    manifest = json.loads((run_dir / "model.json").read_text())
+    params = manifest["parameters"]
+    assert f"{params['trainable']:,}" in text and f"{params['total']:,}" in text
+    assert manifest["weights_sha256"] in text
+    assert "a&lt;b&gt;&amp;&quot;c" in text and ODD_CLASS not in text, "class names must be escaped"
+    weights_bytes = (run_dir / "model.safetensors").stat().st_size
+    assert f"{weights_bytes:,} bytes" in text
+
+
+def test_report_without_the_images_still_builds(run, tmp_path):
+    run_dir, clf, _ = run
+    moved = tmp_path / "run"
+    shutil.copytree(run_dir, moved)
+    split = json.loads((moved / "split.json").read_text())
+    split["root"] = str(tmp_path / "gone")
+    (moved / "split.json").write_text(json.dumps(split))
+    page = _parse(build_report(moved, classifier=clf).read_text(encoding="utf-8"))
+    assert not page.errors and page.h2 == SECTIONS
+    text = (moved / "report.html").read_text(encoding="utf-8")
+    assert "images are not available" in text
+    assert 'alt="top losses with Grad-CAM"' not in text
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def test_report_renders_in_chromium(run, tmp_path):
+    """Every image decodes in a real browser and nothing is fetched; the screenshot is for people to see."""
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium: apt-get install chromium, and pip install playwright")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    requests = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            tab = browser.new_page(viewport={"width": 1280, "height": 900})
+            tab.on("request", lambda r: requests.append(r.url))
+            tab.goto(run[2].as_uri(), wait_until="load")
+            widths = tab.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
+            tab.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        finally:
+            browser.close()
+    assert widths and all(w > 0 for w in widths), widths
+    assert all(u.startswith(("file:", "data:")) for u in requests), requests
+    assert (tmp_path / "report.png").stat().st_size > 10_000
