@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import DEMO_DATA, make_synthetic_dataset
 
 import headstart
+from conftest import DEMO_DATA, make_synthetic_dataset
 from headstart.artifact import ArtifactError
 from headstart.export import ExportError, check_parity, export_onnx
 from headstart.runtime import ONNX_FORMAT, load_onnx
@@ -67,10 +67,24 @@ def assert_parity(parity: dict, n: int) -> None:
     assert parity["end_to_end_top1_agreement"] == 1.0 and parity["end_to_end_max_abs_logit_diff"] <= 1e-3
 
 
-# (backbone, crop size): every family and layer mix in the registry - Conv2dSame, SE blocks, depthwise,
-# LayerNorm/GELU (ConvNeXt), attention (ViT, which needs its native 224), timm.
-FAMILIES = [("resnet18", 64), ("mobilenet_v3_small", 64), ("efficientnet_b0", 64), ("convnext_tiny", 64),
-            ("timm:resnet18", 64), ("vit_b_16", None)]
+@pytest.fixture
+def reuse_lite_graph(lite_run, monkeypatch):
+    """Skip re-exporting (10-40 s with the dynamo exporter) in tests about what happens after the export."""
+    from headstart import export
+
+    def cached(*args, **kwargs):
+        model = onnx.load(lite_run / "model.onnx")
+        del model.metadata_props[:]
+        return model
+
+    monkeypatch.setattr(export, "_export_proto", cached)
+
+
+# Every family in the registry, and each kind of layer it brings: the trained lite0 run (tf "same" padding,
+# depthwise, ReLU6) is tested below; torchvision CNNs (SE + hardswish, LayerNorm + GELU + permutes), ViT
+# (attention; its native 224 only) and timm. resnet18 and efficientnet_b0 add no op not covered here, and
+# each dynamo export costs 10-50 s on 2 cores.
+FAMILIES = [("mobilenet_v3_small", 64), ("convnext_tiny", 64), ("timm:resnet18", 64), ("vit_b_16", None)]
 
 
 @pytest.mark.parametrize(("backbone", "size"), FAMILIES, ids=[f[0] for f in FAMILIES])
@@ -78,12 +92,8 @@ def test_parity_on_every_backbone_family(backbone, size, data, tmp_path):
     run_dir = random_run(tmp_path / "run", backbone, data, size)
     result = export_onnx(run_dir)
     assert result.path == run_dir / "model.onnx" and result.path.stat().st_size == result.bytes
+    assert result.exporter == "dynamo" and result.opset == 18
     assert_parity(result.parity, n=6)  # the 2 test images of each of the 3 classes
-    clf = load_onnx(run_dir)
-    crop = clf.preprocessing.crop_size
-    for batch in (1, 3):  # the batch axis is dynamic
-        x = np.random.default_rng(batch).normal(size=(batch, 3, crop, crop)).astype(np.float32)
-        assert clf.run(x).shape == (batch, 3)
 
 
 def test_trained_lite_run_parity_and_metadata(lite_run):
@@ -104,8 +114,11 @@ def test_trained_lite_run_parity_and_metadata(lite_run):
     assert parity["source"] == "test split" and parity["passed"]
     assert parity["onnx_accuracy"] == parity["torch_accuracy"]
     assert [i.name for i in model.graph.input] == ["input"] and [o.name for o in model.graph.output] == ["logits"]
-    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a named, dynamic batch axis
     assert not list(lite_run.glob(".*.tmp")), "a temp file was left behind"
+    clf = load_onnx(lite_run)
+    for batch in (1, 7):  # the batch axis is dynamic
+        x = np.random.default_rng(batch).normal(size=(batch, 3, 64, 64)).astype(np.float32)
+        assert clf.run(x).shape == (batch, 3)
 
 
 def test_the_onnx_file_alone_is_enough(lite_run, tmp_path):
@@ -129,8 +142,8 @@ def test_check_parity_on_given_images_and_without_the_data(lite_run, tmp_path):
     assert_parity(parity, n=parity["n"])
 
 
-def test_disagreement_is_refused_and_nothing_is_written(lite_run, tmp_path, monkeypatch):
-    import headstart.export as export
+def test_disagreement_is_refused_and_nothing_is_written(lite_run, reuse_lite_graph, tmp_path, monkeypatch):
+    from headstart import export
 
     run_dir = tmp_path / "run"
     shutil.copytree(lite_run, run_dir)
@@ -168,13 +181,19 @@ def test_torchscript_exporter_also_agrees(data, tmp_path):
     assert onnx.load(result.path).opset_import[0].version == 17
 
 
-def test_int8_export_is_smaller_and_keeps_the_labels(lite_run):
-    result = export_onnx(lite_run, quantize="int8")
-    assert result.path == lite_run / "model.int8.onnx"
-    assert result.bytes < 0.5 * (lite_run / "model.onnx").stat().st_size
-    assert result.parity["top1_agreement"] >= 5 / 6 and "passed" not in result.parity
-    assert result.parity["onnx_accuracy"] >= result.parity["torch_accuracy"] - 1 / 6
-    assert "int8" in load_onnx(result.path).manifest["quantization"]
+def test_int8_export_is_static_qdq_and_smaller(lite_run, reuse_lite_graph, data, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(lite_run, run_dir)
+    result = export_onnx(run_dir, quantize="int8")
+    assert result.path == run_dir / "model.int8.onnx" and result.quantize == "int8"
+    assert result.bytes < 0.5 * (run_dir / "model.onnx").stat().st_size
+    ops = {n.op_type for n in onnx.load(result.path).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "ConvInteger" not in ops
+    # At 64 px a 2-epoch head has near-tied logits, so int8 may flip labels here: accuracy is measured on a
+    # real run in test_real_demo_run_parity; here, only that parity was measured and is not held to fp32's bar.
+    assert result.parity["n"] == 6 and "passed" not in result.parity
+    clf = load_onnx(result.path)  # in a run directory, so also checked against model.json's weights
+    assert "int8" in clf.manifest["quantization"] and clf.predict(next((data / "test").rglob("*.jpg")))[0]["top_k"]
 
 
 @pytest.mark.integration
@@ -185,3 +204,5 @@ def test_real_demo_run_parity(tmp_path):
     exported = export_onnx(result.run_dir)
     assert_parity(exported.parity, n=60)
     assert exported.parity["onnx_accuracy"] == exported.parity["torch_accuracy"] >= 0.8
+    int8 = export_onnx(result.run_dir, quantize="int8").parity
+    assert int8["onnx_accuracy"] >= int8["torch_accuracy"] - 0.05 and int8["top1_agreement"] >= 0.9

@@ -31,17 +31,24 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from headstart.config import ConfigError
     from headstart.data.folders import DataError
     from headstart.data.images import ImageLoadError
+    from headstart.training.loop import NonFiniteLossError
 
-    return (ArtifactError, UnknownBackboneError, WeightsError, ConfigError, DataError, ImageLoadError)
+    return (ArtifactError, UnknownBackboneError, WeightsError, ConfigError, DataError, ImageLoadError,
+            NonFiniteLossError)
 
 
 @contextmanager
 def _friendly_errors():
     """Expected failures become one red line and exit code 2, never a traceback."""
+    from headstart.training.loop import TrainingInterrupted
+
     try:
         yield
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
+        raise typer.Exit(130) from None
+    except TrainingInterrupted as exc:
+        console.print(f"[yellow]stopped:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
     except _user_errors() as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
@@ -98,7 +105,7 @@ def _run_training(progress_enabled: bool, **settings):
     with _Progress(progress_enabled) as progress:
         def on_epoch(row: dict) -> None:
             history_rows.append(row)
-            progress("epochs", row["epoch"], settings.get("epochs") or row["epoch"])
+            progress("epochs", row["epoch"], max(settings.get("epochs") or 0, row["epoch"]))
 
         return train(progress=progress, on_epoch=on_epoch, **settings)
 
@@ -117,7 +124,9 @@ def _print_run(result, title: str) -> None:
 
 @app.command("train")
 def train_command(
-    data: Annotated[Path, typer.Argument(help="DATA/{train,val,test}/<class>/* or DATA/<class>/*")],
+    data: Annotated[Optional[Path], typer.Argument(help="DATA/{train,val,test}/<class>/* or DATA/<class>/*")
+                    ] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="continue an interrupted run directory")] = None,
     backbone: Annotated[str, typer.Option(help="a registered backbone or timm:NAME")] = "efficientnet_lite0",
     mode: Annotated[str, typer.Option(help="features | finetune | auto")] = "features",
     epochs: Annotated[Optional[int], typer.Option(help="default: 30 features, 8 finetune")] = None,
@@ -148,9 +157,16 @@ def train_command(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     progress: Annotated[bool, typer.Option(help="progress bars")] = True,
 ) -> None:
-    """Train a classifier on a folder of labelled images."""
+    """Train a classifier on a folder of labelled images (Ctrl-C saves a resumable checkpoint)."""
     _setup_logging(verbose)
     with _friendly_errors():
+        if resume is not None:
+            result = _run_training(progress, resume=str(resume))
+            _print_run(result, f"resumed {resume}")
+            return
+        if data is None:
+            console.print("[bold red]error:[/] give a DATA folder, or --resume RUN")
+            raise typer.Exit(2)
         result = _run_training(
             progress, data=str(data), backbone=backbone, mode=mode, epochs=epochs,
             out=str(out_dir) if out_dir else None, weights=str(weights) if weights else None, seed=seed,

@@ -35,6 +35,7 @@ class _Scored:
     """The readable images of one split with labels (indices into the model's classes) and logits."""
 
     split: str
+    root: str
     paths: list[str]
     images: list
     labels: np.ndarray
@@ -104,7 +105,7 @@ def _score(clf, dataset, split: str) -> _Scored | None:
         labels.append(clf.classes.index(dataset.classes[y]))
     if not images:
         return None
-    return _Scored(split, paths, images, np.asarray(labels), clf.logits(images))
+    return _Scored(split, dataset.root, paths, images, np.asarray(labels), clf.logits(images))
 
 
 def _dataset_section(summary: dict, classes: list[str]) -> H.Section:
@@ -246,8 +247,9 @@ def _top_losses_section(clf, scored: _Scored | None, why: str, n: int, out: Path
                    "prediction.")]
     if result.plot:
         body.append(H.figure(result.plot, "top losses with Grad-CAM"))
-    body.append(H.table(["file", "true", "predicted", "confidence", "loss"],
-                        [(r["path"], r["true"], r["pred"], r["confidence"], r["loss"]) for r in result.rows]))
+    body.append(H.table([f"file (in {scored.root})", "true", "predicted", "confidence", "loss"],
+                        [(os.path.relpath(r["path"], scored.root), r["true"], r["pred"], r["confidence"],
+                          r["loss"]) for r in result.rows]))
     return H.Section("top-losses", "Top losses", "".join(body))
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from headstart.training.loop import Trainer
 
-__all__ = ["BestCheckpoint", "Callback", "EarlyStopping", "UnfreezeSchedule", "is_better"]
+__all__ = ["BestCheckpoint", "Callback", "EarlyStopping", "ResumeCheckpoint", "UnfreezeSchedule", "is_better"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,12 @@ class Callback:
     def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict) -> None:
         """Called after validation with the epoch's history row."""
 
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict returned (for resuming)."""
+
 
 class BestCheckpoint(Callback):
     """Keeps the weights of the best epoch by validation score, in memory, and hands them to `save`."""
@@ -47,6 +53,12 @@ class BestCheckpoint(Callback):
             row["best"] = True
             if self.save is not None:
                 self.save(self.best_state, self.best_row)
+
+    def state_dict(self) -> dict:
+        return {"best_row": self.best_row, "best_state": self.best_state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_row, self.best_state = state["best_row"], state["best_state"]
 
 
 class EarlyStopping(Callback):
@@ -66,6 +78,12 @@ class EarlyStopping(Callback):
             log.info("early stop at epoch %d: no better val score for %d epochs", epoch + 1, self.patience)
             trainer.should_stop = True
 
+    def state_dict(self) -> dict:
+        return {"best_row": self.best_row, "stale": self.stale}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_row, self.stale = state["best_row"], state["stale"]
+
 
 class UnfreezeSchedule(Callback):
     """Gradual unfreezing: every `every` epochs, the next frozen stage (from the head down) starts training.
@@ -81,9 +99,33 @@ class UnfreezeSchedule(Callback):
             for p in params:
                 p.requires_grad_(False)
 
+        self.unfrozen = 0
+
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         if epoch == 0 or epoch % self.every or not self.pending:
             return
+        self._unfreeze_next()
+        log.info("epoch %d: unfroze one more stage (%d left frozen)", epoch + 1, len(self.pending))
+
+    def _unfreeze_next(self) -> None:
         for p in self.pending.pop(0):
             p.requires_grad_(True)
-        log.info("epoch %d: unfroze one more stage (%d left frozen)", epoch + 1, len(self.pending))
+        self.unfrozen += 1
+
+    def state_dict(self) -> dict:
+        return {"unfrozen": self.unfrozen}
+
+    def load_state_dict(self, state: dict) -> None:
+        while self.unfrozen < state["unfrozen"]:
+            self._unfreeze_next()
+
+
+class ResumeCheckpoint(Callback):
+    """After every epoch, the trainer's full state goes to disk (atomically), so an interrupt loses at most
+    the epoch in progress."""
+
+    def __init__(self, save: Callable[[dict], None]):
+        self.save = save
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict) -> None:
+        self.save(trainer.state_dict())

@@ -17,7 +17,7 @@ from torch import nn
 
 from headstart.training.callbacks import Callback
 
-__all__ = ["NonFiniteLossError", "Trainer", "evaluate_batches", "train_one_epoch"]
+__all__ = ["NonFiniteLossError", "Trainer", "TrainingInterrupted", "evaluate_batches", "train_one_epoch"]
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +26,17 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
 
 
+class TrainingInterrupted(RuntimeError):
+    """SIGINT/SIGTERM arrived; the state of the last completed epoch is on disk, ready to resume."""
+
+
 def train_one_epoch(model: nn.Module, batches: Iterable, optimizer, scheduler, loss_fn: Callable, fabric,
-                    *, train_mode: Callable[[nn.Module], None] | None = None, channels_last: bool = False) -> dict:
-    """One pass over `batches` of (inputs, labels). Returns loss, accuracy, images and seconds."""
+                    *, train_mode: Callable[[nn.Module], None] | None = None, channels_last: bool = False,
+                    should_stop: Callable[[], bool] = lambda: False) -> dict:
+    """One pass over `batches` of (inputs, labels). Returns loss, accuracy, images and seconds.
+
+    should_stop is polled between batches: a signal abandons the epoch (the last completed one is saved).
+    """
     if train_mode is None:
         model.train()
     else:
@@ -36,6 +44,8 @@ def train_one_epoch(model: nn.Module, batches: Iterable, optimizer, scheduler, l
     started = time.perf_counter()
     total_loss, correct, seen = 0.0, 0, 0
     for inputs, labels in batches:
+        if should_stop():
+            raise TrainingInterrupted("interrupted during an epoch")
         if channels_last and inputs.dim() == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
@@ -81,7 +91,9 @@ class Trainer:
 
     def __init__(self, fabric, model: nn.Module, optimizer, scheduler, loss_fn: Callable, *,
                  callbacks: list[Callback] = (), train_mode: Callable[[nn.Module], None] | None = None,
-                 channels_last: bool = False, on_epoch: Callable[[dict], None] | None = None):
+                 channels_last: bool = False, on_epoch: Callable[[dict], None] | None = None,
+                 generators: list[torch.Generator] = (), phase: str = "train",
+                 should_stop: Callable[[], bool] = lambda: False):
         self.fabric = fabric
         self.model = model
         self.optimizer = optimizer
@@ -91,6 +103,9 @@ class Trainer:
         self.train_mode = train_mode
         self.channels_last = channels_last
         self.on_epoch = on_epoch
+        self.generators = list(generators)  # data-order RNGs, saved with the state so a resume replays them
+        self.phase = phase
+        self.interrupted = should_stop
         self.history: list[dict] = []
         self.should_stop = False
         self.epoch = 0
@@ -100,6 +115,32 @@ class Trainer:
         """The bare model, without Fabric's wrapper."""
         return getattr(self.model, "module", self.model)
 
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly: weights, optimizer, scheduler, epoch, history, RNGs."""
+        return {
+            "phase": self.phase,
+            "epoch": self.epoch,
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+            "history": self.history,
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "rng": {"torch": torch.get_rng_state(), "generators": [g.get_state() for g in self.generators]},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"]:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = state["epoch"]
+        self.history = list(state["history"])
+        for cb, cb_state in zip(self.callbacks, state["callbacks"]):
+            cb.load_state_dict(cb_state)
+        torch.set_rng_state(state["rng"]["torch"])
+        for g, g_state in zip(self.generators, state["rng"]["generators"]):
+            g.set_state(g_state)
+
     def fit(self, train_batches: Iterable, val_batches: Iterable, epochs: int) -> list[dict]:
         # A plain loss for validation: smoothing and class weights belong to training only.
         val_loss = nn.CrossEntropyLoss()
@@ -107,18 +148,21 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_epoch_start(self, self.epoch)
             train = train_one_epoch(self.model, train_batches, self.optimizer, self.scheduler, self.loss_fn,
-                                    self.fabric, train_mode=self.train_mode, channels_last=self.channels_last)
+                                    self.fabric, train_mode=self.train_mode, channels_last=self.channels_last,
+                                    should_stop=self.interrupted)
             val = evaluate_batches(self.model, val_batches, val_loss, self.fabric, channels_last=self.channels_last)
             row = {"epoch": self.epoch + 1, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
                    "val_loss": val["loss"], "val_accuracy": val["accuracy"], "seconds": train["seconds"],
                    "images_per_second": train["images"] / max(train["seconds"], 1e-9),
                    "lr": self.optimizer.param_groups[0]["lr"]}
-            for cb in self.callbacks:
-                cb.on_epoch_end(self, self.epoch, row)
             self.history.append(row)
+            self.epoch += 1
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, self.epoch - 1, row)
             log.info("epoch %d: train loss %.4f acc %.4f, val loss %.4f acc %.4f, %.1fs", row["epoch"],
                      row["train_loss"], row["train_accuracy"], row["val_loss"], row["val_accuracy"], row["seconds"])
-            self.epoch += 1
             if self.on_epoch is not None:
                 self.on_epoch(row)
+            if self.interrupted():
+                raise TrainingInterrupted(f"interrupted after epoch {self.epoch}")
         return self.history

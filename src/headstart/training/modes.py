@@ -17,7 +17,7 @@ from headstart.data.loading import DecodedSplit
 from headstart.data.transforms import eval_transform, train_transform, transform_key
 from headstart.device import autocast
 from headstart.features import FeatureCache, extract_features, view_seed
-from headstart.training.callbacks import BestCheckpoint, EarlyStopping, UnfreezeSchedule
+from headstart.training.callbacks import BestCheckpoint, EarlyStopping, ResumeCheckpoint, UnfreezeSchedule
 from headstart.training.loop import Trainer, evaluate_batches
 from headstart.training.prefix import find_frozen_prefix
 from headstart.training.schedules import build_optimizer, build_scheduler
@@ -47,6 +47,9 @@ class RunContext:
     progress: object = None
     on_epoch: object = None
     save_checkpoint: object = None
+    save_resume: object = None
+    resume_state: dict | None = None
+    should_stop: object = lambda: False
 
 
 @dataclass
@@ -89,12 +92,23 @@ def _loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int
                       num_workers=num_workers, persistent_workers=num_workers > 0)
 
 
-def _callbacks(ctx: RunContext) -> tuple[BestCheckpoint, list]:
+def _callbacks(ctx: RunContext, extra: list = ()) -> tuple[BestCheckpoint, list]:
     best = BestCheckpoint(save=ctx.save_checkpoint)
-    callbacks = [best]
+    callbacks = [best, *extra]
     if ctx.cfg.early_stop:
         callbacks.append(EarlyStopping(ctx.cfg.early_stop))
+    if ctx.save_resume is not None:
+        callbacks.append(ResumeCheckpoint(ctx.save_resume))  # last: it saves the other callbacks' state
     return best, callbacks
+
+
+def _run_trainer(ctx: RunContext, trainer: Trainer, train_batches, val_batches, epochs: int) -> list[dict]:
+    """Fit, first restoring the saved state when resuming this phase."""
+    if ctx.resume_state is not None and ctx.resume_state["phase"] == trainer.phase:
+        trainer.load_state_dict(ctx.resume_state)
+        log.info("resuming %s at epoch %d", trainer.phase, trainer.epoch + 1)
+        ctx.resume_state = None
+    return trainer.fit(train_batches, val_batches, epochs)
 
 
 def fit_features(ctx: RunContext, *, epochs: int, lr: float, augment: str, views: int) -> FitResult:
@@ -119,6 +133,7 @@ def fit_features(ctx: RunContext, *, epochs: int, lr: float, augment: str, views
     head = ctx.net.head
     train_set = TensorDataset(torch.cat(train_x), torch.cat(train_y))
     train_loader = _loader(train_set, cfg.batch_size, True, cfg.seed)
+    generators = [train_loader.generator]
     val_loader = _loader(TensorDataset(features["val"], labels["val"]), 256, False, cfg.seed)
     optimizer = build_optimizer([{"params": list(head.parameters()), "lr": lr}], _with_lr(cfg, lr))
     scheduler = build_scheduler(optimizer, _with_lr(cfg, lr), len(train_loader), epochs)
@@ -126,8 +141,8 @@ def fit_features(ctx: RunContext, *, epochs: int, lr: float, augment: str, views
     train_loader, val_loader = ctx.fabric.setup_dataloaders(train_loader, val_loader)
     best, callbacks = _callbacks(ctx)
     trainer = Trainer(ctx.fabric, model, optimizer, scheduler, _loss(ctx), callbacks=callbacks,
-                      on_epoch=ctx.on_epoch)
-    history = trainer.fit(train_loader, val_loader, epochs)
+                      on_epoch=ctx.on_epoch, generators=generators, phase="features", should_stop=ctx.should_stop)
+    history = _run_trainer(ctx, trainer, train_loader, val_loader, epochs)
     head.load_state_dict(best.best_state)
     logits = {}
     for split in features:
@@ -248,20 +263,21 @@ def fit_finetune(ctx: RunContext, *, epochs: int) -> FitResult:
         sample = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(ctx.accelerator)
         prefix = find_frozen_prefix(ctx.net.backbone, tuple(p for s in chosen_prefixes for p in s), sample)
     if prefix is not None:
-        train_batches, eval_batches, labels = _cached_batches(ctx, prefix)
+        train_batches, eval_batches, labels, generators = _cached_batches(ctx, prefix)
         bypass = prefix.bypassed_modules()
     else:
-        train_batches, eval_batches, labels = _image_batches(ctx)
+        train_batches, eval_batches, labels, generators = _image_batches(ctx)
         bypass = contextlib.nullcontext()
     with bypass:
         optimizer = build_optimizer(groups, cfg)
         scheduler = build_scheduler(optimizer, cfg, len(train_batches), epochs)
         model, optimizer = ctx.fabric.setup(ctx.net, optimizer)
-        best, callbacks = _callbacks(ctx)
-        trainer = Trainer(ctx.fabric, model, optimizer, scheduler, _loss(ctx),
-                          callbacks=callbacks + callbacks_extra, train_mode=_train_mode(freeze_bn_wanted(cfg)),
-                          channels_last=channels_last, on_epoch=ctx.on_epoch)
-        history = trainer.fit(train_batches, eval_batches["val"], epochs)
+        best, callbacks = _callbacks(ctx, callbacks_extra)
+        trainer = Trainer(ctx.fabric, model, optimizer, scheduler, _loss(ctx), callbacks=callbacks,
+                          train_mode=_train_mode(freeze_bn_wanted(cfg)), channels_last=channels_last,
+                          on_epoch=ctx.on_epoch, generators=generators, phase="finetune",
+                          should_stop=ctx.should_stop)
+        history = _run_trainer(ctx, trainer, train_batches, eval_batches["val"], epochs)
         ctx.net.load_state_dict(best.best_state)
         logits = {split: evaluate_batches(model, batches, nn.CrossEntropyLoss(), ctx.fabric,
                                           channels_last=channels_last)["logits"]
@@ -282,7 +298,7 @@ def _cached_batches(ctx: RunContext, prefix):
     evals = {s: list(zip(torch.split(_prefix_activations(ctx, prefix, s, "none", 0), 64),
                          torch.split(labels[s], 64)))
              for s in ctx.decoded}
-    return train, evals, labels
+    return train, evals, labels, [train.order.generator, train.picks]
 
 
 def _image_batches(ctx: RunContext):
@@ -290,9 +306,10 @@ def _image_batches(ctx: RunContext):
     workers = cfg.num_workers if cfg.num_workers is not None else 0
     train_loader = _loader(_ImageDataset(ctx.decoded["train"], train_transform(ctx.preprocessing, cfg.augment)),
                            cfg.batch_size, True, cfg.seed, workers)
+    generators = [train_loader.generator]
     eval_tf = eval_transform(ctx.preprocessing)
     evals = {s: _loader(_ImageDataset(d, eval_tf), 64, False, 0, workers) for s, d in ctx.decoded.items()}
     train_loader = ctx.fabric.setup_dataloaders(train_loader)
     evals = {s: ctx.fabric.setup_dataloaders(loader) for s, loader in evals.items()}
     labels = {s: torch.tensor(d.labels, dtype=torch.long) for s, d in ctx.decoded.items()}
-    return train_loader, evals, labels
+    return train_loader, evals, labels, generators

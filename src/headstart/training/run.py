@@ -88,13 +88,21 @@ def _model_id(cfg: TrainConfig, spec) -> str:
 
 
 def train(data: str | Path | None = None, *, config: TrainConfig | None = None, progress: ProgressFn | None = None,
-          on_epoch: Callable[[dict], None] | None = None, **settings) -> RunResult:
+          on_epoch: Callable[[dict], None] | None = None, resume: str | Path | None = None,
+          **settings) -> RunResult:
     """Train a classifier on a folder of labelled images and write a run directory.
 
     `headstart.train("photos/", backbone="efficientnet_lite0", mode="features")`. Settings are the fields of
-    TrainConfig; unknown ones are rejected.
+    TrainConfig; unknown ones are rejected. `resume=RUN` continues an interrupted run from its last completed
+    epoch, with its own saved settings and split.
+
+    SIGINT/SIGTERM during training save the state of the last completed epoch and raise TrainingInterrupted.
     """
     started = time.perf_counter()
+    if resume is not None:
+        if data is not None or settings or config is not None:
+            raise ConfigError("resume takes only the run directory: its settings come from its config.json")
+        config = TrainConfig.from_json(Path(resume) / "config.json")
     if config is None:
         try:
             config = TrainConfig(data=str(data), **settings)
@@ -112,7 +120,8 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
     from headstart.device import resolve_accelerator, resolve_precision
     from headstart.evaluate import classification_metrics, fit_temperature
     from headstart.features import FeatureCache
-    from headstart.training.checkpoint import save_checkpoint, save_model
+    from headstart.training.checkpoint import InterruptGuard, load_resume, save_checkpoint, save_model, save_resume
+    from headstart.training.loop import TrainingInterrupted
     from headstart.training.modes import SATURATED_ACCURACY, RunContext, fit_features, fit_finetune
 
     spec = get_spec(cfg.backbone)
@@ -125,8 +134,14 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
     warnings = [p for p in doctor.problems if p.severity == "warning"]
     for problem in warnings:
         log.warning("%s", problem.message)
-    dataset = discover(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, exclude=excluded)
-    run_dir = prepare_run_dir(cfg)
+    if resume is not None:
+        run_dir = Path(resume)
+        resume_state = load_resume(run_dir)
+        dataset = discover(cfg.data, split_file=run_dir / "split.json", exclude=excluded)
+    else:
+        resume_state = None
+        dataset = discover(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, exclude=excluded)
+        run_dir = prepare_run_dir(cfg)
     # train.log gets INFO whatever the console shows; console handlers filter by their own level.
     package_logger = logging.getLogger("headstart")
     old_level = package_logger.level
@@ -135,9 +150,12 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
     handler = logging.FileHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     package_logger.addHandler(handler)
+    guard = InterruptGuard()
     try:
-        atomic_write_json(run_dir / "config.json", cfg.to_dict())
-        atomic_write_json(run_dir / "split.json", dataset.split_record(cfg.seed, cfg.val_fraction))
+        guard.__enter__()
+        if resume is None:
+            atomic_write_json(run_dir / "config.json", cfg.to_dict())
+            atomic_write_json(run_dir / "split.json", dataset.split_record(cfg.seed, cfg.val_fraction))
         accelerator = resolve_accelerator(cfg.accelerator)
         precision = resolve_precision(cfg.precision, accelerator)
         torch.manual_seed(cfg.seed)
@@ -161,6 +179,7 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
             fabric=fabric, accelerator=accelerator, precision=precision, model_id=_model_id(cfg, spec),
             cache=FeatureCache(), progress=progress, on_epoch=on_epoch,
             save_checkpoint=lambda state, row: save_checkpoint(run_dir, state, row),
+            save_resume=lambda state: save_resume(run_dir, state), resume_state=resume_state, should_stop=guard,
         )
         if cfg.mode == "finetune":
             result = fit_finetune(ctx, epochs=cfg.epochs)
@@ -219,10 +238,15 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
             "epochs_run": len(result.history), "weights_bytes": manifest["weights_bytes"],
         }
         atomic_write_json(run_dir / "summary.json", summary)
-        (run_dir / "checkpoint.safetensors").unlink(missing_ok=True)
+        for leftover in ("checkpoint.safetensors", "resume.pt"):
+            (run_dir / leftover).unlink(missing_ok=True)
         log.info("run written to %s in %.1fs", run_dir, seconds)
         return RunResult(run_dir, metrics, result.history, dataset.classes, skipped, seconds, cfg)
+    except TrainingInterrupted as exc:
+        log.warning("%s; the last completed epoch is saved: resume with `headstart train --resume %s`", exc, run_dir)
+        raise TrainingInterrupted(f"{exc}; resume with `headstart train --resume {run_dir}`") from None
     finally:
+        guard.__exit__(None, None, None)
         package_logger.removeHandler(handler)
         package_logger.setLevel(old_level)
         handler.close()
