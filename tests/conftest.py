@@ -53,3 +53,26 @@ def make_synthetic_dataset(root: Path, classes=("red", "green", "blue"), per_spl
 @pytest.fixture
 def synthetic_data(tmp_path) -> Path:
     return make_synthetic_dataset(tmp_path / "data")
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run"]
+
+
+def require_chromium():
+    """playwright's sync API, with Debian's Chromium present. Locally a missing browser skips with how to
+    install it; in CI (.ci/run sets HEADSTART_REQUIRE_BROWSER=1) it fails instead."""
+    hint = "apt-get install chromium (Debian package), and pip install playwright (no browser download)"
+    required = os.environ.get("HEADSTART_REQUIRE_BROWSER") == "1"
+    if not CHROMIUM.exists():
+        if required:
+            pytest.fail(f"no {CHROMIUM}: {hint}")
+        pytest.skip(f"no {CHROMIUM}: {hint}")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        if required:
+            pytest.fail(f"playwright is not installed: {hint}")
+        pytest.skip(f"playwright is not installed: {hint}")
+    return sync_api

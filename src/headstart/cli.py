@@ -22,6 +22,7 @@ console = Console(stderr=True)
 out = Console()
 
 DEMO_DATA = Path(__file__).parent / "demo_data"
+_STARTED = time.perf_counter()  # the CLI reports whole-command wall time, imports included
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -119,7 +120,12 @@ def _print_run(result, title: str) -> None:
         out.print(f"[yellow]skipped {len(result.skipped)} unreadable file(s):[/]")
         for path, reason in result.skipped:
             out.print(f"  {path}: {reason}", highlight=False)
-    out.print(f"wall time {result.seconds:.1f}s; outputs in [bold]{result.run_dir}[/]")
+    total = time.perf_counter() - _STARTED
+    report = result.run_dir / "report.html"
+    if report.is_file():
+        out.print(f"report: {report}")
+    out.print(f"wall time {total:.1f}s for the whole command (training {result.seconds:.1f}s); "
+              f"outputs in [bold]{result.run_dir}[/]")
 
 
 @app.command("train")
@@ -154,6 +160,8 @@ def train_command(
     exclude: Annotated[Optional[Path], typer.Option(help="files to leave out (from `headstart check --fix-split`)")
                        ] = None,
     overwrite: bool = False,
+    report: Annotated[bool, typer.Option(help="write report.html (plots, calibration, top losses with CAMs)")
+                      ] = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     progress: Annotated[bool, typer.Option(help="progress bars")] = True,
 ) -> None:
@@ -175,7 +183,7 @@ def train_command(
             augment=augment, views=views, unfreeze=unfreeze, stage_lr_mult=stage_lr_mult,
             gradual_unfreeze=gradual_unfreeze, freeze_bn=freeze_bn, image_size=image_size, precision=precision,
             accelerator=accelerator, threshold=threshold, overwrite=overwrite,
-            exclude=str(exclude) if exclude else None,
+            exclude=str(exclude) if exclude else None, report=report,
         )
         _print_run(result, f"{backbone} · {mode}")
 
@@ -264,6 +272,51 @@ def predict_command(
             label = f"[yellow]{r['label']}[/]" if r["label"] == "unsure" else r["label"]
             table.add_row(r["path"], label, f"{r['confidence']:.3f}", top)
     out.print(table)
+
+
+@app.command("explain")
+def explain_command(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    images: Annotated[list[Path], typer.Argument(help="image files or folders")],
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="folder for the overlays")] = None,
+    class_name: Annotated[Optional[str], typer.Option("--class", help="explain this class, not the prediction")
+                          ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Grad-CAM overlays: where the model looked for its prediction (or for --class)."""
+    _setup_logging(False)
+    with _friendly_errors():
+        from headstart.predict import expand_paths
+        from headstart.report.explain import explain_images
+
+        try:
+            rows = explain_images(run, expand_paths(images), out_dir or run / "explanations", class_name)
+        except ValueError as exc:  # an unknown --class
+            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+    for row in rows:
+        if as_json:
+            sys.stdout.write(json.dumps(row) + "\n")
+        elif "error" in row:
+            out.print(f"{row['path']}: [red]{row['error']}[/]", highlight=False)
+        else:
+            out.print(f"{row['path']}: {row['label']} ({row['confidence']:.2f}) -> {row['overlay']}", highlight=False)
+    raise typer.Exit(1 if any("error" in r for r in rows) else 0)
+
+
+@app.command("report")
+def report_command(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    data: Annotated[Optional[Path], typer.Option(help="data folder (default: the one the run used)")] = None,
+    split: Annotated[str, typer.Option(help="val | test: the split shown for calibration and top losses")] = "val",
+) -> None:
+    """(Re)generate the run's self-contained report.html."""
+    _setup_logging(False)
+    with _friendly_errors():
+        from headstart.report.build import build_report
+
+        path = build_report(run, data, split=split)
+    out.print(f"report written to [bold]{path}[/]")
 
 
 @app.command("backbones")

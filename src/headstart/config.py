@@ -67,6 +67,7 @@ class TrainConfig:
     threshold: float = 0.5
     out: str | None = None
     overwrite: bool = False
+    report: bool = True
 
     def __post_init__(self) -> None:
         self.validate()

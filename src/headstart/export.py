@@ -88,7 +88,8 @@ def run_images(run_dir: str | os.PathLike, max_images: int = MAX_PARITY_IMAGES,
         found = [(root / f, Path(f).parent.name) for f in files.get(split, [])]
         found = [(p, c) for p, c in found if p.is_file() and c in classes]
         if found:
-            found = found[::max(1, len(found) // max_images)][:max_images]
+            keep = np.unique(np.linspace(0, len(found) - 1, min(len(found), max_images)).round().astype(int))
+            found = [found[i] for i in keep]
             return [str(p) for p, _ in found], [classes.index(c) for _, c in found], f"{split} split"
     return [], None, "none"
 
@@ -121,7 +122,10 @@ def _parity(torch_clf, onnx_clf: OnnxClassifier, images: list[Image.Image], labe
     """The torch engine vs ONNX Runtime, on the same torch-preprocessed batch and end to end."""
     import torch
 
-    transform = torch_clf._transform()
+    from headstart.backbones.registry import Preprocessing
+    from headstart.data.transforms import eval_transform
+
+    transform = eval_transform(Preprocessing.from_dict(torch_clf.manifest["preprocessing"]))
     torch_logits, same_logits, e2e_logits, input_diff = [], [], [], 0.0
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
@@ -317,7 +321,8 @@ def export_onnx(run_dir: str | os.PathLike, out: str | os.PathLike | None = None
         raise ExportError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE)}")
     started = time.perf_counter()
     run_dir = Path(run_dir)
-    out = Path(out) if out else run_dir / (ONNX_FILE if quantize is None else "model.int8.onnx")
+    name = ONNX_FILE if quantize is None else "model.int8.onnx"
+    out = run_dir / name if out is None else Path(out) / name if Path(out).is_dir() else Path(out)
     torch_clf = load(run_dir)
     manifest = torch_clf.manifest
     # A fresh fp32 copy in the default memory format: the loaded net is channels_last for inference speed.

@@ -71,6 +71,7 @@ def test_cnn_gradcam_maps_batches_and_cleans_up(resnet):
     np.testing.assert_allclose(gradcam(resnet, images[2:])[0], cams[2], atol=1e-4)  # batching changes nothing
     assert not any(m._forward_hooks for m in resnet.net.modules()), "hooks left behind"
     assert all(p.grad is None for p in resnet.net.parameters()), "gradients left behind"
+    assert all(p.requires_grad for p in resnet.net.parameters()), "parameters left frozen"
 
 
 def test_cnn_gradcam_target_class_changes_the_map(resnet):
@@ -96,8 +97,7 @@ def test_vit_gradcam():
     assert first_conv_weights(clf.net).shape == (768, 3, 16, 16)
 
 
-@pytest.mark.parametrize("backbone, expected", [("resnet18", "layer4"), ("mobilenet_v3_small", "features"),
-                                                ("efficientnet_lite0", "bn2")])
+@pytest.mark.parametrize("backbone, expected", [("resnet18", "layer4"), ("mobilenet_v3_small", "features")])
 def test_cnn_target_layer_is_the_last_spatial_map(backbone, expected):
     spec = get_spec(backbone)
     net = build_network(spec, 3, pretrained=False).eval()
@@ -139,6 +139,8 @@ def test_explain_images_writes_overlays_and_reports_bad_files(lite_run, tmp_path
         assert r["label"] in ("red", "green", "blue") and 0 < r["confidence"] <= 1
         with Image.open(r["overlay"]) as img:
             assert img.size == (64, 64)
+    layer, _ = target_layer(clf.net, get_spec("efficientnet_lite0"), torch.zeros(1, 3, 64, 64))
+    assert layer is clf.net.backbone.bn2  # timm EfficientNet: the last BatchNormAct, after conv_head
     forced = explain_images(run_dir, good[:1], tmp_path / "forced", class_name="blue", classifier=clf)[0]
     assert forced["label"] == "blue" and Path(forced["overlay"]).is_file()
     with pytest.raises(ValueError, match="unknown class"):

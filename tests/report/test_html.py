@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import headstart
-from conftest import make_synthetic_dataset
+from conftest import CHROMIUM, CHROMIUM_ARGS, make_synthetic_dataset, require_chromium
 from headstart.report.build import build_report
 
 SECTIONS = ["Dataset", "Model", "Configuration", "Training curves", "Metrics", "Per-class metrics",
@@ -131,19 +131,12 @@ def test_report_without_the_images_still_builds(run, tmp_path):
     assert 'alt="top losses with Grad-CAM"' not in text
 
 
-CHROMIUM = Path("/usr/bin/chromium")
-
-
 def test_report_renders_in_chromium(run, tmp_path):
     """Every image decodes in a real browser and nothing is fetched; the screenshot is for people to see."""
-    if not CHROMIUM.exists():
-        pytest.skip("no /usr/bin/chromium: apt-get install chromium, and pip install playwright")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    sync_api = require_chromium()
     requests = []
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             tab = browser.new_page(viewport={"width": 1280, "height": 900})
             tab.on("request", lambda r: requests.append(r.url))

@@ -294,14 +294,14 @@ def _time_size_section(run: Path, summary: dict, history: list[dict], manifest: 
     seconds = [float(r["seconds"]) for r in history if r.get("seconds") not in (None, "")]
     weights = run / manifest.get("weights_file", "model.safetensors")
     size = weights.stat().st_size if weights.is_file() else manifest.get("weights_bytes")
+    extraction = summary.get("extraction") if isinstance(summary.get("extraction"), dict) else None
     rows = {
         "whole run (s)": summary.get("seconds"),
         "epochs": summary.get("epochs_run", len(history)),
         "seconds per epoch, mean": float(np.mean(seconds)) if seconds else None,
         "seconds per epoch, min / max": f"{min(seconds):.3g} / {max(seconds):.3g}" if seconds else None,
-        "feature extraction, computed / total": "{computed} / {total}".format(**summary["extraction"])
-        if isinstance(summary.get("extraction"), dict) and {"computed", "total"} <= set(summary["extraction"])
-        else None,
+        "feature extraction, computed / total": (f"{extraction.get('computed')} / {extraction.get('total')}"
+                                                 if extraction else None),
         "accelerator, precision": f"{summary.get('accelerator', '?')}, {summary.get('precision', '?')}",
         "model.safetensors": f"{size / 2**20:.1f} MiB ({size:,} bytes)" if size else None,
     }
@@ -349,9 +349,10 @@ def build_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
             _filters_section(clf, out),
             _time_size_section(run, summary, history, manifest),
         ]
-        accuracy = [(f"{m['accuracy']:.1%}", f"{s} accuracy") for s, m in metrics.items() if "accuracy" in m]
-        lead = H.cards(accuracy + [(str(manifest.get("backbone")), str(manifest.get("mode", ""))),
-                          (f"{summary.get('seconds', 0):.0f} s", "training time")])
+        headline = [(f"{m['accuracy']:.1%}", f"{s} accuracy") for s, m in metrics.items() if "accuracy" in m]
+        headline += [(str(manifest.get("backbone")), str(manifest.get("mode", ""))),
+                     (f"{summary.get('seconds', 0):.0f} s", "training time")]
+        lead = H.cards(headline)
         page = H.page(f"headstart run: {run.resolve().name}", sections, lead=lead,
                       subtitle=f"{run.resolve()} · {manifest.get('created', '')}")
     path = run / "report.html"

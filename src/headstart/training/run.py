@@ -70,6 +70,38 @@ def _class_weights(train_labels: list[int], num_classes: int, mode: str):
     return None if weights is None else torch.tensor(weights, dtype=torch.float32)
 
 
+def _refuse_leakage(decoded: dict, data: str, fresh_run_dir: Path | None) -> None:
+    """The same image in two splits inflates every score: refuse, as `headstart check` does (the hashes come
+    free with decoding). A run directory created for this run is removed: it holds nothing yet."""
+    from headstart.data.folders import DataError
+
+    seen: dict[str, str] = {}
+    leaked = []
+    for split, d in decoded.items():
+        for path, digest in zip(d.paths, d.hashes):
+            if digest in seen and seen[digest].split(":", 1)[0] != split:
+                leaked.append((seen[digest].split(":", 1)[1], path))
+            seen.setdefault(digest, f"{split}:{path}")
+    if leaked:
+        if fresh_run_dir is not None:
+            shutil.rmtree(fresh_run_dir, ignore_errors=True)
+        first, second = leaked[0]
+        raise DataError(f"{len(leaked)} image(s) appear in more than one split (e.g. {first} and {second}): scores "
+                        f"would be inflated. Run `headstart check {data} --fix-split`, then train with --exclude")
+
+
+def _write_report(run_dir: Path, data: str) -> None:
+    """report.html for every run; a failed report is logged, never a failed run (the model is already saved)."""
+    try:
+        from headstart.predict import load
+        from headstart.report.build import build_report
+
+        build_report(run_dir, data=data, classifier=load(run_dir))
+    except Exception as exc:  # the report is a by-product: keep the trained model whatever goes wrong here
+        log.warning("could not write report.html: %s: %s (run `headstart report %s` to retry)",
+                    type(exc).__name__, exc, run_dir)
+
+
 def _history_csv(history: list[dict]) -> str:
     if not history:
         return ""
@@ -166,6 +198,7 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
                 items, short_side=preprocessing.resize_size, interpolation=preprocessing.interpolation,
                 progress=(lambda d, t, s=split: progress(f"decode {s}", d, t)) if progress else None,
             )
+        _refuse_leakage(decoded, cfg.data, run_dir if resume is None else None)
         skipped = [f for d in decoded.values() for f in d.failures]
         if not decoded["train"].labels or not decoded["val"].labels:
             raise ConfigError("no readable images left in train or val after skipping unreadable files")
@@ -227,7 +260,9 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
         atomic_write_json(run_dir / "metrics.json", metrics)
         atomic_write_text(run_dir / "history.csv", _history_csv(result.history))
         summary = {
-            "data": dataset.root, "classes": dataset.classes, "counts": dataset.counts(),
+            "data": dataset.root, "classes": dataset.classes,
+            "counts": {split: {name: d.labels.count(i) for i, name in enumerate(dataset.classes)}
+                       for split, d in decoded.items()},
             "split_origin": dataset.split_origin, "notes": dataset.notes,
             "warnings": [{"code": p.code, "message": p.message, "paths": p.paths} for p in warnings],
             "excluded": sorted(excluded),
@@ -238,6 +273,8 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
             "epochs_run": len(result.history), "weights_bytes": manifest["weights_bytes"],
         }
         atomic_write_json(run_dir / "summary.json", summary)
+        if cfg.report:
+            _write_report(run_dir, cfg.data)
         for leftover in ("checkpoint.safetensors", "resume.pt"):
             (run_dir / leftover).unlink(missing_ok=True)
         log.info("run written to %s in %.1fs", run_dir, seconds)

@@ -1,0 +1,96 @@
+"""The benchmark scripts run end to end in --quick mode (tiny synthetic data), so they cannot rot.
+
+Each runs in a subprocess as a user would start it; the tests check the JSON it writes: every key the docs
+table reads, with values that make sense.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BENCHMARKS = REPO / "benchmarks"
+
+
+def run_script(name: str, tmp_path: Path, *args: str) -> tuple[dict, str]:
+    out = tmp_path / f"{name}.json"
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), "--quick", "--json", str(out), *args],
+                          cwd=REPO, env=dict(os.environ, HEADSTART_CACHE=str(tmp_path / "cache")),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def check_machine(machine: dict) -> None:
+    assert machine["cores"] >= 1 and machine["threads"] >= 1
+    assert machine["torch"] and machine["cpu_model"]
+    assert {"avx512_bf16", "amx_bf16", "fast_bf16"} <= set(machine)
+    assert len(machine["load_average"]) == 3
+
+
+def test_vs_tutorial_quick(tmp_path):
+    # One features protocol on a train/test layout and the finetune one on train/val cover every code path;
+    # hym-fe differs from them only in numbers.
+    results, stdout = run_script("vs_tutorial", tmp_path, "--protocol", "pss-fe,hym-ft")
+    check_machine(results["machine"])
+    assert results["quick"] is True and set(results["protocols"]) == {"pss-fe", "hym-ft"}
+    for name, r in results["protocols"].items():
+        ref, hs, verdict = r["reference"], r["headstart"], r["verdict"]
+        assert ref["epochs"] == 1 and len(ref["history"]) == 1 and ref["precision"] == "32-true"
+        assert ref["wall_seconds"] > 0 and ref["train_images_per_second"] > 0 and ref["eval_images_per_second"] > 0
+        assert 0 <= ref["final_accuracy"] <= ref["best_accuracy"] <= 1
+        assert hs["epochs"] == 1 and hs["precision"] in ("32-true", "bf16-mixed") and hs["threads"] >= 1
+        assert hs["command"][1:4] == ["-m", "headstart.cli", "train"] and "--no-progress" in hs["command"]
+        assert hs["wall_seconds"] > hs["run_seconds"] > 0  # the process's start-up is part of the wall time
+        assert 0 <= hs["accuracy"] <= 1 and hs["train_images_per_second"] > 0
+        phases = hs["phases"]
+        assert set(phases) == {"startup", "decode", "features", "training", "finish"}
+        assert all(v >= -0.5 for v in phases.values())  # log timestamps have millisecond resolution
+        assert sum(phases.values()) == pytest.approx(hs["wall_seconds"], abs=0.01)
+        assert verdict["speedup"] == pytest.approx(ref["wall_seconds"] / hs["wall_seconds"])
+        assert verdict["result"] in ("PASS", "MISS")
+        assert (verdict["result"] == "PASS") == (verdict["speed_ok"] and verdict["accuracy_ok"])
+        assert bool(verdict["missed_by"]) == (verdict["result"] == "MISS")
+        assert f"| {name} | headstart |" in stdout and f"| {name} | tutorial loop |" in stdout
+    pss = results["protocols"]["pss-fe"]
+    assert pss["headstart"]["accuracy_split"] == "test"
+    assert pss["headstart"]["extract_images_per_second"] > 0
+    assert pss["headstart"]["accuracy"] >= 0.67  # colour classes: separable by pretrained features at once
+    assert results["protocols"]["hym-ft"]["headstart"]["accuracy_split"] == "val"
+    assert results["total_seconds"] > 0 and len(results["load_average_end"]) == 3
+
+
+def test_extract_throughput_quick(tmp_path):
+    results, stdout = run_script("extract_throughput", tmp_path)
+    check_machine(results["machine"])
+    assert set(results["backbones"]) == {"efficientnet_lite0", "mobilenet_v2"}
+    for name, r in results["backbones"].items():
+        assert r["plain_images_per_second"] > 0 and r["headstart_images_per_second"] > 0
+        assert r["speedup"] == pytest.approx(r["headstart_images_per_second"] / r["plain_images_per_second"])
+        assert r["plain_with_decode_images_per_second"] > 0 and r["headstart_with_decode_images_per_second"] > 0
+        # channels_last fp32 (or bf16 where fast) computes the same features as the plain loop
+        assert r["cosine_headstart_vs_plain"]["min"] > (0.98 if r["precision"] == "bf16-mixed" else 0.9999)
+        assert r["probe_accuracy_fp32"] >= 0.67 and r["probe_accuracy_headstart"] >= 0.67
+        bf16 = r["bf16"]
+        assert bf16["images"] >= 1 and bf16["bf16_images_per_second"] > 0
+        assert 0.9 < bf16["cosine_bf16_vs_fp32"]["mean"] <= 1.0001
+        assert f"| {name} |" in stdout
+    assert results["target"] == 2.5
+
+
+def test_predict_latency_quick(tmp_path):
+    results, stdout = run_script("predict_latency", tmp_path)
+    check_machine(results["machine"])
+    latency = results["latency_ms"]
+    assert results["trained_here"] is True and results["backbone"] == "efficientnet_lite0"
+    assert results["calls"] == 10 and 0 < latency["min"] <= latency["p50"] <= latency["p95"] <= latency["max"]
+    assert results["batch_images"] == 32 and results["batch_errors"] == 0
+    assert results["batch_images_per_second"] > 0 and results["load_seconds"] > 0
+    assert results["target_p50_ms"] == 25.0
+    assert "| efficientnet_lite0 | 64 |" in stdout
