@@ -236,48 +236,54 @@ def _mean(values) -> float | None:
 _RECORD = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ [\w.]+: (.*)$")
 _EXTRACTED = re.compile(r"extracted (\d+) feature vectors in ([\d.]+)s")
 _EPOCH = re.compile(r"epoch \d+: ")
+PHASES = ("startup", "decode", "features", "training", "save", "report", "exit")
 
 
-def _log_records(path: Path) -> list[tuple[dt.datetime, str]]:
+def _log_records(path: Path) -> list[tuple[float, str]]:
+    """(unix time, message) of each train.log record."""
     records = []
     for line in path.read_text().splitlines() if path.is_file() else []:
         match = _RECORD.match(line)
         if match:
-            records.append((dt.datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f"), match[2]))
+            records.append((dt.datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f").timestamp(), match[2]))
     return records
 
 
-def _phases(records, launched: dt.datetime, wall: float, history: list[dict]) -> dict:
-    """Where headstart's wall time went, from train.log's timestamps: consecutive phases that add up to wall.
+def _phases(run_dir: Path, records, launched: float, wall: float, history: list[dict]) -> dict:
+    """Where headstart's wall time went: consecutive phases that add up to the wall time.
 
-    startup = interpreter, imports, data check and network build (until the weights are loaded); decode = until
-    the first extraction starts (features) or fine-tuning is set up (finetune); features = extraction, or the
-    frozen-prefix activations; training = the epochs with their validation; finish = calibration, saving, exit.
+    From train.log's timestamps and summary.json's mtime: startup = interpreter, imports, data check and
+    network build (until the weights are loaded); decode = until the first extraction starts (features) or
+    fine-tuning is set up (finetune); features = extraction, or the frozen-prefix activations; training = the
+    epochs with their validation; save = final logits, calibration, metrics and model files; report =
+    report.html; exit = the CLI's output and interpreter shutdown.
     """
-    def at(t: dt.datetime) -> float:
-        return (t - launched).total_seconds()
-
-    epochs = [at(t) for t, m in records if _EPOCH.match(m)]
-    extracted = [(at(t), float(m2[2])) for t, m in records if (m2 := _EXTRACTED.search(m))]
-    setup = [at(t) for t, m in records if m.startswith("fine-tuning")]
-    if not records or not epochs or not (extracted or setup):
+    epochs = [t - launched for t, m in records if _EPOCH.match(m)]
+    extracted = [(t - launched, float(m2[2])) for t, m in records if (m2 := _EXTRACTED.search(m))]
+    setup = [t - launched for t, m in records if m.startswith("fine-tuning")]
+    written = [t - launched for t, m in records if m.startswith("run written")]
+    if not records or not epochs or not written or not (extracted or setup):
         return {}
-    startup = at(records[0][0])
+    startup = records[0][0] - launched
     decode_end = extracted[0][0] - extracted[0][1] if extracted else setup[0]
     first_epoch_train = float(history[0]["seconds"]) if history else 0.0
     features_end = extracted[-1][0] if extracted else epochs[0] - first_epoch_train
+    saved = (run_dir / "summary.json").stat().st_mtime - launched  # written just before the report starts
     return {"startup": startup, "decode": decode_end - startup, "features": features_end - decode_end,
-            "training": epochs[-1] - features_end, "finish": wall - epochs[-1]}
+            "training": epochs[-1] - features_end, "save": saved - epochs[-1], "report": written[-1] - saved,
+            "exit": wall - written[-1]}
 
 
-def run_headstart(protocol: Protocol, data: Path, *, backbone: str, runs: Path, quick: bool) -> dict:
+def run_headstart(protocol: Protocol, data: Path, *, backbone: str, runs: Path, quick: bool,
+                  extra: Sequence[str] = ()) -> dict:
     run_dir = runs / f"headstart-{protocol.name}"
     cache = Path(tempfile.mkdtemp(prefix="headstart-cache-"))
     command = [sys.executable, "-m", "headstart.cli", "train", str(data), "--backbone", backbone,
                "--mode", protocol.mode, "--out", str(run_dir), "--overwrite", "--no-progress"]
     if quick:
         command += ["--epochs", "1", "--image-size", str(QUICK_SIZE)]
-    launched = dt.datetime.now()
+    command += list(extra)
+    launched = time.time()
     started = time.perf_counter()
     try:
         proc = subprocess.run(command, env=dict(os.environ, HEADSTART_CACHE=str(cache)), capture_output=True,
@@ -308,7 +314,8 @@ def run_headstart(protocol: Protocol, data: Path, *, backbone: str, runs: Path, 
         "train_seconds": sum(float(row["seconds"]) for row in history),
         "accuracy": compared, "accuracy_split": protocol.eval_split,
         "final_val_accuracy": val[-1], "best_val_accuracy": max(val),
-        "phases": _phases(records, launched, wall, history),
+        "report": (run_dir / "report.html").is_file(),
+        "phases": _phases(run_dir, records, launched, wall, history),
     }
 
 
@@ -349,15 +356,14 @@ def tables(results: dict) -> str:
                          f"{v['headstart_accuracy']:.3f} / {v['reference_accuracy']:.3f}", f"**{v['result']}**",
                          v["missed_by"] or "-"])
         p = hs["phases"]
-        phases.append([name] + [p.get(k) for k in ("startup", "decode", "features", "training", "finish")]
-                      + [hs["wall_seconds"]])
+        phases.append([name] + [p.get(k) for k in PHASES] + [hs["wall_seconds"]])
     return "\n\n".join([
         markdown_table(["protocol", "side", "wall s", "epochs", "extract img/s", "train img/s", "eval img/s",
                         "final acc", "best acc", "precision"], sides),
         markdown_table(["protocol", "speedup", "target", "accuracy headstart / tutorial", "result", "missed by"],
                        verdicts),
         "headstart's wall time by phase (seconds, from train.log timestamps):",
-        markdown_table(["protocol", "start-up", "decode", "features", "training", "finish", "wall"], phases),
+        markdown_table(["protocol", *PHASES, "wall"], phases),
     ])
 
 
@@ -383,6 +389,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--ref-epochs", type=int, help="shorten the reference side (smoke runs only)")
     parser.add_argument("--workers", type=int, help="DataLoader workers of the reference side (default 2; 0 quick)")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "vs_tutorial.json")
+    parser.add_argument("--hs-arg", action="append", default=[],
+                        help="extra argument for `headstart train`, e.g. --hs-arg=--no-report (not the benchmark's)")
     parser.add_argument("--runs", type=Path, help="keep headstart's run directories here (default: a temp dir)")
     args = parser.parse_args(argv)
     names = [p.strip() for p in args.protocol.split(",") if p.strip()]
@@ -407,13 +415,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 parser.error(f"{p.name} needs {dirs[p.dataset] / split}")
     results = {"benchmark": "vs_tutorial", "quick": args.quick, "backbone": args.backbone,
                "started": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine_info(),
-               "ref_epochs_override": args.ref_epochs, "protocols": {}}
+               "ref_epochs_override": args.ref_epochs, "headstart_extra_args": args.hs_arg, "protocols": {}}
     log(f"machine: {results['machine']}")
     try:
         for p in protocols:
             epochs = 1 if args.quick else args.ref_epochs or p.epochs
             log(f"{p.name}: headstart train --mode {p.mode} on {dirs[p.dataset]}")
-            hs = run_headstart(p, dirs[p.dataset], backbone=args.backbone, runs=runs, quick=args.quick)
+            hs = run_headstart(p, dirs[p.dataset], backbone=args.backbone, runs=runs, quick=args.quick,
+                               extra=args.hs_arg)
             log(f"{p.name}: the tutorial loop, {epochs} epochs")
             ref = run_reference(p, dirs[p.dataset], backbone=args.backbone, epochs=epochs,
                                 image_size=QUICK_SIZE if args.quick else None, workers=workers, scratch=scratch)
@@ -423,8 +432,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     _write(args.json, results, started)
-    if args.quick or args.ref_epochs:
-        print("NOTE: --quick/--ref-epochs do not run the protocols' epochs: the verdicts are not the benchmark's.\n")
+    if args.quick or args.ref_epochs or args.hs_arg:
+        print("NOTE: --quick, --ref-epochs and --hs-arg change the protocols: the verdicts are not the benchmark's.\n")
     print(tables(results))
     print(f"\ntotal runtime {results['total_seconds']:.0f}s; load average at start {results['machine']['load_average']}"
           f", at end {results['load_average_end']}; JSON: {args.json}")

@@ -106,3 +106,20 @@ def test_bad_option_is_one_line(trained):
     proc = run("train", data, "--mode", "linear", "--no-progress", check=False)
     assert proc.returncode == 2 and "mode must be one of" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_evaluate_calibration_target_and_tta(trained):
+    data, run_dir, _ = trained
+    out = json.loads(run("evaluate", run_dir, data, "--json", "--threshold", 0.6, "--target-accuracy", 0.5,
+                         "--tta", "five-crop").stdout)
+    assert out["tta"] == "five-crop"
+    assert {"ece", "ece_calibrated", "rejection", "coverage_curve", "target"} <= set(out)
+    assert out["target"]["suggested"]["accuracy"] >= 0.5
+    assert out["rejection"]["threshold"] == 0.6
+    for path in out["plots"].values():
+        assert os.path.getsize(path) > 1000
+    flipped = [json.loads(x) for x in run("predict", run_dir, data / "test", "--json", "--tta", "flip")
+               .stdout.splitlines()]
+    assert len(flipped) == 18 and all("label" in r for r in flipped)
+    bad = run("predict", run_dir, data / "test", "--tta", "rotate", check=False)
+    assert bad.returncode == 2 and "five-crop" in bad.stderr

@@ -206,15 +206,18 @@ def evaluate_command(
     run: Annotated[Path, typer.Argument(help="run directory")],
     data: Annotated[Path, typer.Argument(help="data folder")],
     split: Annotated[Optional[str], typer.Option(help="test | val (default: test if present)")] = None,
-    threshold: Optional[float] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="report rejection below this confidence")] = None,
+    target_accuracy: Annotated[Optional[float], typer.Option(
+        help="suggest the threshold whose accepted predictions reach this accuracy")] = None,
+    tta: Annotated[str, typer.Option(help="test-time augmentation: none | flip | five-crop")] = "none",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Accuracy, per-class precision/recall/F1 and the confusion matrix (text, JSON, PNG)."""
+    """Accuracy, per-class precision/recall/F1, confusion matrix, calibration and rejection (text, JSON, PNG)."""
     _setup_logging(False)
     with _friendly_errors():
         from headstart.evaluate import evaluate_run
 
-        m = evaluate_run(run, data, split=split, threshold=threshold)
+        m = evaluate_run(run, data, split=split, threshold=threshold, target_accuracy=target_accuracy, tta=tta)
     if as_json:
         out.print_json(json.dumps(m))
         return
@@ -237,9 +240,18 @@ def evaluate_command(
         acc = "n/a" if r["accepted_accuracy"] is None else f"{r['accepted_accuracy']:.4f}"
         out.print(f"threshold {r['threshold']}: {r['rejected_rate']:.1%} rejected as unsure, accuracy on the "
                   f"rest {acc}")
+    out.print(f"calibration: ECE {m['ece']:.4f} before, {m['ece_calibrated']:.4f} after temperature scaling "
+              f"(T = {m['temperature']:.3f}); NLL {m['loss']:.4f} -> {m['nll_calibrated']:.4f}")
+    if "target" in m:
+        row = m["target"]["suggested"]
+        if row is None:
+            out.print(f"no threshold reaches accuracy {m['target']['accuracy']} on {m['split']}")
+        else:
+            out.print(f"threshold {row['threshold']:.3f} reaches accuracy {row['accuracy']:.4f} on the accepted "
+                      f"predictions, keeping {row['coverage']:.1%} of them (costs {1 - row['coverage']:.1%} coverage)")
     for s in m["skipped"]:
         out.print(f"[yellow]skipped[/] {s['path']}: {s['reason']}", highlight=False)
-    out.print(f"confusion matrix plot: {m['confusion_png']}")
+    out.print("plots: " + ", ".join(m["plots"].values()), highlight=False)
 
 
 @app.command("predict")
@@ -248,6 +260,7 @@ def predict_command(
     paths: Annotated[list[Path], typer.Argument(help="image files or folders (recursive)")],
     threshold: Annotated[Optional[float], typer.Option(help="below this confidence: 'unsure'")] = None,
     top_k: int = 3,
+    tta: Annotated[str, typer.Option(help="test-time augmentation: none | flip | five-crop")] = "none",
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
 ) -> None:
     """Predict labels with confidence and top-k for new images."""
@@ -256,7 +269,11 @@ def predict_command(
         from headstart.predict import expand_paths, load
 
         clf = load(run)
-        results = clf.predict(expand_paths(paths), top_k=top_k, threshold=threshold)
+        try:
+            results = clf.predict(expand_paths(paths), top_k=top_k, threshold=threshold, tta=tta)
+        except ValueError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(2) from None
     if as_json:
         for r in results:
             sys.stdout.write(json.dumps(r) + "\n")

@@ -135,11 +135,12 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list
 
 
 def evaluate_run(run_dir, data, *, split: str | None = None, threshold: float | None = None, out_dir=None,
-                 batch_size: int = 32) -> dict:
-    """Score a saved run on DATA with its own split (split.json), write evaluation.json and the confusion PNG.
+                 batch_size: int = 32, target_accuracy: float | None = None, tta: str = "none") -> dict:
+    """Score a saved run on DATA with its own split (split.json); write evaluation JSON and plots.
 
     `split`: which split of DATA to score; by default test when present, else val. Unreadable files are
-    skipped and listed.
+    skipped and listed. Reports calibration (ECE before/after temperature, reliability diagram), rejection at
+    `threshold`, the accuracy/coverage curve, and with `target_accuracy` the threshold that reaches it.
     """
     from pathlib import Path
 
@@ -147,7 +148,7 @@ def evaluate_run(run_dir, data, *, split: str | None = None, threshold: float | 
     from headstart.data.folders import DataError, discover
     from headstart.data.images import ImageLoadError, open_image
     from headstart.predict import load
-    from headstart.report.plots import plot_confusion_matrix
+    from headstart.report.plots import plot_confusion_matrix, plot_coverage, plot_reliability
 
     run_dir = Path(run_dir)
     clf = load(run_dir)
@@ -168,13 +169,24 @@ def evaluate_run(run_dir, data, *, split: str | None = None, threshold: float | 
             labels.append(index[dataset.classes[label]])
         except ImageLoadError as exc:
             skipped.append({"path": path, "reason": exc.reason})
-    logits = clf.logits(images, batch_size)
+    logits = clf.logits(images, batch_size, tta=tta)
+    labels = np.array(labels, dtype=np.int64)
     threshold = clf.threshold if threshold is None else threshold
-    metrics = classification_metrics(logits, np.array(labels), clf.classes, temperature=clf.temperature,
+    metrics = classification_metrics(logits, labels, clf.classes, temperature=clf.temperature,
                                       threshold=threshold)
-    metrics.update({"split": split, "data": dataset.root, "skipped": skipped, "classes": clf.classes})
+    probs = softmax(logits, clf.temperature)
+    metrics.update({"split": split, "data": dataset.root, "skipped": skipped, "classes": clf.classes, "tta": tta,
+                    "coverage_curve": coverage_curve(probs, labels)})
+    if target_accuracy is not None:
+        metrics["target"] = {"accuracy": target_accuracy,
+                             "suggested": threshold_for_accuracy(probs, labels, target_accuracy)}
     out_dir = Path(out_dir) if out_dir else run_dir / "evaluation"
-    metrics["confusion_png"] = str(plot_confusion_matrix(metrics["confusion_matrix"], clf.classes,
-                                                         out_dir / f"confusion_{split}.png"))
+    metrics["plots"] = {
+        "confusion": str(plot_confusion_matrix(metrics["confusion_matrix"], clf.classes,
+                                               out_dir / f"confusion_{split}.png")),
+        "reliability": str(plot_reliability(logits, labels, clf.temperature, out_dir / f"reliability_{split}.png")),
+        "coverage": str(plot_coverage(probs, labels, threshold, out_dir / f"coverage_{split}.png")),
+    }
+    metrics["confusion_png"] = metrics["plots"]["confusion"]
     atomic_write_json(out_dir / f"evaluation_{split}.json", metrics)
     return metrics

@@ -54,32 +54,48 @@ class Classifier:
     def threshold(self) -> float:
         return float(self.manifest.get("threshold", 0.5))
 
-    def _transform(self):
+    def _views(self, tta: str):
+        """One transform per test-time view; their logits are averaged."""
         from headstart.backbones.registry import Preprocessing
-        from headstart.data.transforms import eval_transform
+        from headstart.data.transforms import eval_transform, five_crop_transforms
 
-        return eval_transform(Preprocessing.from_dict(self.manifest["preprocessing"]))
+        pre = Preprocessing.from_dict(self.manifest["preprocessing"])
+        if tta == "none":
+            return [eval_transform(pre)]
+        if tta == "flip":
+            import torchvision.transforms.v2.functional as F
 
-    def logits(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
-        """Raw logits [N, classes] for decoded RGB images."""
+            base = eval_transform(pre)
+            return [base, lambda img: F.horizontal_flip(base(img))]
+        if tta == "five-crop":
+            return five_crop_transforms(pre)
+        raise ValueError(f"unknown test-time augmentation {tta!r}; choose none, flip or five-crop")
+
+    def logits(self, images: Sequence[Image.Image], batch_size: int = 32, *, tta: str = "none") -> np.ndarray:
+        """Logits [N, classes] for decoded RGB images (averaged over the TTA views), before temperature."""
         import torch
 
         from headstart.device import autocast
 
-        transform = self._transform()
+        views = self._views(tta)
         out = []
         channels_last = not self.manifest.get("is_vit", False)
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
-                batch = torch.stack([transform(img) for img in images[start:start + batch_size]]).to(self.device)
-                if channels_last:
-                    batch = batch.contiguous(memory_format=torch.channels_last)
-                with autocast(self.device, self.precision):
-                    out.append(self.net(batch).float().cpu().numpy())
+                chunk = images[start:start + batch_size]
+                total = None
+                for view in views:
+                    batch = torch.stack([view(img) for img in chunk]).to(self.device)
+                    if channels_last:
+                        batch = batch.contiguous(memory_format=torch.channels_last)
+                    with autocast(self.device, self.precision):
+                        logits = self.net(batch).float()
+                    total = logits if total is None else total + logits
+                out.append((total / len(views)).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
 
     def predict(self, inputs: str | os.PathLike | Image.Image | Sequence, *, top_k: int = 3,
-                threshold: float | None = None, batch_size: int = 32) -> list[dict]:
+                threshold: float | None = None, batch_size: int = 32, tta: str = "none") -> list[dict]:
         """One dict per input: {"path", "label", "confidence", "top_k"}, or {"path", "error"} for a bad file.
 
         The label is "unsure" when the calibrated confidence is below the threshold.
@@ -98,7 +114,7 @@ class Classifier:
             except ImageLoadError as exc:
                 results[i] = {"path": str(name), "error": exc.reason}
         if images:
-            probs = softmax(self.logits(images, batch_size), self.temperature)
+            probs = softmax(self.logits(images, batch_size, tta=tta), self.temperature)
             k = max(1, min(top_k, len(self.classes)))
             for row, i in zip(probs, where):
                 order = np.argsort(-row)[:k]

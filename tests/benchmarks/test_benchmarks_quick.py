@@ -50,7 +50,7 @@ def test_vs_tutorial_quick(tmp_path):
         assert hs["wall_seconds"] > hs["run_seconds"] > 0  # the process's start-up is part of the wall time
         assert 0 <= hs["accuracy"] <= 1 and hs["train_images_per_second"] > 0
         phases = hs["phases"]
-        assert set(phases) == {"startup", "decode", "features", "training", "finish"}
+        assert set(phases) == {"startup", "decode", "features", "training", "save", "report", "exit"}
         assert all(v >= -0.5 for v in phases.values())  # log timestamps have millisecond resolution
         assert sum(phases.values()) == pytest.approx(hs["wall_seconds"], abs=0.01)
         assert verdict["speedup"] == pytest.approx(ref["wall_seconds"] / hs["wall_seconds"])

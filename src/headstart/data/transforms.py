@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from headstart.backbones.registry import Preprocessing
 
-__all__ = ["AUGMENT_PRESETS", "eval_transform", "train_transform", "transform_key"]
+__all__ = ["AUGMENT_PRESETS", "eval_transform", "five_crop_transforms", "train_transform", "transform_key"]
 
 AUGMENT_PRESETS = ("none", "light", "standard")
 
@@ -32,6 +32,20 @@ def eval_transform(pre: Preprocessing):
         [T.Resize(pre.resize_size, interpolation=_interpolation(pre.interpolation)), T.CenterCrop(pre.crop_size)]
         + _to_tensor_normalized(pre)
     )
+
+
+def five_crop_transforms(pre: Preprocessing) -> list:
+    """Test-time views: the four corners and the center of the resized image, each normalized."""
+    from torchvision import transforms as T
+    from torchvision.transforms import functional as F
+
+    resize = T.Resize(pre.resize_size, interpolation=_interpolation(pre.interpolation))
+    finish = T.Compose(_to_tensor_normalized(pre))
+
+    def view(index: int):
+        return lambda img: finish(F.five_crop(resize(img), pre.crop_size)[index])
+
+    return [view(i) for i in range(5)]
 
 
 def train_transform(pre: Preprocessing, preset: str):

@@ -337,3 +337,95 @@ def plot_conv_filters(weights: np.ndarray, path: str | Path, *, max_filters: int
     ax.set_title(_plain(f"{title}: {shown}, {kh}x{kw} px"), fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _overlap(a, b) -> float:
+    """Area shared by two display-space boxes (x0, y0, x1, y1)."""
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def _place_labels(fig, ax, labels, points) -> None:
+    """Move each label to the corner of its point where it covers the fewest other points and labels.
+
+    labels: annotations at their point; points: (x, y, radius in points) per label, in data coordinates.
+    A handful of points does not warrant a dependency such as adjustText."""
+    renderer = fig.canvas.get_renderer()
+    scale = fig.dpi / 72
+    inner = ax.get_window_extent(renderer)
+    marks = []
+    for x, y, r in points:
+        cx, cy = ax.transData.transform((x, y))
+        marks.append((cx - r * scale, cy - r * scale, cx + r * scale, cy + r * scale))
+    placed: list[tuple[float, float, float, float]] = []
+    for label, (_, _, r) in zip(labels, points):
+        best = None
+        for sx, sy in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
+            label.set_position((sx * (r + 3), sy * 3))
+            label.set_ha("left" if sx > 0 else "right")
+            label.set_va("bottom" if sy > 0 else "top")
+            box = label.get_window_extent(renderer).extents
+            area = (box[2] - box[0]) * (box[3] - box[1])
+            cost = sum(_overlap(box, m) for m in marks) + sum(_overlap(box, p) for p in placed)
+            cost += area - _overlap(box, inner.extents)  # any part outside the axes is hidden or clipped
+            if best is None or cost < best[0]:
+                best = (cost, sx, sy, box)
+        _, sx, sy, box = best
+        label.set_position((sx * (r + 3), sy * 3))
+        label.set_ha("left" if sx > 0 else "right")
+        label.set_va("bottom" if sy > 0 else "top")
+        placed.append(tuple(box))
+
+
+def plot_leaderboard(names: Sequence[str], latency_ms: Sequence[float], accuracy: Sequence[float],
+                     size_mb: Sequence[float], path: str | Path, *,
+                     test_accuracy: Sequence[float | None] | None = None,
+                     latency_p95_ms: Sequence[float] | None = None, winner: str | None = None,
+                     failed: Sequence[str] = (), title: str = "Backbones compared") -> Path:
+    """Val accuracy against single-image latency (p50, a bar to p95), marker area ~ size on disk, each point
+    labelled; test accuracy as a hollow diamond on the same vertical. Up and to the left is better."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8.5, 5.4))
+    colors = plt.get_cmap("tab10").colors
+    top_size = max(size_mb, default=1.0) or 1.0
+    labels, points = [], []
+    for i, (name, x, y, mb) in enumerate(zip(names, latency_ms, accuracy, size_mb)):
+        color = colors[i % len(colors)]
+        if latency_p95_ms is not None:
+            ax.plot([x, latency_p95_ms[i]], [y, y], color=color, linewidth=2.5, alpha=0.6, zorder=3,
+                    label="latency p50 to p95" if i == 0 else None)
+        test = test_accuracy[i] if test_accuracy is not None else None
+        if test is not None:
+            ax.plot([x, x], [y, test], ":", color=color, linewidth=1, zorder=3)
+            ax.scatter([x], [test], s=40, facecolors="white", edgecolors=color, linewidths=1.5, marker="D",
+                       zorder=4, label="test accuracy" if i == 0 else None)
+        area = 60 + 900 * mb / top_size
+        ax.scatter([x], [y], s=area, color=color, alpha=0.55, edgecolors="black",
+                   linewidths=1.8 if name == winner else 0.5, zorder=2,
+                   label="val accuracy (area ~ size on disk)" if i == 0 else None)
+        text = f"{_plain(name)}{' (winner)' if name == winner else ''}\n{mb:.1f} MB, {x:.0f} ms"
+        labels.append(ax.annotate(text, (x, y), xytext=(0, 0), textcoords="offset points", fontsize=9,
+                                  fontweight="bold" if name == winner else "normal", zorder=5,
+                                  bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": color,
+                                        "alpha": 0.9}))
+        points.append((x, y, math.sqrt(area) / 2))
+    values = [v for v in [*accuracy, *(test_accuracy or [])] if v is not None]
+    if values:
+        low, high = min(values), max(values)
+        pad = max(0.02, (high - low) * 0.4)
+        ax.set_ylim(max(0.0, low - pad), min(1.0, high + pad) + 0.01)
+    right = max([*(latency_p95_ms or []), *latency_ms], default=1.0)
+    ax.set_xlim(0, right * 1.5)  # room for labels right of the slowest point
+    ax.set_xlabel("single-image latency, ms (p50; bar to p95)")
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    if names:
+        ax.legend(loc="lower right", fontsize=8, markerscale=0.6)
+    if failed:
+        fig.text(0.01, 0.01, _plain(f"failed: {', '.join(failed)}"), fontsize=8, color=WRONG)
+    ax.set_title(_plain(f"{title}: up and to the left is better"), fontsize=11)
+    fig.tight_layout(rect=(0, 0.03 if failed else 0, 1, 1))
+    _place_labels(fig, ax, labels, points)
+    return _save(fig, path)
+
+
+__all__.append("plot_leaderboard")
