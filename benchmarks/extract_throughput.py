@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from vs_tutorial import QUICK_SIZE, REPO, log, machine_info, make_synthetic, markdown_table  # noqa: E402
+from vs_tutorial import QUICK_SIZE, REPO, log, machine_info, make_synthetic, markdown_table
 
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "pizza_steak_sushi"
 MOBILENET_WEIGHTS = REPO.parent / "shared" / "weights" / "mobilenet_v2_imagenet_from_tflite.pth"

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from vs_tutorial import QUICK_SIZE, REPO, log, machine_info, make_synthetic, markdown_table  # noqa: E402
+from vs_tutorial import QUICK_SIZE, REPO, log, machine_info, make_synthetic, markdown_table
 
 DEMO_DATA = REPO / "src" / "headstart" / "demo_data"
 TARGET_P50_MS = 25.0

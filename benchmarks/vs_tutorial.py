@@ -69,8 +69,8 @@ def machine_info() -> dict:
         cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
         cpuinfo = ""
-    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
-    flags_line = re.search(r"^flags\s*:\s*(.+)$", cpuinfo, re.M)
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    flags_line = re.search(r"^flags\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
     flags = set(flags_line.group(1).split()) if flags_line else set()
     return {
         "cpu_model": model.group(1).strip() if model else platform.processor(),
@@ -286,7 +286,7 @@ def run_headstart(protocol: Protocol, data: Path, *, backbone: str, runs: Path, 
     launched = time.time()
     started = time.perf_counter()
     try:
-        proc = subprocess.run(command, env=dict(os.environ, HEADSTART_CACHE=str(cache)), capture_output=True,
+        proc = subprocess.run(command, check=False, env=dict(os.environ, HEADSTART_CACHE=str(cache)), capture_output=True,
                               text=True)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
