@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import csv
-import time
 
 import pytest
-from conftest import make_synthetic_dataset
 from PIL import Image
 
+from conftest import make_synthetic_dataset
 from headstart.backbones.registry import UnknownBackboneError
 from headstart.compare import COLUMNS, compare, rank_rows, verdict
 from headstart.config import ConfigError
@@ -26,7 +25,7 @@ def compared(tmp_path_factory):
     data = make_synthetic_dataset(tmp / "data")
     random_weights = tmp / "mobilenet_v3_small_random.pth"
     torch.save(torchvision.models.mobilenet_v3_small(weights=None).state_dict(), random_weights)
-    downloads = []
+    downloads, events = [], []
 
     def unreachable(url, *args, **kwargs):
         downloads.append(url)
@@ -36,12 +35,10 @@ def compared(tmp_path_factory):
         # The hub is unreachable here anyway; this makes the failure immediate and independent of the network.
         mp.setattr(torch.hub, "download_url_to_file", unreachable)
         mp.setenv("TORCH_HOME", str(tmp / "torch-home"))
-        started = time.perf_counter()
         result = compare(data, ["resnet18", "efficientnet_lite0", "mobilenet_v3_small"],
                          weights={"mobilenet_v3_small": str(random_weights)}, out=tmp / "out", latency_runs=5,
-                         **FAST)
-        seconds = time.perf_counter() - started
-    return {"result": result, "out": tmp / "out", "downloads": downloads, "seconds": seconds}
+                         progress=lambda stage, done, total: events.append((stage, done, total)), **FAST)
+    return {"result": result, "out": tmp / "out", "downloads": downloads, "events": events}
 
 
 def test_leaderboard_files_have_one_row_per_backbone(compared):
@@ -69,6 +66,13 @@ def test_leaderboard_files_have_one_row_per_backbone(compared):
     assert len({line.count("|") for line in table}) == 1  # every row has the header's number of cells
     assert table[2].startswith(f"| 1 | {ok[0]['backbone']} |")
     assert "failed: WeightsError" in table[-1]
+
+
+def test_progress_names_the_backbone(compared):
+    stages = {stage for stage, _, _ in compared["events"]}
+    assert any(s.startswith("efficientnet_lite0: ") for s in stages)
+    assert any(s.startswith("mobilenet_v3_small: ") for s in stages)
+    assert ("latency", 5, 5) in compared["events"]
 
 
 def test_plot_is_a_png(compared):
@@ -117,6 +121,12 @@ def test_verdict_names_the_trade_off():
     assert winner == "big"
     assert text == ("big wins (val 0.973 vs 0.960; test 0.970 vs 0.950) but is 1.9x slower per image and 1.6x "
                     "larger than small; small is the better choice when latency matters.")
+    # the fastest is the one to name, not the runner-up; a tie on val accuracy says how it was broken
+    rows = rank_rows([_row("lean", 0.9, loss=0.4, latency=5, size=9e6), _row("mid", 0.9, loss=0.3, latency=8),
+                      _row("top", 0.9, loss=0.2, latency=20, size=3e6)])
+    assert verdict(rows) == ("top", ("top wins (val 0.900, tied, lower val loss 0.200 vs 0.400) but is 4.0x "
+                                     "slower per image than lean (though 3.0x smaller); lean is the better choice "
+                                     "when latency matters."))
 
 
 def test_verdict_without_trade_off_and_with_failures():
@@ -124,7 +134,8 @@ def test_verdict_without_trade_off_and_with_failures():
                       {"backbone": "c", "status": "failed", "error": "boom"}])
     winner, text = verdict(rows)
     assert winner == "a"
-    assert "2.0x faster per image" in text and "about the same size as b" in text and "c failed" in text
+    assert text == ("a beats b (val 0.990 vs 0.900) and is also 2.0x faster per image and about the same size: "
+                    "no speed trade-off to weigh (c failed: see the leaderboard).")
     assert verdict(rank_rows([{"backbone": "c", "status": "failed", "error": "boom"}])) == (
         None, "No backbone trained (c failed: see the leaderboard).")
 

@@ -105,9 +105,10 @@ def compare(data: str | Path, backbones: list[str], *, weights: dict[str, str] |
             rows.append({"backbone": name, "status": "failed", "error": message,
                          "run_dir": str(run_dir) if run_dir.exists() else ""})
             continue
-        row = _collect(result.run_dir)
-        row.update(_latency(result.run_dir, latency_runs, progress=tick))
-        rows.append(row)
+        rows.append(_collect(result.run_dir))
+    ok_rows = [r for r in rows if r["status"] == "ok"]
+    for row, timing in zip(ok_rows, _latency([Path(r["run_dir"]) for r in ok_rows], latency_runs, progress)):
+        row.update(timing)
 
     rows = rank_rows(rows)
     winner, text = verdict(rows)
@@ -154,25 +155,31 @@ def _latency_image(run_dir: Path) -> Path:
     raise ConfigError(f"{run_dir}: no test or val image to time predictions on")
 
 
-def _latency(run_dir: Path, runs: int, progress: ProgressFn | None = None) -> dict:
-    """p50/p95 of one-image `predict()` calls, as a user would call it: decode, preprocess, forward, softmax."""
+def _latency(run_dirs: list[Path], runs: int, progress: ProgressFn | None = None) -> list[dict]:
+    """p50/p95 of one-image `predict()` calls, as a user would call it: decode, preprocess, forward, softmax.
+
+    The runs take turns, one call each per round, so a burst of load from other processes on the machine
+    slows every backbone alike instead of whichever happened to be measured at that moment."""
     from headstart.predict import load
 
-    image = str(_latency_image(run_dir))
-    classifier = load(run_dir)
-    for _ in range(WARMUP_CALLS):  # first calls pay for allocator and kernel selection
-        classifier.predict([image])
-    times = []
+    if not run_dirs:
+        return []
+    classifiers = [load(d) for d in run_dirs]
+    images = [str(_latency_image(d)) for d in run_dirs]
+    for classifier, image in zip(classifiers, images):
+        for _ in range(WARMUP_CALLS):  # first calls pay for allocation and kernel selection
+            classifier.predict([image])
+    times: list[list[float]] = [[] for _ in run_dirs]
     for i in range(runs):
-        started = time.perf_counter()
-        classifier.predict([image])
-        times.append((time.perf_counter() - started) * 1000)
+        for classifier, image, own in zip(classifiers, images, times):
+            started = time.perf_counter()
+            classifier.predict([image])
+            own.append((time.perf_counter() - started) * 1000)
         if progress:
             progress("latency", i + 1, runs)
-    if runs == 1:
-        return {"latency_p50_ms": times[0], "latency_p95_ms": times[0]}
-    cuts = statistics.quantiles(times, n=100, method="inclusive")
-    return {"latency_p50_ms": statistics.median(times), "latency_p95_ms": cuts[94]}
+    return [{"latency_p50_ms": statistics.median(t),
+             "latency_p95_ms": statistics.quantiles(t, n=20, method="inclusive")[18] if runs > 1 else t[0]}
+            for t in times]
 
 
 def _torch_threads() -> int:
@@ -194,13 +201,14 @@ def _times(a: float, b: float) -> float:
     return a / b if b > 0 else float("inf")
 
 
-def _size_phrase(win: dict, other: dict) -> str:
+def _size_ratio(win: dict, other: dict) -> str:
+    """The winner's size against the other's, as "1.6x larger" or "1.3x smaller"; "" within 10%."""
     ratio = _times(win["size_bytes"], other["size_bytes"])
     if ratio >= 1.1:
-        return f"{ratio:.1f}x larger than"
+        return f"{ratio:.1f}x larger"
     if ratio <= 1 / 1.1:
-        return f"{1 / ratio:.1f}x smaller than"
-    return "about the same size as"
+        return f"{1 / ratio:.1f}x smaller"
+    return ""
 
 
 def _accuracy_phrase(win: dict, other: dict) -> str:
@@ -231,14 +239,17 @@ def verdict(rows: list[dict]) -> tuple[str | None, str]:
         # No speed trade-off worth a sentence: compare with the runner-up on accuracy.
         other = ok[1]
         faster = _times(other["latency_p50_ms"], win["latency_p50_ms"])
-        speed = (f"{faster:.1f}x faster per image" if faster >= 1.1 else "about as fast per image")
-        return name, (f"{name} wins ({_accuracy_phrase(win, other)} against {other['backbone']}) and is also "
-                      f"{speed} and {_size_phrase(win, other)} {other['backbone']}: no speed trade-off to weigh"
-                      f"{failed_note}.")
+        speed = f"{faster:.1f}x faster per image" if faster >= 1.1 else "about as fast per image"
+        size = _size_ratio(win, other)
+        size = (", though " + size if "larger" in size else " and " + size) if size else " and about the same size"
+        return name, (f"{name} beats {other['backbone']} ({_accuracy_phrase(win, other)}) and is also {speed}"
+                      f"{size}: no speed trade-off to weigh{failed_note}.")
     other = fastest["backbone"]
-    return name, (f"{name} wins ({_accuracy_phrase(win, fastest)}) but is {slower:.1f}x slower per image and "
-                  f"{_size_phrase(win, fastest)} {other}; {other} is the better choice when latency matters"
-                  f"{failed_note}.")
+    size = _size_ratio(win, fastest)
+    cost = (f"{slower:.1f}x slower per image and {size} than {other}" if "larger" in size
+            else f"{slower:.1f}x slower per image than {other} ({f'though {size}' if size else 'about the same size'})")
+    return name, (f"{name} wins ({_accuracy_phrase(win, fastest)}) but is {cost}; {other} is the better choice "
+                  f"when latency matters{failed_note}.")
 
 
 def _csv(rows: list[dict]) -> str:

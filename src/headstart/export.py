@@ -62,6 +62,8 @@ class ExportError(ArtifactError):
 
 @dataclass
 class ExportResult:
+    """What `export_onnx` wrote: the file, its parity with PyTorch (also in its metadata), how it was made."""
+
     path: Path
     parity: dict
     exporter: str
@@ -332,7 +334,7 @@ def export_onnx(run_dir: str | os.PathLike, out: str | os.PathLike | None = None
     model = _export_proto(net, crop, exporter, opset)
     meta = _metadata(manifest, exporter, opset)
     if quantize:
-        with tempfile.TemporaryDirectory(dir=out.parent if out.parent.is_dir() else None) as tmp:
+        with tempfile.TemporaryDirectory() as tmp:
             model, calibrated = _quantize_int8(model, run_dir, manifest["preprocessing"], Path(tmp))
         meta["quantization"] = f"int8 static QDQ, per-channel weights, calibrated on {calibrated} train images"
     _set_metadata(model, meta)

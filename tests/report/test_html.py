@@ -148,3 +148,17 @@ def test_report_renders_in_chromium(run, tmp_path):
     assert widths and all(w > 0 for w in widths), widths
     assert all(u.startswith(("file:", "data:")) for u in requests), requests
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_report_reuses_the_logits_saved_by_training(run, monkeypatch):
+    """Training saves logits.npz; the report must not score the split again."""
+    run_dir = run[0]
+    assert (run_dir / "logits.npz").is_file()
+    from headstart.predict import Classifier
+
+    calls = []
+    original = Classifier.logits
+    monkeypatch.setattr(Classifier, "logits", lambda self, images, *a, **k: calls.append(len(images)) or
+                        original(self, images, *a, **k))
+    build_report(run_dir)
+    assert not [n for n in calls if n > 8], f"the report rescored a whole split: {calls}"

@@ -91,7 +91,18 @@ def _dataset(run: Path, data, classes: list[str], config: dict):
     return dataset, None
 
 
-def _score(clf, dataset, split: str) -> _Scored | None:
+def _stored_logits(run_dir, split: str, paths: list[str]) -> np.ndarray | None:
+    """The logits training saved for exactly these files (logits.npz), or None."""
+    stored = Path(run_dir) / "logits.npz"
+    if not stored.is_file():
+        return None
+    with np.load(stored, allow_pickle=False) as saved:
+        if f"paths_{split}" not in saved or saved[f"paths_{split}"].tolist() != paths:
+            return None
+        return saved[f"logits_{split}"]
+
+
+def _score(clf, dataset, split: str, run_dir=None) -> _Scored | None:
     from headstart.data.images import ImageLoadError, open_image
 
     paths, images, labels = [], [], []
@@ -105,7 +116,10 @@ def _score(clf, dataset, split: str) -> _Scored | None:
         labels.append(clf.classes.index(dataset.classes[y]))
     if not images:
         return None
-    return _Scored(split, dataset.root, paths, images, np.asarray(labels), clf.logits(images))
+    logits = _stored_logits(run_dir, split, paths) if run_dir is not None else None
+    if logits is None:
+        logits = clf.logits(images)
+    return _Scored(split, dataset.root, paths, images, np.asarray(labels), logits)
 
 
 def _dataset_section(summary: dict, classes: list[str]) -> H.Section:
@@ -328,7 +342,7 @@ def build_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
     dataset, why = _dataset(run, data, clf.classes, config)
     scored = None
     if dataset is not None:
-        scored = _score(clf, dataset, split)
+        scored = _score(clf, dataset, split, run_dir)
         why = f"no readable images in the {split} split" if scored is None else ""
     with tempfile.TemporaryDirectory(prefix="headstart-report-") as tmp:
         out = Path(plots_dir) if plots_dir else Path(tmp)

@@ -412,7 +412,9 @@ def plot_leaderboard(names: Sequence[str], latency_ms: Sequence[float], accuracy
     if values:
         low, high = min(values), max(values)
         pad = max(0.02, (high - low) * 0.4)
-        ax.set_ylim(max(0.0, low - pad), min(1.0, high + pad) + 0.01)
+        bottom = max(0.0, low - pad)
+        ax.set_ylim(bottom, high + pad)  # past 1.0 when needed, so a point at 1.0 is not cut in half
+        ax.set_yticks([t for t in ax.get_yticks() if bottom <= t <= 1.0])
     right = max([*(latency_p95_ms or []), *latency_ms], default=1.0)
     ax.set_xlim(0, right * 1.5)  # room for labels right of the slowest point
     ax.set_xlabel("single-image latency, ms (p50; bar to p95)")

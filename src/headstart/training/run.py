@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from headstart.artifact import atomic_write_json, atomic_write_text, sha256_file
+from headstart.artifact import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 from headstart.config import ConfigError, TrainConfig
 
 __all__ = ["RunResult", "prepare_run_dir", "train"]
@@ -88,6 +88,19 @@ def _refuse_leakage(decoded: dict, data: str, fresh_run_dir: Path | None) -> Non
         first, second = leaked[0]
         raise DataError(f"{len(leaked)} image(s) appear in more than one split (e.g. {first} and {second}): scores "
                         f"would be inflated. Run `headstart check {data} --fix-split`, then train with --exclude")
+
+
+def _save_logits(run_dir: Path, decoded: dict, logits: dict) -> None:
+    """The best model's logits per split, with their files: the report reuses them instead of rescoring."""
+    import numpy as np
+
+    arrays = {}
+    for split, values in logits.items():
+        arrays[f"logits_{split}"] = values.numpy()
+        arrays[f"paths_{split}"] = np.array(decoded[split].paths, dtype=str)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(run_dir / "logits.npz", buffer.getvalue())
 
 
 def _write_report(run_dir: Path, data: str) -> None:
@@ -258,6 +271,7 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
             "metrics": {s: {"accuracy": m["accuracy"], "loss": m["loss"]} for s, m in metrics.items()},
         })
         atomic_write_json(run_dir / "metrics.json", metrics)
+        _save_logits(run_dir, decoded, result.logits)
         atomic_write_text(run_dir / "history.csv", _history_csv(result.history))
         summary = {
             "data": dataset.root, "classes": dataset.classes,
