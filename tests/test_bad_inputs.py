@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
-from image_corpus import BAD_FILES, GOOD_FILES, make_corpus
 
 from conftest import make_synthetic_dataset
+from image_corpus import BAD_FILES, GOOD_FILES, make_corpus
 
 
 def run(*args):

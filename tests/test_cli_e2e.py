@@ -30,7 +30,7 @@ def trained(tmp_path_factory):
 
 
 def test_train_writes_a_self_describing_run(trained):
-    data, run_dir, proc = trained
+    _, run_dir, proc = trained
     for name in ("model.safetensors", "model.json", "config.json", "history.csv", "metrics.json", "split.json",
                  "summary.json", "train.log"):
         assert (run_dir / name).is_file(), name

@@ -83,7 +83,8 @@ def verify_weights(run_dir: str | Path, manifest: dict[str, Any]) -> Path:
     actual = sha256_file(path)
     if actual != manifest.get("weights_sha256"):
         raise ArtifactError(
-            f"{path}: sha256 {actual[:12]}... does not match model.json ({str(manifest.get('weights_sha256'))[:12]}...): "
+            f"{path}: sha256 {actual[:12]}... does not match model.json "
+            f"({str(manifest.get('weights_sha256'))[:12]}...): "
             f"the file is damaged or was replaced"
         )
     return path

@@ -148,7 +148,8 @@ def train_command(
     class_weights: Annotated[str, typer.Option(help="auto | none")] = "auto",
     early_stop: Annotated[int, typer.Option(help="patience in epochs; 0 = off")] = 0,
     augment: Annotated[Optional[str], typer.Option(help="none | light | standard")] = None,
-    views: Annotated[Optional[int], typer.Option(help="augmented views cached per image (features; finetune: of the frozen prefix, 0 = off)")] = None,
+    views: Annotated[Optional[int], typer.Option(
+        help="augmented views cached per image (features; finetune: of the frozen prefix, 0 = off)")] = None,
     unfreeze: Annotated[str, typer.Option(help="last | N | all (finetune)")] = "last",
     stage_lr_mult: Annotated[float, typer.Option(help="lr multiplier per stage below the head")] = 0.5,
     gradual_unfreeze: Annotated[int, typer.Option(help="unfreeze one more stage every N epochs")] = 0,
@@ -401,7 +402,8 @@ def check_command(
     seed: int = 42,
 ) -> None:
     """The dataset doctor: unusable files, modes, duplicates and leakage, class balance. Exit 1 if fatal."""
-    from headstart.data.check import check_dataset, fix_split as write_fix, summary_lines
+    from headstart.data.check import check_dataset, summary_lines
+    from headstart.data.check import fix_split as write_fix
 
     with _Progress(not as_json) as progress:
         report = check_dataset(data, fast=fast, val_fraction=val_fraction, seed=seed, progress=progress)

@@ -24,7 +24,8 @@ def _score(result, rows) -> int:
 ])
 def test_top1_on_imagenet_photos(shared, name, weights):
     photos = shared / "datasets" / "imagenet_photos"
-    rows = list(csv.DictReader(open(photos / "labels.csv")))[:20]
+    with open(photos / "labels.csv") as f:
+        rows = list(csv.DictReader(f))[:20]
     result = inspect_backbone(name, weights=str(shared / weights) if weights else None,
                               images=[str(photos / r["file"]) for r in rows])
     assert result["in_features"] > 0 and result["stages"]

@@ -208,7 +208,7 @@ def test_corrupted_download_is_deleted_and_named(tmp_path, monkeypatch, hymenopt
 def test_corrupted_directory_mirror_file_is_refused_but_left_alone(tmp_path, monkeypatch, hymenoptera):
     hymenoptera.write_bytes(hymenoptera.read_bytes()[:-10])
     monkeypatch.setenv(MIRROR_ENV, str(hymenoptera.parent))
-    with pytest.raises(DownloadError, match="checksum mismatch for hymenoptera_data.zip"):
+    with pytest.raises(DownloadError, match=r"checksum mismatch for hymenoptera_data\.zip"):
         download("hymenoptera", to=tmp_path / "ds")
     assert hymenoptera.is_file()
 
@@ -225,7 +225,7 @@ def test_offline_error_says_how_to_use_a_mirror(tmp_path, monkeypatch):
         download("hymenoptera", to=tmp_path / "ds")
     assert "\n" not in str(err.value)
     monkeypatch.setenv(MIRROR_ENV, str(tmp_path / "empty_mirror"))
-    with pytest.raises(DownloadError, match="has no file hymenoptera_data.zip"):
+    with pytest.raises(DownloadError, match=r"has no file hymenoptera_data\.zip"):
         download("hymenoptera", to=tmp_path / "ds")
 
 

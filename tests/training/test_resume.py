@@ -80,7 +80,7 @@ def test_load_verifies_the_weights_checksum(synthetic_data, tmp_path):
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(ArtifactError, match="model.safetensors: sha256"):
+    with pytest.raises(ArtifactError, match=r"model\.safetensors: sha256"):
         headstart.load(run.run_dir)
 
 
