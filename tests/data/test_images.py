@@ -1,6 +1,8 @@
 """Tests for headstart.data.images on the shared bad/odd image corpus."""
 
-from __future__ import contextlib
+from __future__ import annotations
+
+import contextlib
 
 import io
 import subprocess
