@@ -82,7 +82,14 @@ def machine_info() -> dict:
         # OpenMP settings change latency a lot on a busy CPU: spinning threads wait for each other's time slice.
         "omp_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY") if k in os.environ},
         "load_average": [round(x, 2) for x in os.getloadavg()],
+        "headstart_commit": _git("rev-parse", "--short", "HEAD"),
+        "headstart_src_modified": bool(_git("status", "--porcelain", "src")),
     }
+
+
+def _git(*args: str) -> str:
+    proc = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
 def make_synthetic(root: Path, splits: Sequence[str], per_class: dict[str, int] | None = None,
