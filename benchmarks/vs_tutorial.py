@@ -293,8 +293,8 @@ def run_headstart(protocol: Protocol, data: Path, *, backbone: str, runs: Path, 
     launched = time.time()
     started = time.perf_counter()
     try:
-        proc = subprocess.run(command, check=False, env=dict(os.environ, HEADSTART_CACHE=str(cache)), capture_output=True,
-                              text=True)
+        proc = subprocess.run(command, env=dict(os.environ, HEADSTART_CACHE=str(cache)), capture_output=True,
+                              text=True, check=False)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     wall = time.perf_counter() - started

@@ -51,7 +51,7 @@ class CompareResult:
     paths: dict[str, Path] = field(default_factory=dict)
 
 
-def compare(data: str | Path, backbones: list[str], *, weights: dict[str, str] | None = None,
+def compare(data: str | Path, backbones: list[str], *, weights: dict[str, str | Path] | None = None,
             out: str | Path | None = None, overwrite: bool = False, latency_runs: int = 30,
             progress: ProgressFn | None = None, **settings) -> CompareResult:
     """Train each backbone on `data` with the same settings (fields of TrainConfig), then rank them.
@@ -64,7 +64,7 @@ def compare(data: str | Path, backbones: list[str], *, weights: dict[str, str] |
     from headstart.training import train
     from headstart.training.loop import TrainingInterrupted
 
-    weights = dict(weights or {})
+    weights = {name: str(path) for name, path in (weights or {}).items()}
     backbones = list(dict.fromkeys(backbones))
     if not backbones:
         raise ConfigError("compare needs at least one backbone")
