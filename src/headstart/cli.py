@@ -32,7 +32,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from headstart.config import ConfigError
     from headstart.data.folders import DataError
     from headstart.data.images import ImageLoadError
-    from headstart.training.loop import NonFiniteLossError
+    from headstart.training.errors import NonFiniteLossError
 
     return (ArtifactError, UnknownBackboneError, WeightsError, ConfigError, DataError, ImageLoadError,
             NonFiniteLossError)
@@ -41,7 +41,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 @contextmanager
 def _friendly_errors():
     """Expected failures become one red line and exit code 2, never a traceback."""
-    from headstart.training.loop import TrainingInterrupted
+    from headstart.training.errors import TrainingInterrupted
 
     try:
         yield

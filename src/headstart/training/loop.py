@@ -16,18 +16,11 @@ import torch
 from torch import nn
 
 from headstart.training.callbacks import Callback
+from headstart.training.errors import NonFiniteLossError, TrainingInterrupted
 
 __all__ = ["NonFiniteLossError", "Trainer", "TrainingInterrupted", "evaluate_batches", "train_one_epoch"]
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf; the last good checkpoint is kept."""
-
-
-class TrainingInterrupted(RuntimeError):
-    """SIGINT/SIGTERM arrived; the state of the last completed epoch is on disk, ready to resume."""
 
 
 def train_one_epoch(model: nn.Module, batches: Iterable, optimizer, scheduler, loss_fn: Callable, fabric,

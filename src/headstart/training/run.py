@@ -166,7 +166,7 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
     from headstart.evaluate import classification_metrics, fit_temperature
     from headstart.features import FeatureCache
     from headstart.training.checkpoint import InterruptGuard, load_resume, save_checkpoint, save_model, save_resume
-    from headstart.training.loop import TrainingInterrupted
+    from headstart.training.errors import TrainingInterrupted
     from headstart.training.modes import SATURATED_ACCURACY, RunContext, fit_features, fit_finetune
 
     spec = get_spec(cfg.backbone)
