@@ -123,3 +123,17 @@ def test_evaluate_calibration_target_and_tta(trained):
     assert len(flipped) == 18 and all("label" in r for r in flipped)
     bad = run("predict", run_dir, data / "test", "--tta", "rotate", check=False)
     assert bad.returncode == 2 and "five-crop" in bad.stderr
+
+
+def test_inspect_explain_and_report_commands(trained, tmp_path):
+    data, run_dir, _ = trained
+    image = sorted((data / "test" / "red").iterdir())[0]
+    info = json.loads(run("inspect", "efficientnet_lite0", "--image", image, "--json").stdout)
+    assert info["in_features"] == 1280 and len(info["predictions"][0]["top_k"]) == 5
+    rows = [json.loads(x) for x in run("explain", run_dir, image, "--out", tmp_path / "cam", "--json")
+            .stdout.splitlines()]
+    assert rows[0]["label"] in ("blue", "green", "red") and os.path.getsize(rows[0]["overlay"]) > 1000
+    (run_dir / "report.html").unlink()
+    assert "report written" in run("report", run_dir).stdout and (run_dir / "report.html").stat().st_size > 10_000
+    listing = run("backbones").stdout
+    assert "efficientnet_lite0" in listing and "vit_b_16" in listing

@@ -44,3 +44,14 @@ def test_finetune_with_cached_prefix_matches_the_image_path(synthetic_data, tmp_
     for a, b in zip(cached.history, plain.history):
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-4
     assert cached.metrics["test"]["accuracy"] == plain.metrics["test"]["accuracy"]
+
+
+def test_auto_mode_fine_tunes_when_not_saturated(synthetic_data, tmp_path, monkeypatch):
+    import headstart.training.modes as modes
+
+    monkeypatch.setattr(modes, "SATURATED_ACCURACY", 1.01)  # never saturated: auto must fine-tune
+    result = headstart.train(synthetic_data, out=str(tmp_path / "auto"), mode="auto", epochs=2, image_size=64,
+                             report=False)
+    phases = [r["phase"] for r in result.history]
+    assert phases[0] == "features" and phases[-1] == "finetune" and phases.count("finetune") == 2
+    assert [r["epoch"] for r in result.history] == list(range(1, len(result.history) + 1))
