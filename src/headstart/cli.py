@@ -337,6 +337,37 @@ def report_command(
     out.print(f"report written to [bold]{path}[/]")
 
 
+@app.command("compare")
+def compare_command(
+    data: Annotated[Path, typer.Argument(help="data folder")],
+    backbones: Annotated[str, typer.Option(help="comma-separated backbone names")],
+    mode: Annotated[str, typer.Option(help="features | finetune | auto")] = "features",
+    weights: Annotated[Optional[list[str]], typer.Option(help="NAME=FILE: local weights for one backbone")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="folder for the runs and the leaderboard")] = None,
+    epochs: Optional[int] = None,
+    seed: int = 42,
+    image_size: Optional[int] = None,
+    latency_runs: int = 30,
+    report: Annotated[bool, typer.Option(help="write report.html in each run")] = True,
+    overwrite: bool = False,
+) -> None:
+    """Train several backbones with the same settings; leaderboard of accuracy, ECE, time, size and latency."""
+    _setup_logging(False)
+    pairs = [w.split("=", 1) for w in weights or []]
+    if any(len(p) != 2 for p in pairs):
+        console.print("[bold red]error:[/] --weights takes NAME=FILE")
+        raise typer.Exit(2)
+    with _friendly_errors(), _Progress(True) as progress:
+        from headstart.compare import compare
+
+        result = compare(data, [b.strip() for b in backbones.split(",") if b.strip()], weights=dict(pairs),
+                         out=out_dir, overwrite=overwrite, latency_runs=latency_runs, progress=progress, mode=mode,
+                         epochs=epochs, seed=seed, image_size=image_size, report=report)
+    out.print(result.paths["markdown"].read_text(), highlight=False)
+    out.print(result.verdict, highlight=False)
+    raise typer.Exit(1 if result.winner is None else 0)
+
+
 @app.command("backbones")
 def backbones_command(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List the registered backbones and whether their weights are available offline."""
