@@ -141,7 +141,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         # A copy of the caller's run: the export must not write into it.
-        lite = Path(shutil.copytree(args.lite_run, workdir / "lite0")) if args.lite_run else lite_run(workdir, args.quick)
+        if args.lite_run:
+            lite = Path(shutil.copytree(args.lite_run, workdir / "lite0"))
+        else:
+            lite = lite_run(workdir, args.quick)
         runs = [lite, mobilenet_run(workdir, args.weights)]
         rows = [row for run in runs for row in bench_run(run, images, args.threads, args.quick)]
     import onnxruntime

@@ -170,7 +170,7 @@ def test_stale_or_missing_export_is_refused(lite_run, tmp_path):
     shutil.copytree(lite_run, run_dir)
     manifest = json.loads((run_dir / "model.json").read_text())
     (run_dir / "model.json").write_text(json.dumps(dict(manifest, weights_sha256="0" * 64)))
-    with pytest.raises(ArtifactError, match="other weights.*headstart export"):
+    with pytest.raises(ArtifactError, match=r"other weights.*headstart export"):
         load_onnx(run_dir)
     (run_dir / "model.onnx").unlink()
     with pytest.raises(ArtifactError, match="headstart export"):
@@ -179,6 +179,8 @@ def test_stale_or_missing_export_is_refused(lite_run, tmp_path):
         export_onnx(run_dir, exporter="tflite")
 
 
+@pytest.mark.filterwarnings("ignore:.*TorchScript-based ONNX export:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:The feature will be removed:DeprecationWarning")
 def test_torchscript_exporter_also_agrees(data, tmp_path):
     run_dir = random_run(tmp_path / "run", "mobilenet_v3_small", data, 64)
     result = export_onnx(run_dir, tmp_path / "ts.onnx", exporter="torchscript", opset=17)

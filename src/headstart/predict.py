@@ -13,13 +13,11 @@ import numpy as np
 from PIL import Image
 
 from headstart.artifact import read_manifest, verify_weights
-from headstart.data.images import ImageLoadError, open_image
+from headstart.runtime.results import UNSURE
 
-__all__ = ["Classifier", "expand_paths", "load"]
+__all__ = ["UNSURE", "Classifier", "expand_paths", "load"]
 
 log = logging.getLogger(__name__)
-
-UNSURE = "unsure"
 
 
 def expand_paths(paths: Iterable[str | os.PathLike]) -> list[str]:
@@ -98,42 +96,32 @@ class Classifier:
                 threshold: float | None = None, batch_size: int = 32, tta: str = "none") -> list[dict]:
         """One dict per input: {"path", "label", "confidence", "top_k"}, or {"path", "error"} for a bad file.
 
-        The label is "unsure" when the calibrated confidence is below the threshold.
+        The label is "unsure" when the calibrated confidence is below the threshold. The result format is
+        shared with the ONNX engine (headstart.runtime.results).
         """
-        from headstart.evaluate import softmax
+        from headstart.runtime.results import predict_images
 
-        items = [inputs] if isinstance(inputs, (str, os.PathLike, Image.Image)) else list(inputs)
-        threshold = self.threshold if threshold is None else threshold
-        results: list[dict | None] = [None] * len(items)
-        images, where = [], []
-        for i, item in enumerate(items):
-            name = item if not isinstance(item, Image.Image) else f"<image {i}>"
-            try:
-                images.append(open_image(item) if not isinstance(item, Image.Image) else item.convert("RGB"))
-                where.append(i)
-            except ImageLoadError as exc:
-                results[i] = {"path": str(name), "error": exc.reason}
-        if images:
-            probs = softmax(self.logits(images, batch_size, tta=tta), self.temperature)
-            k = max(1, min(top_k, len(self.classes)))
-            for row, i in zip(probs, where):
-                order = np.argsort(-row)[:k]
-                confidence = float(row[order[0]])
-                name = items[i] if not isinstance(items[i], Image.Image) else f"<image {i}>"
-                results[i] = {
-                    "path": str(name),
-                    "label": self.classes[order[0]] if confidence >= threshold else UNSURE,
-                    "confidence": confidence,
-                    "top_k": [[self.classes[j], float(row[j])] for j in order],
-                }
-        return results  # type: ignore[return-value]
+        return predict_images(inputs, lambda images: self.logits(images, batch_size, tta=tta), classes=self.classes,
+                              temperature=self.temperature, top_k=top_k,
+                              threshold=self.threshold if threshold is None else threshold)
 
 
 def load(run_dir: str | os.PathLike, *, engine: str = "torch", device: str = "cpu",
          precision: str = "32-true") -> Classifier:
-    """Rebuild a trained classifier from its run directory alone (model.json + model.safetensors)."""
+    """Rebuild a trained classifier from its run directory alone.
+
+    engine="torch": model.json + model.safetensors (needs the [train] extra's torch).
+    engine="onnx": RUN/model.onnx from `headstart export`, on ONNX Runtime; imports no torch.
+    """
+    if engine == "onnx":
+        from headstart.runtime import load_onnx
+
+        return load_onnx(run_dir, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
+                         if device.startswith("cuda") else None)
     if engine != "torch":
-        raise ValueError(f"unknown engine {engine!r}; available: torch")
+        from headstart.config import ConfigError
+
+        raise ConfigError(f"unknown engine {engine!r}; choose torch or onnx")
     manifest = read_manifest(run_dir)
     weights = verify_weights(run_dir, manifest)
 

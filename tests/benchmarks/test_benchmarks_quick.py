@@ -97,3 +97,39 @@ def test_predict_latency_quick(tmp_path):
     assert results["batch_images_per_second"] > 0 and results["load_seconds"] > 0
     assert results["target_p50_ms"] == 25.0
     assert "| efficientnet_lite0 | 64 |" in stdout
+
+
+def _vs_tutorial():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import vs_tutorial
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return vs_tutorial
+
+
+def test_verdict_needs_both_speed_and_accuracy():
+    vs = _vs_tutorial()
+    pss, hym = vs.PROTOCOLS["pss-fe"], vs.PROTOCOLS["hym-fe"]
+    ref = {"wall_seconds": 800.0, "final_accuracy": 0.84, "best_accuracy": 0.90}
+    fast_good = vs.verdict(pss, ref, {"wall_seconds": 100.0, "accuracy": 0.84})
+    assert fast_good["result"] == "PASS" and fast_good["speedup"] == 8.0 and not fast_good["missed_by"]
+    slow = vs.verdict(pss, ref, {"wall_seconds": 200.0, "accuracy": 0.96})
+    assert slow["result"] == "MISS" and "4.0x < 8x" in slow["missed_by"] and "<= 100s" in slow["missed_by"]
+    # hymenoptera compares with the tutorial's best val accuracy, not its last epoch
+    worse = vs.verdict(hym, ref, {"wall_seconds": 10.0, "accuracy": 0.88})
+    assert worse["result"] == "MISS" and worse["reference_accuracy"] == 0.90 and "-2.0 points" in worse["missed_by"]
+
+
+def test_update_keeps_other_protocols_with_their_run_details(tmp_path):
+    vs = _vs_tutorial()
+    entry = {"reference": {"wall_seconds": 400.0}, "headstart": {"wall_seconds": 150.0}}
+    old = {"started": "2026-01-01T00:00:00", "machine": {"load_average": [1.0, 1.0, 1.0], "headstart_commit": "abc"},
+           "load_average_end": [2.0, 2.0, 2.0], "protocols": {"pss-fe": dict(entry), "hym-fe": dict(entry)}}
+    path = tmp_path / "vs.json"
+    path.write_text(json.dumps(old))
+    kept = vs._kept_protocols(path, ["hym-fe", "hym-ft"])
+    assert list(kept) == ["pss-fe"]
+    assert kept["pss-fe"]["seconds"] == 550.0 and kept["pss-fe"]["load_average_start"] == [1.0, 1.0, 1.0]
+    assert kept["pss-fe"]["headstart_commit"] == "abc" and kept["pss-fe"]["started"] == old["started"]
+    assert vs._kept_protocols(tmp_path / "missing.json", ["pss-fe"]) == {}
