@@ -354,11 +354,14 @@ def tables(results: dict) -> str:
     sides, verdicts, phases = [], [], []
     for name, r in results["protocols"].items():
         ref, hs, v = r["reference"], r["headstart"], r["verdict"]
+        split = hs["accuracy_split"]
         sides.append([name, "tutorial loop", ref["wall_seconds"], ref["epochs"], "-", ref["train_images_per_second"],
-                      ref["eval_images_per_second"], ref["final_accuracy"], ref["best_accuracy"], ref["precision"]])
+                      ref["eval_images_per_second"], split, ref["final_accuracy"], ref["best_accuracy"],
+                      ref["precision"], _load(ref)])
+        # headstart keeps the weights of its best val epoch: "final" is that model on the split.
         sides.append([name, "headstart", hs["wall_seconds"], hs["epochs"], hs["extract_images_per_second"],
-                      hs["train_images_per_second"], "-", hs["final_val_accuracy"], hs["best_val_accuracy"],
-                      hs["precision"]])
+                      hs["train_images_per_second"], "-", split, hs["accuracy"],
+                      hs["best_val_accuracy"] if split == "val" else "-", hs["precision"], _load(hs)])
         verdicts.append([name, f"{v['speedup']:.1f}x", f"{v['target_speedup']:g}x",
                          f"{v['headstart_accuracy']:.3f} / {v['reference_accuracy']:.3f}", f"**{v['result']}**",
                          v["missed_by"] or "-"])
@@ -366,12 +369,18 @@ def tables(results: dict) -> str:
         phases.append([name] + [p.get(k) for k in PHASES] + [hs["wall_seconds"]])
     return "\n\n".join([
         markdown_table(["protocol", "side", "wall s", "epochs", "extract img/s", "train img/s", "eval img/s",
-                        "final acc", "best acc", "precision"], sides),
+                        "split", "final acc", "best acc", "precision", "load before → after"], sides),
         markdown_table(["protocol", "speedup", "target", "accuracy headstart / tutorial", "result", "missed by"],
                        verdicts),
         "headstart's wall time by phase (seconds, from train.log timestamps):",
         markdown_table(["protocol", *PHASES, "wall"], phases),
     ])
+
+
+def _load(side: dict) -> str:
+    if "load_average_before" not in side:
+        return "-"
+    return f"{side['load_average_before'][0]:.1f} → {side['load_average_after'][0]:.1f}"
 
 
 def _data_dirs(values: Sequence[str], datasets: set[str]) -> dict[str, Path]:
@@ -399,6 +408,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--hs-arg", action="append", default=[],
                         help="extra argument for `headstart train`, e.g. --hs-arg=--no-report (not the benchmark's)")
     parser.add_argument("--runs", type=Path, help="keep headstart's run directories here (default: a temp dir)")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the other protocols' results already in --json (re-run some protocols only)")
     args = parser.parse_args(argv)
     names = [p.strip() for p in args.protocol.split(",") if p.strip()]
     unknown = [n for n in names if n not in PROTOCOLS]
@@ -422,19 +433,26 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 parser.error(f"{p.name} needs {dirs[p.dataset] / split}")
     results = {"benchmark": "vs_tutorial", "quick": args.quick, "backbone": args.backbone,
                "started": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine_info(),
-               "ref_epochs_override": args.ref_epochs, "headstart_extra_args": args.hs_arg, "protocols": {}}
+               "ref_epochs_override": args.ref_epochs, "headstart_extra_args": args.hs_arg,
+               "protocols": _kept_protocols(args.json, names) if args.update else {}}
     log(f"machine: {results['machine']}")
     try:
         for p in protocols:
+            protocol_started, load_start = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
+            when = dt.datetime.now().isoformat(timespec="seconds")
             epochs = 1 if args.quick else args.ref_epochs or p.epochs
             log(f"{p.name}: headstart train --mode {p.mode} on {dirs[p.dataset]}")
-            hs = run_headstart(p, dirs[p.dataset], backbone=args.backbone, runs=runs, quick=args.quick,
-                               extra=args.hs_arg)
+            hs = _with_load(run_headstart, p, dirs[p.dataset], backbone=args.backbone, runs=runs, quick=args.quick,
+                            extra=args.hs_arg)
             log(f"{p.name}: the tutorial loop, {epochs} epochs")
-            ref = run_reference(p, dirs[p.dataset], backbone=args.backbone, epochs=epochs,
-                                image_size=QUICK_SIZE if args.quick else None, workers=workers, scratch=scratch)
-            results["protocols"][p.name] = {"data": str(dirs[p.dataset]), "protocol_epochs": p.epochs,
-                                            "reference": ref, "headstart": hs, "verdict": verdict(p, ref, hs)}
+            ref = _with_load(run_reference, p, dirs[p.dataset], backbone=args.backbone, epochs=epochs,
+                             image_size=QUICK_SIZE if args.quick else None, workers=workers, scratch=scratch)
+            results["protocols"][p.name] = {
+                "data": str(dirs[p.dataset]), "protocol_epochs": p.epochs, "started": when,
+                "seconds": time.perf_counter() - protocol_started, "load_average_start": load_start,
+                "load_average_end": [round(x, 2) for x in os.getloadavg()],
+                "headstart_commit": results["machine"]["headstart_commit"],
+                "reference": ref, "headstart": hs, "verdict": verdict(p, ref, hs)}
             _write(args.json, results, started)  # after every protocol: a long run keeps what it has measured
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -445,6 +463,28 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"\ntotal runtime {results['total_seconds']:.0f}s; load average at start {results['machine']['load_average']}"
           f", at end {results['load_average_end']}; JSON: {args.json}")
     return results
+
+
+def _with_load(side, *args, **kwargs) -> dict:
+    """Run one side, noting the load average around it: other users of the CPU slow either side down."""
+    before = [round(x, 2) for x in os.getloadavg()]
+    result = side(*args, **kwargs)
+    return dict(result, load_average_before=before, load_average_after=[round(x, 2) for x in os.getloadavg()])
+
+
+def _kept_protocols(path: Path, rerun: Sequence[str]) -> dict:
+    """The protocols of an earlier run in `path` that this run does not repeat, each with when and how it ran."""
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text())
+    kept = {name: r for name, r in old.get("protocols", {}).items() if name not in rerun}
+    for r in kept.values():  # results written before protocols carried their own run details
+        r.setdefault("started", old["started"])
+        r.setdefault("seconds", r["reference"]["wall_seconds"] + r["headstart"]["wall_seconds"])
+        r.setdefault("load_average_start", old["machine"]["load_average"])
+        r.setdefault("load_average_end", old.get("load_average_end"))
+        r.setdefault("headstart_commit", old["machine"].get("headstart_commit"))
+    return kept
 
 
 def _write(path: Path, results: dict, started: float) -> None:

