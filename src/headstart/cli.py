@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 __all__ = ["app", "main"]
@@ -60,8 +61,8 @@ def _friendly_errors():
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in TRAIN_EXTRA_MODULES:
             raise
-        console.print(f"[bold red]error:[/] this command needs {exc.name}, from the training extra: "
-                      f"pip install 'headstart[train]'", highlight=False)
+        message = f"this command needs {exc.name}, from the training extra: pip install 'headstart[train]'"
+        console.print("[bold red]error:[/] " + escape(message), highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 

@@ -22,7 +22,8 @@ PRELUDE = textwrap.dedent(f"""
     class NoTorch(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] in {BLOCKED!r}:
-                raise ImportError(f"{{name}} is blocked: the runtime must not import it")
+                # What a real install without the [train] extra raises.
+                raise ModuleNotFoundError(f"{{name}} is blocked: the runtime must not import it", name=name)
             return None
 
     sys.meta_path.insert(0, NoTorch())
@@ -82,3 +83,26 @@ def test_the_blocker_really_blocks():
     proc = subprocess.run([sys.executable, "-c", PRELUDE + "import headstart.backbones.model"],
                           check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "torch is blocked" in proc.stderr
+
+
+def test_cli_predict_with_the_onnx_engine_without_torch(run):
+    """`headstart predict RUN --engine onnx` in a process where torch cannot be imported."""
+    split = json.loads((run / "split.json").read_text())
+    folder = Path(split["root"]) / "test"
+    code = PRELUDE + textwrap.dedent("""
+        from headstart.cli import main
+        sys.argv = ["headstart", "predict", *sys.argv[1:]]
+        main()
+    """)
+    proc = subprocess.run([sys.executable, "-c", code, str(run), str(folder), "--engine", "onnx", "--json"],
+                          capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    from headstart.predict import expand_paths
+
+    expected = headstart.load(run).predict(expand_paths([folder]))
+    assert [r["label"] for r in rows] == [r["label"] for r in expected]
+    train = subprocess.run([sys.executable, "-c", code.replace('"predict"', '"train"'), str(folder)],
+                           capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    assert train.returncode == 2 and "pip install 'headstart[train]'" in train.stderr
+    assert "Traceback" not in train.stderr
