@@ -410,6 +410,28 @@ def export_command(
               f"max |logit diff| {parity.get('max_abs_logit_diff'):.2e}", highlight=False)
 
 
+@app.command("serve")
+def serve_command(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    host: Annotated[str, typer.Option(help="bind address (loopback by default: there is no authentication)")
+                    ] = "127.0.0.1",
+    port: int = 8000,
+    engine: Annotated[str, typer.Option(help="auto | onnx | torch (auto: onnx when RUN/model.onnx exists)")
+                      ] = "auto",
+    max_body_mb: Annotated[float, typer.Option(help="largest request body accepted")] = 10.0,
+    max_images: Annotated[int, typer.Option(help="most images in one request")] = 32,
+    batch_window_ms: Annotated[float, typer.Option(help="micro-batching wait; 0 turns batching off")] = 5.0,
+) -> None:
+    """Serve predictions over HTTP (FastAPI): POST /predict, GET /health, GET /model, and a page at /."""
+    _setup_logging(False)
+    with _friendly_errors():
+        from headstart.serve.app import serve
+
+        out.print(f"serving {run} on http://{host}:{port}/ (Ctrl-C stops)")
+        serve(run, host=host, port=port, engine=engine, max_body_bytes=int(max_body_mb * 1_000_000),
+              max_images=max_images, batch_window_ms=batch_window_ms)
+
+
 @app.command("backbones")
 def backbones_command(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List the registered backbones and whether their weights are available offline."""

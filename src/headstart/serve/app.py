@@ -1,0 +1,432 @@
+"""The HTTP app: POST /predict, POST /explain, GET /health, GET /model, the page at / and offline API docs.
+
+Errors are JSON `{"detail": "..."}` naming the problem and, where there is one, the file:
+- 413: body over `max_body_bytes` (Content-Length checked first, then the bytes counted as they arrive);
+- 415: a content type other than multipart/form-data or application/json;
+- 400: a malformed multipart body or Content-Length;
+- 422: no image, more than `max_images` images, bad parameters, unknown fields, bad JSON.
+Images are judged one by one, as `headstart predict` does for files: when some images of a request are
+usable the answer is 200 and each unusable one is a `{"filename", "error"}` entry in its place; when none
+is, 422 with every file's reason (so a single bad upload is a 4xx).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
+
+from headstart.data.images import ImageLoadError, open_image
+from headstart.data.loading import resize_short_side
+from headstart.serve.batching import MicroBatcher
+
+__all__ = ["ENGINES", "LOOPBACK", "create_app", "resolve_engine", "serve"]
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "onnx", "torch")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+STATIC = Path(__file__).parent / "static"
+TOP_K_MAX = 100
+# The page loads only its own files: nothing from the network, no inline script.
+PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+            "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+
+
+class Error(BaseModel):
+    detail: str
+
+
+class Prediction(BaseModel):
+    filename: str
+    label: str = Field(description='the top class, or "unsure" when its confidence is below the threshold')
+    confidence: float = Field(description="calibrated probability of the top class")
+    top_k: list[tuple[str, float]]
+
+
+class ImageError(BaseModel):
+    filename: str
+    error: str
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction | ImageError]
+    model: str
+    engine: str
+
+
+class ExplainResponse(BaseModel):
+    filename: str
+    label: str = Field(description="the class explained: class_name, or the top class")
+    confidence: float = Field(description="calibrated probability of the class explained")
+    predicted: str = Field(description='the model\'s answer ("unsure" below the threshold)')
+    overlay_png: str = Field(description="base64 PNG: Grad-CAM heatmap over the center crop the model sees")
+    engine: str
+
+
+class PredictJSON(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    images: list[str] = Field(min_length=1, description="base64 image files (a data: URL prefix is accepted)")
+    top_k: int | None = Field(None, ge=1, le=TOP_K_MAX)
+    threshold: float | None = Field(None, ge=0, le=1)
+
+
+class ExplainJSON(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    images: list[str] = Field(min_length=1, max_length=1, description="one base64 image file")
+    class_name: str | None = Field(None, description="explain this class instead of the prediction")
+    threshold: float | None = Field(None, ge=0, le=1)
+
+
+@dataclass
+class _Upload:
+    filename: str
+    data: bytes | None
+    error: str | None = None
+
+
+def resolve_engine(run_dir: str | os.PathLike, engine: str) -> str:
+    """"auto": onnx when RUN/model.onnx exists and onnxruntime is installed, else torch (when installed)."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if engine != "auto":
+        return engine
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") and (Path(run_dir) / "model.onnx").is_file():
+        return "onnx"
+    if importlib.util.find_spec("torch"):
+        return "torch"
+    raise ValueError(f"{run_dir} has no model.onnx and torch is not installed: export it with "
+                     f"`headstart export {run_dir}` where headstart[train] is installed, or install that here")
+
+
+def _model_info(clf: Any, run_dir: Path, engine: str, threshold: float) -> dict:
+    """GET /model: what a client needs to know, from model.json where the run has one (metrics live there)."""
+    from headstart.artifact import read_manifest
+
+    manifest = dict(clf.manifest)
+    if (run_dir / "model.json").is_file():
+        manifest = {**read_manifest(run_dir), **manifest}
+    return {"backbone": manifest.get("backbone"), "classes": clf.classes, "metrics": manifest.get("metrics", {}),
+            "temperature": clf.temperature, "threshold": threshold, "model_threshold": clf.threshold,
+            "preprocessing": manifest.get("preprocessing"), "engine": engine, "unsure_label": "unsure"}
+
+
+def _message(exc: ValidationError | RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{where}: {err['msg']}" if where else err["msg"])
+    return "; ".join(parts)
+
+
+def _b64(text: str) -> bytes:
+    if text.startswith("data:") and "," in text:  # a data: URL, as a browser's FileReader makes
+        text = text.split(",", 1)[1]
+    return base64.b64decode("".join(text.split()), validate=True)
+
+
+async def _read_images(request: Request, model: type[BaseModel], max_images: int) -> tuple[list[_Upload], dict]:
+    """The request's images (bytes, or a per-image error) and its options, or a 4xx HTTPException."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    names = [n for n in model.model_fields if n != "images"]
+    if media == "multipart/form-data":
+        try:
+            form = await request.form(max_files=max_images, max_fields=len(names) + 4)
+        except (StarletteHTTPException, MultiPartException) as exc:
+            detail = getattr(exc, "detail", None) or getattr(exc, "message", str(exc))
+            if "too many files" in str(detail).lower():
+                raise HTTPException(422, f"too many images: more than {max_images} in one request "
+                                         f"(the server's limit)") from exc
+            raise HTTPException(400, f"malformed multipart body: {detail}") from exc
+        try:
+            files, fields = [], {}
+            for key, value in form.multi_items():
+                if key == "files" and isinstance(value, UploadFile):
+                    files.append(value)
+                elif key == "files":
+                    raise HTTPException(422, "field 'files' must hold file uploads, not text")
+                elif key not in names or isinstance(value, UploadFile) or key in fields:
+                    raise HTTPException(422, f"unexpected form field {key!r}: send images in 'files' and "
+                                             f"optionally {', '.join(repr(n) for n in names)} once each")
+                else:
+                    fields[key] = value
+            uploads = [_Upload(f.filename or f"files[{i}]", await f.read()) for i, f in enumerate(files)]
+        finally:
+            await form.close()
+        try:
+            options = model.model_validate({"images": ["-"], **fields}).model_dump(exclude={"images"})
+        except ValidationError as exc:
+            raise HTTPException(422, f"bad form field: {_message(exc)}") from exc
+    elif media == "application/json" or media.endswith("+json"):
+        try:
+            parsed = model.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise HTTPException(422, f"bad JSON body: {_message(exc)}") from exc
+        options = parsed.model_dump(exclude={"images"})
+        uploads = []
+        for i, text in enumerate(parsed.images):
+            try:
+                uploads.append(_Upload(f"images[{i}]", _b64(text)))
+            except (binascii.Error, ValueError) as exc:
+                uploads.append(_Upload(f"images[{i}]", None, f"not valid base64 ({exc})"))
+    elif not media and not await request.body():
+        uploads, options = [], {}
+    else:
+        raise HTTPException(415, f"unsupported content type {media!r}: send multipart/form-data with image "
+                                 f"files in 'files', or application/json with base64 strings in 'images'")
+    if not uploads:
+        raise HTTPException(422, "no image: send one or more image files in the multipart field 'files', "
+                                 "or base64 strings in the JSON field 'images'")
+    if len(uploads) > max_images:
+        raise HTTPException(422, f"too many images: {len(uploads)} in one request, the limit is {max_images}")
+    return uploads, options
+
+
+def _body_spec(model: type[BaseModel], max_images: int) -> dict:
+    """OpenAPI requestBody for an endpoint that takes multipart files or JSON base64 (parsed by hand)."""
+    schema = model.model_json_schema()
+    fields = {name: next((s for s in prop.get("anyOf", [prop]) if s.get("type") != "null"), prop)
+              for name, prop in schema["properties"].items() if name != "images"}
+    files = {"type": "array", "minItems": 1, "maxItems": max_images,
+             "items": {"type": "string", "format": "binary"}}
+    multipart = {"type": "object", "required": ["files"], "properties": {"files": files, **fields}}
+    return {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": multipart}, "application/json": {"schema": schema}}}}
+
+
+class BodyLimit:
+    """413 for a body over `max_bytes`: a declared Content-Length at once, else counted as it arrives.
+
+    The body is read here in full (it is bounded) and replayed to the app, so no handler sees a partial one.
+    """
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        limit = f"the server's limit of {self.max_bytes:,} bytes"
+        if declared is not None:
+            if not declared.isdigit():
+                return await _reply(send, 400, f"invalid Content-Length header {declared[:40].decode('latin-1')!r}")
+            if int(declared) > self.max_bytes:
+                return await _reply(send, 413, f"request body is {int(declared):,} bytes, over {limit}")
+        chunks, total = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunks.append(message.get("body", b""))
+            total += len(chunks[-1])
+            if total > self.max_bytes:
+                return await _reply(send, 413, f"request body exceeds {limit}")
+            if not message.get("more_body"):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+
+async def _reply(send: Any, status: int, detail: str) -> None:
+    await JSONResponse({"detail": detail}, status)({"type": "http"}, None, send)
+
+
+def create_app(run_dir: str | os.PathLike, *, engine: str = "auto", max_body_bytes: int = 10_000_000,
+               max_images: int = 32, batch_window_ms: float = 5, max_batch: int = 32,
+               default_threshold: float | None = None) -> FastAPI:
+    """The app serving one trained run. engine: "onnx" (RUN/model.onnx), "torch", or "auto" (onnx when the
+    export and onnxruntime are there)."""
+    import headstart
+    from headstart.evaluate import softmax
+    from headstart.runtime.results import build_predictions
+
+    if default_threshold is not None and not 0 <= default_threshold <= 1:
+        raise ValueError(f"default_threshold must be in [0, 1], got {default_threshold}")
+    run_dir = Path(run_dir)
+    engine = resolve_engine(run_dir, engine)
+    clf = headstart.load(run_dir, engine=engine)
+    threshold_default = clf.threshold if default_threshold is None else float(default_threshold)
+    info = _model_info(clf, run_dir, engine, threshold_default)
+    pre = info["preprocessing"]
+    log.info("serving %s (%s, %d classes) with the %s engine", run_dir, info["backbone"], len(clf.classes),
+             engine)
+
+    def decode(uploads: list[_Upload]) -> list[tuple[_Upload, Any]]:
+        out = []
+        for up in uploads:
+            if up.error is not None:
+                out.append((up, None))
+                continue
+            try:
+                # The first step of the model's preprocessing, done here: it is exact (a short side already
+                # at resize_size is left alone) and frees the full-size image before it waits for a batch.
+                img = open_image(up.data)
+                out.append((up, resize_short_side(img, pre["resize_size"], pre["interpolation"])))
+            except ImageLoadError as exc:
+                up.error = exc.reason
+                out.append((up, None))
+            up.data = None
+        return out
+
+    async def decoded(request: Request, model: type[BaseModel], limit: int) -> tuple[list, dict]:
+        uploads, options = await _read_images(request, model, limit)
+        items = await asyncio.get_running_loop().run_in_executor(app.state.decoders, decode, uploads)
+        if all(img is None for _, img in items):
+            raise HTTPException(422, "no usable image: " + "; ".join(f"{u.filename}: {u.error}" for u, _ in items))
+        return items, options
+
+    def start_workers() -> None:
+        """The model's batching thread and the decoding threads; again after a lifespan has stopped them."""
+        if getattr(app.state, "batcher", None) is None or app.state.batcher.closed:
+            app.state.batcher = MicroBatcher(lambda images: clf.logits(images, batch_size=max_batch),
+                                             window_ms=batch_window_ms, max_batch=max_batch)
+            # Bounded: many large uploads at once cannot hold more than a few full-size decoded images.
+            app.state.decoders = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
+                                                    thread_name_prefix="headstart-decode")
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        start_workers()
+        yield
+        app.state.batcher.close()
+        app.state.decoders.shutdown(wait=False)
+
+    from fastapi_offline import FastAPIOffline
+
+    app = FastAPIOffline(title="headstart", version=headstart.__version__, redoc_url=None,
+                         static_url="/docs-static", lifespan=lifespan, swagger_ui_parameters={"validatorUrl": None},
+                         description=f"Image classifier `{info['backbone']}` ({', '.join(clf.classes)}) on the "
+                                     f"{engine} engine. Errors are JSON `{{\"detail\": ...}}`; see GET /model.")
+    app.state.classifier, app.state.engine, app.state.info = clf, engine, info
+    start_workers()
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    errors = {code: {"model": Error} for code in (400, 413, 415, 422)}
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _message(exc)}, 422)
+
+    @app.exception_handler(Exception)
+    async def server_error(_request: Request, exc: Exception) -> JSONResponse:
+        # a bug or a model failure, never bad input: still JSON, so clients and the page can show it
+        log.error("internal error: %r", exc, exc_info=exc)
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server's log"}, 500)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_CSP})
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "engine": engine, "model": info["backbone"], **app.state.batcher.stats.to_dict()}
+
+    @app.get("/model")
+    async def model() -> dict:
+        return {**info, "max_images": max_images, "max_body_bytes": max_body_bytes,
+                "batch_window_ms": batch_window_ms, "max_batch": max_batch}
+
+    @app.post("/predict", response_model=PredictResponse, responses=errors,
+              openapi_extra=_body_spec(PredictJSON, max_images))
+    async def predict(request: Request, top_k: int | None = Query(None, ge=1, le=TOP_K_MAX),
+                      threshold: float | None = Query(None, ge=0, le=1)) -> dict:
+        """Labels for one or more images: multipart `files`, or JSON `{"images": [base64, ...]}`.
+        `top_k` and `threshold` as query parameters or form/JSON fields (the body's win)."""
+        batcher = app.state.batcher
+        with batcher.expecting() as ticket:  # a batch gathering now may wait for this request's images
+            items, options = await decoded(request, PredictJSON, max_images)
+            good = [(up, img) for up, img in items if img is not None]
+            logits = await batcher.logits([img for _, img in good], ticket)
+        top_k = options.get("top_k") or top_k or 3
+        threshold = next(t for t in (options.get("threshold"), threshold, threshold_default) if t is not None)
+        probs = softmax(logits, clf.temperature)
+        rows = iter(build_predictions([up.filename for up, _ in good], probs, clf.classes, top_k=top_k,
+                                      threshold=threshold))
+        predictions = []
+        for up, img in items:
+            if img is None:
+                predictions.append({"filename": up.filename, "error": up.error})
+            else:
+                row = next(rows)
+                predictions.append({"filename": row.pop("path"), **row})
+        return {"predictions": predictions, "model": info["backbone"], "engine": engine}
+
+    @app.post("/explain", response_model=ExplainResponse, responses=errors,
+              openapi_extra=_body_spec(ExplainJSON, 1))
+    async def explain(request: Request, class_name: str | None = Query(None),
+                      threshold: float | None = Query(None, ge=0, le=1)) -> dict:
+        """Grad-CAM for one image (torch engine only): where the model looked for its answer or `class_name`."""
+        if not hasattr(clf, "net"):
+            raise HTTPException(400, f"Grad-CAM needs the torch engine; this server runs the {engine} engine "
+                                     f"(start it with --engine torch)")
+        items, options = await decoded(request, ExplainJSON, 1)
+        target = options.get("class_name") or class_name
+        if target is not None and target not in clf.classes:
+            raise HTTPException(422, f"unknown class {target!r}; the model knows: {', '.join(clf.classes)}")
+        threshold = next(t for t in (options.get("threshold"), threshold, threshold_default) if t is not None)
+        up, image = items[0]
+        result = await app.state.batcher.run(_explain, clf, image, target, threshold)
+        return {"filename": up.filename, **result, "engine": engine}
+
+    return app
+
+
+def _explain(clf: Any, image: Any, target: str | None, threshold: float) -> dict:
+    """On the model's thread: Grad-CAM hooks the network, so it must not overlap with a batch."""
+    from headstart.evaluate import softmax
+    from headstart.report.explain import display_crop, gradcam, overlay
+
+    probs = softmax(clf.logits([image]), clf.temperature)[0]
+    top = int(probs.argmax())
+    explained = clf.classes.index(target) if target is not None else top
+    cam = gradcam(clf, [image], explained)[0]
+    buffer = io.BytesIO()
+    overlay(display_crop(clf, image), cam).save(buffer, format="PNG")
+    return {"label": clf.classes[explained], "confidence": float(probs[explained]),
+            "predicted": clf.classes[top] if probs[top] >= threshold else "unsure",
+            "overlay_png": base64.b64encode(buffer.getvalue()).decode("ascii")}
+
+
+def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, *, engine: str = "auto",
+          log_level: str = "info", **kwargs: Any) -> None:
+    """Serve a run over HTTP until interrupted (uvicorn, one process: one model in memory).
+
+    Loopback by default: there is no authentication, so binding another address exposes the model to
+    whoever can reach it. kwargs go to create_app (max_body_bytes, max_images, batch_window_ms, ...).
+    """
+    import uvicorn
+
+    app = create_app(run_dir, engine=engine, **kwargs)
+    if host not in LOOPBACK:
+        log.warning("listening on %s: anyone who can reach port %d can use the model (no authentication)",
+                    host, port)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
