@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -344,7 +345,9 @@ def verdict(protocol: Protocol, reference: dict, headstart: dict) -> dict:
     if not accuracy_ok:
         missed.append(f"accuracy {headstart['accuracy']:.3f} < {ref_accuracy:.3f} "
                       f"({100 * (headstart['accuracy'] - ref_accuracy):+.1f} points)")
-    return {"speedup": speedup, "target_speedup": protocol.target, "speed_ok": speed_ok,
+    cpu = (reference.get("cpu_seconds"), headstart.get("cpu_seconds"))
+    return {"speedup": speedup, "cpu_time_ratio": cpu[0] / cpu[1] if all(cpu) else None,
+            "target_speedup": protocol.target, "speed_ok": speed_ok,
             "reference_accuracy": ref_accuracy, "headstart_accuracy": headstart["accuracy"],
             "accuracy_ok": accuracy_ok, "result": "PASS" if speed_ok and accuracy_ok else "MISS",
             "missed_by": "; ".join(missed)}
@@ -362,7 +365,8 @@ def tables(results: dict) -> str:
         sides.append([name, "headstart", hs["wall_seconds"], hs["epochs"], hs["extract_images_per_second"],
                       hs["train_images_per_second"], "-", split, hs["accuracy"],
                       hs["best_val_accuracy"] if split == "val" else "-", hs["precision"], _load(hs)])
-        verdicts.append([name, f"{v['speedup']:.1f}x", f"{v['target_speedup']:g}x",
+        cpu_ratio = f"{v['cpu_time_ratio']:.1f}x" if v.get("cpu_time_ratio") else "-"
+        verdicts.append([name, f"{v['speedup']:.1f}x", cpu_ratio, f"{v['target_speedup']:g}x",
                          f"{v['headstart_accuracy']:.3f} / {v['reference_accuracy']:.3f}", f"**{v['result']}**",
                          v["missed_by"] or "-"])
         p = hs["phases"]
@@ -370,7 +374,8 @@ def tables(results: dict) -> str:
     return "\n\n".join([
         markdown_table(["protocol", "side", "wall s", "epochs", "extract img/s", "train img/s", "eval img/s",
                         "split", "final acc", "best acc", "precision", "load before → after"], sides),
-        markdown_table(["protocol", "speedup", "target", "accuracy headstart / tutorial", "result", "missed by"],
+        markdown_table(["protocol", "speedup (wall)", "CPU-time ratio", "target", "accuracy headstart / tutorial",
+                        "result", "missed by"],
                        verdicts),
         "headstart's wall time by phase (seconds, from train.log timestamps):",
         markdown_table(["protocol", *PHASES, "wall"], phases),
@@ -465,11 +470,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return results
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (DataLoader workers, the headstart process)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _with_load(side, *args, **kwargs) -> dict:
-    """Run one side, noting the load average around it: other users of the CPU slow either side down."""
-    before = [round(x, 2) for x in os.getloadavg()]
+    """Run one side, noting the load average around it and the CPU time it used.
+
+    Other users of the CPU slow either side's wall time down; its CPU time depends much less on them.
+    """
+    before, cpu = [round(x, 2) for x in os.getloadavg()], _cpu_seconds()
     result = side(*args, **kwargs)
-    return dict(result, load_average_before=before, load_average_after=[round(x, 2) for x in os.getloadavg()])
+    return dict(result, load_average_before=before, load_average_after=[round(x, 2) for x in os.getloadavg()],
+                cpu_seconds=_cpu_seconds() - cpu)
 
 
 def _kept_protocols(path: Path, rerun: Sequence[str]) -> dict:

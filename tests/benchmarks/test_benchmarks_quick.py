@@ -57,6 +57,9 @@ def test_vs_tutorial_quick(tmp_path):
         assert all(v >= -0.5 for v in phases.values())  # log timestamps have millisecond resolution
         assert sum(phases.values()) == pytest.approx(hs["wall_seconds"], abs=0.01)
         assert verdict["speedup"] == pytest.approx(ref["wall_seconds"] / hs["wall_seconds"])
+        assert ref["cpu_seconds"] > 0 and hs["cpu_seconds"] > 0  # the headstart process is a child: counted
+        assert verdict["cpu_time_ratio"] == pytest.approx(ref["cpu_seconds"] / hs["cpu_seconds"])
+        assert len(hs["load_average_before"]) == len(ref["load_average_after"]) == 3
         assert verdict["result"] in ("PASS", "MISS")
         assert (verdict["result"] == "PASS") == (verdict["speed_ok"] and verdict["accuracy_ok"])
         assert bool(verdict["missed_by"]) == (verdict["result"] == "MISS")
