@@ -129,7 +129,7 @@ def _print_run(result, title: str) -> None:
     if result.skipped:
         out.print(f"[yellow]skipped {len(result.skipped)} unreadable file(s):[/]")
         for path, reason in result.skipped:
-            out.print(f"  {path}: {reason}", highlight=False)
+            out.print(f"  {path}: {reason}", highlight=False, soft_wrap=True)  # a path must stay greppable
     total = time.perf_counter() - _STARTED
     report = result.run_dir / "report.html"
     if report.is_file():
