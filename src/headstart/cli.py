@@ -167,6 +167,8 @@ def train_command(
     image_size: Optional[int] = None,
     precision: Annotated[str, typer.Option(help="auto | 32 | bf16-mixed | 16-mixed")] = "auto",
     accelerator: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    extract_engine: Annotated[str, typer.Option(
+        help="auto | torch | onnxruntime: the frozen forward pass of feature extraction")] = "auto",
     threshold: Annotated[float, typer.Option(help="confidence below which predictions are 'unsure'")] = 0.5,
     exclude: Annotated[Optional[Path], typer.Option(help="files to leave out (from `headstart check --fix-split`)")
                        ] = None,
@@ -193,7 +195,7 @@ def train_command(
             label_smoothing=label_smoothing, class_weights=class_weights, early_stop=early_stop,
             augment=augment, views=views, unfreeze=unfreeze, stage_lr_mult=stage_lr_mult,
             gradual_unfreeze=gradual_unfreeze, freeze_bn=freeze_bn, image_size=image_size, precision=precision,
-            accelerator=accelerator, threshold=threshold, overwrite=overwrite,
+            accelerator=accelerator, extract_engine=extract_engine, threshold=threshold, overwrite=overwrite,
             exclude=str(exclude) if exclude else None, report=report,
         )
         _print_run(result, f"{backbone} · {mode}")

@@ -17,6 +17,7 @@ AUGMENTS = ("none", "light", "standard")
 TRI_STATE = ("auto", "on", "off")
 PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
 ACCELERATORS = ("auto", "cpu", "cuda")
+EXTRACT_ENGINES = ("auto", "torch", "onnxruntime")  # headstart.onnx_forward.ENGINES, without importing torch
 
 
 class ConfigError(ValueError):
@@ -63,6 +64,7 @@ class TrainConfig:
     precision: str = "auto"
     accelerator: str = "auto"
     devices: int = 1
+    extract_engine: str = "auto"
     num_workers: int | None = None
     threshold: float = 0.5
     out: str | None = None
@@ -80,6 +82,7 @@ class TrainConfig:
         _one_of("class_weights", self.class_weights, ("auto", "none"))
         _one_of("precision", self.precision, PRECISIONS)
         _one_of("accelerator", self.accelerator, ACCELERATORS)
+        _one_of("extract_engine", self.extract_engine, EXTRACT_ENGINES)
         if self.augment is not None:
             _one_of("augment", self.augment, AUGMENTS)
         if self.unfreeze not in ("last", "all") and not (self.unfreeze.isdigit() and int(self.unfreeze) > 0):

@@ -22,7 +22,7 @@ from torch import nn
 from headstart.artifact import atomic_write_bytes
 from headstart.device import autocast
 
-__all__ = ["FeatureCache", "cache_root", "extract_features", "view_seed"]
+__all__ = ["FeatureCache", "FrozenBackbone", "cache_root", "extract_features", "view_seed"]
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +36,55 @@ def view_seed(seed: int, view: int, content_hash: str) -> int:
     return int(hashlib.sha1(f"{seed}:{view}:{content_hash}".encode()).hexdigest()[:15], 16)
 
 
-@torch.inference_mode()
-def extract_features(backbone: nn.Module, images: Sequence[Image.Image], transform: Callable, *,
+class FrozenBackbone:
+    """The frozen backbone's forward pass on the fastest engine that reproduces it.
+
+    The engine is chosen on the first batch (ONNX Runtime for fp32 on the CPU, else torch with channels_last
+    and the run's autocast; see onnx_forward.py) and reused for every later batch, split and view of the run.
+    """
+
+    def __init__(self, backbone: nn.Module, *, accelerator: str = "cpu", precision: str = "32-true",
+                 channels_last: bool = True, engine: str = "auto"):
+        self.backbone, self.accelerator, self.precision = backbone, accelerator, precision
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.requested = engine
+        self.engine: str | None = None
+        self._forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    @torch.inference_mode()
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.engine is None:
+            self._choose(batch)
+        if self._forward is not None:
+            return self._forward(batch)
+        batch = batch.to(self.accelerator, memory_format=self.memory_format)
+        with autocast(self.accelerator, self.precision):
+            return self.backbone(batch).float().cpu()
+
+    def _choose(self, sample: torch.Tensor) -> None:
+        from headstart.onnx_forward import frozen_forward
+
+        self.backbone.eval()
+        self._forward, reason = frozen_forward(self.backbone, sample, engine=self.requested,
+                                               accelerator=self.accelerator, precision=self.precision)
+        if self._forward is None:
+            self.backbone.to(device=self.accelerator, memory_format=self.memory_format)
+            self.engine = "torch"
+        else:
+            self.engine = "onnxruntime"
+        log.info("extraction engine: %s (%s)", self.engine, reason)
+
+
+def extract_features(backbone: nn.Module | FrozenBackbone, images: Sequence[Image.Image], transform: Callable, *,
                      batch_size: int = 64, accelerator: str = "cpu", precision: str = "32-true",
                      channels_last: bool = True, seeds: Sequence[int] | None = None,
                      progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """Pooled features [N, D] in float32. With `seeds`, each image's random transform is seeded by it."""
-    backbone.eval()
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    backbone.to(device=accelerator, memory_format=memory_format)
+    """Pooled features [N, D] in float32. With `seeds`, each image's random transform is seeded by it.
+
+    Pass a FrozenBackbone to reuse its engine across calls; a plain module gets one of its own.
+    """
+    forward = backbone if isinstance(backbone, FrozenBackbone) else FrozenBackbone(
+        backbone, accelerator=accelerator, precision=precision, channels_last=channels_last)
     chunks = []
     started = time.perf_counter()
     for start in range(0, len(images), batch_size):
@@ -53,14 +93,12 @@ def extract_features(backbone: nn.Module, images: Sequence[Image.Image], transfo
             if seeds is not None:
                 torch.manual_seed(seeds[i])
             tensors.append(transform(images[i]))
-        batch = torch.stack(tensors).to(accelerator, memory_format=memory_format)
-        with autocast(accelerator, precision):
-            chunks.append(backbone(batch).float().cpu())
+        chunks.append(forward(torch.stack(tensors)))
         if progress is not None:
             progress(min(start + batch_size, len(images)), len(images))
     seconds = time.perf_counter() - started
-    log.info("extracted %d feature vectors in %.1fs (%.0f images/s, %s)", len(images), seconds,
-             len(images) / max(seconds, 1e-9), precision)
+    log.info("extracted %d feature vectors in %.1fs (%.0f images/s, %s, %s)", len(images), seconds,
+             len(images) / max(seconds, 1e-9), forward.engine, forward.precision)
     return torch.cat(chunks) if chunks else torch.empty(0)
 
 

@@ -16,7 +16,7 @@ from headstart.config import TrainConfig
 from headstart.data.loading import DecodedSplit
 from headstart.data.transforms import eval_transform, train_transform, transform_key
 from headstart.device import autocast
-from headstart.features import FeatureCache, extract_features, view_seed
+from headstart.features import FeatureCache, FrozenBackbone, extract_features, view_seed
 from headstart.training.callbacks import BestCheckpoint, EarlyStopping, ResumeCheckpoint, UnfreezeSchedule
 from headstart.training.loop import Trainer, evaluate_batches
 from headstart.training.prefix import find_frozen_prefix
@@ -69,7 +69,8 @@ def _report(ctx: RunContext, task: str, done: int, total: int) -> None:
         ctx.progress(task, done, total)
 
 
-def _split_features(ctx: RunContext, split: str, preset: str, view: int) -> tuple[torch.Tensor, int]:
+def _split_features(ctx: RunContext, backbone: FrozenBackbone, split: str, preset: str, view: int
+                    ) -> tuple[torch.Tensor, int]:
     decoded = ctx.decoded[split]
     transform = eval_transform(ctx.preprocessing) if preset == "none" else train_transform(ctx.preprocessing, preset)
     seed = None if preset == "none" else ctx.cfg.seed
@@ -78,8 +79,7 @@ def _split_features(ctx: RunContext, split: str, preset: str, view: int) -> tupl
     def compute(indices: list[int]) -> torch.Tensor:
         seeds = None if seed is None else [view_seed(seed, view, decoded.hashes[i]) for i in indices]
         return extract_features(
-            ctx.net.backbone, [decoded.images[i] for i in indices], transform, accelerator=ctx.accelerator,
-            precision=ctx.precision, channels_last=not ctx.spec.is_vit, seeds=seeds,
+            backbone, [decoded.images[i] for i in indices], transform, seeds=seeds,
             progress=lambda d, t: _report(ctx, f"features {split}" + (f" view {view}" if view else ""), d, t),
         )
 
@@ -115,15 +115,17 @@ def fit_features(ctx: RunContext, *, epochs: int, lr: float, augment: str, views
     """Extract (or read from the cache) pooled features once, then train only the head on them."""
     cfg = ctx.cfg
     freeze_backbone(ctx.net)
+    backbone = FrozenBackbone(ctx.net.backbone, accelerator=ctx.accelerator, precision=ctx.precision,
+                              channels_last=not ctx.spec.is_vit, engine=cfg.extract_engine)
     features, labels, computed, total = {}, {}, 0, 0
     for split in ctx.decoded:
-        feats, n = _split_features(ctx, split, "none", 0)
+        feats, n = _split_features(ctx, backbone, split, "none", 0)
         features[split], labels[split] = feats, torch.tensor(ctx.decoded[split].labels, dtype=torch.long)
         computed, total = computed + n, total + len(ctx.decoded[split].labels)
     train_x, train_y = [features["train"]], [labels["train"]]
     if augment != "none":
         for view in range(1, views + 1):
-            feats, n = _split_features(ctx, "train", augment, view)
+            feats, n = _split_features(ctx, backbone, "train", augment, view)
             train_x.append(feats)
             train_y.append(labels["train"])
             computed, total = computed + n, total + len(labels["train"])
@@ -150,7 +152,7 @@ def fit_features(ctx: RunContext, *, epochs: int, lr: float, augment: str, views
             loader = ctx.fabric.setup_dataloaders(_loader(TensorDataset(features[split], labels[split]), 256,
                                                           False, 0))
             logits[split] = evaluate_batches(model, loader, nn.CrossEntropyLoss(), ctx.fabric)["logits"]
-    return FitResult(history, logits, labels, {"computed": computed, "total": total})
+    return FitResult(history, logits, labels, {"computed": computed, "total": total, "engine": backbone.engine})
 
 
 @contextlib.contextmanager
