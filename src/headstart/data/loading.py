@@ -1,6 +1,7 @@
 """Decoding a split once: every image opened safely, resized once, hashed for the feature cache.
 
-Bad files are dropped here, before any epoch starts, and reported; training never meets them.
+Bad files are dropped here, before any epoch starts, and reported; training never meets them. Items are files
+or members of shards (``SHARD.tar#member``, see data/shards.py); both are opened by the same loader.
 """
 
 from __future__ import annotations
@@ -8,15 +9,22 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from PIL import Image
 
 from headstart.data.images import ImageLoadError, open_image
+from headstart.data.shards import ShardReader, shard_member
 
-__all__ = ["DecodedSplit", "decode_split", "resize_short_side"]
+__all__ = ["DecodedSplit", "decode_split", "map_items", "resize_short_side"]
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +54,49 @@ class DecodedSplit:
     failures: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _decode_one(path: str, short_side: int | None, interpolation: str) -> tuple[Image.Image, str]:
-    data = Path(path).read_bytes() if os.path.isfile(path) else b""
+def map_items(fn: Callable[[str, bytes | None], T], paths: Iterable[str], *, workers: int) -> Iterator[Future[T]]:
+    """fn(path, data) for every item on a thread pool; the futures come back in the order of paths.
+
+    data is None for a plain file: fn reads it in its own thread, so file reads overlap. A shard member's
+    bytes are read here instead, in order, one shard open at a time (a sequential pass per shard), and a
+    member that cannot be read becomes a future holding its ImageLoadError. At most 4 calls per worker
+    are in flight, so the bytes read ahead stay bounded however large the data.
+    """
+    window = 4 * workers
+    pending: deque[Future[T]] = deque()
+    with ThreadPoolExecutor(max_workers=workers) as pool, ShardReader() as reader:
+        for path in paths:
+            if shard_member(path) is None:
+                pending.append(pool.submit(fn, path, None))
+            else:
+                try:
+                    data = reader.read(path)
+                except ImageLoadError as exc:
+                    failed: Future[T] = Future()
+                    failed.set_exception(exc)
+                    pending.append(failed)
+                else:
+                    pending.append(pool.submit(fn, path, data))
+            if len(pending) >= window:
+                yield pending.popleft()
+        yield from pending
+
+
+def _decode_one(path: str, short_side: int | None, interpolation: str, data: bytes | None = None
+                ) -> tuple[Image.Image, str]:
+    """One item decoded and resized, with the sha1 of its bytes; data: its bytes when already read."""
+    member = shard_member(path) is not None
+    if data is None and member:
+        with ShardReader() as reader:
+            data = reader.read(path)
+    elif data is None:
+        try:
+            data = Path(path).read_bytes()
+        except OSError:
+            data = b""  # opened by path below, which names the reason: not found, permission denied...
     digest = hashlib.sha1(data).hexdigest()
-    img = open_image(data if data else path)
+    # An empty file is opened by its path, so that a missing one says "file not found", not "empty file"
+    img = open_image(data if data or member else path)
     if short_side is not None:
         img = resize_short_side(img, short_side, interpolation)
     return img, digest
@@ -64,8 +111,9 @@ def decode_split(items: list[tuple[str, int]], *, short_side: int | None, interp
     """
     out = DecodedSplit([], [], [], [])
     workers = threads or min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(_decode_one, path, short_side, interpolation) for path, _ in items]
+    futures = map_items(lambda path, data: _decode_one(path, short_side, interpolation, data),
+                        (path for path, _ in items), workers=workers)
+    with closing(futures):  # the pool shuts down here, not whenever the generator is collected
         for done, ((path, label), future) in enumerate(zip(items, futures), start=1):
             try:
                 img, digest = future.result()
