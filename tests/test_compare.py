@@ -110,16 +110,22 @@ def test_backbone_without_offline_weights_is_an_error_row(compared):
         assert (compared["out"] / name / "model.safetensors").is_file()
 
 
-def _row(name, val, loss=0.5, latency=10.0, size=1e6, test=None):
-    return {"backbone": name, "status": "ok", "val_accuracy": val, "val_loss": loss, "latency_p50_ms": latency,
-            "size_bytes": size, "test_accuracy": test}
+def _row(name, val, nll=0.5, latency=10.0, size=1e6, test=None, raw_loss=0.6):
+    return {"backbone": name, "status": "ok", "val_accuracy": val, "val_loss": raw_loss, "val_nll_calibrated": nll,
+            "latency_p50_ms": latency, "size_bytes": size, "test_accuracy": test}
 
 
-def test_rank_breaks_ties_by_val_loss_then_latency():
+def test_rank_breaks_ties_by_scaled_val_nll_then_latency():
     rows = rank_rows([_row("slow", 0.9, 0.3, 20), _row("fast", 0.9, 0.3, 10), _row("sure", 0.9, 0.2, 30),
                       _row("best", 0.95, 0.9, 40), {"backbone": "broken", "status": "failed", "error": "x"}])
     assert [r["backbone"] for r in rows] == ["best", "sure", "fast", "slow", "broken"]
     assert [r["rank"] for r in rows] == [1, 2, 3, 4, None]
+    # the raw val loss is not the tie-break: it mostly says how under-confident a head is before its temperature
+    rows = rank_rows([_row("timid", 0.978, nll=0.13, raw_loss=0.16), _row("sharp", 0.978, nll=0.10, raw_loss=0.18)])
+    assert [r["backbone"] for r in rows] == ["sharp", "timid"]
+    # a row collected before the scaled NLL existed falls back to its raw val loss
+    old = {k: v for k, v in _row("old", 0.9, raw_loss=0.25).items() if k != "val_nll_calibrated"}
+    assert [r["backbone"] for r in rank_rows([_row("new", 0.9, nll=0.3), old])] == ["old", "new"]
 
 
 def test_verdict_names_the_trade_off():
@@ -130,13 +136,13 @@ def test_verdict_names_the_trade_off():
     assert text == ("big wins (val 0.973 vs 0.960; test 0.970 vs 0.950) but is 1.9x slower per image and 1.6x "
                     "larger than small; small is the better choice when latency matters.")
     # the trade-off named is with the best-ranked clearly faster one; the fastest gets its own sentence
-    rows = rank_rows([_row("lean", 0.8, loss=0.4, latency=5, test=0.75),
-                      _row("mid", 0.9, loss=0.3, latency=8, size=9e6),
-                      _row("top", 0.9, loss=0.2, latency=20, size=3e6), _row("same", 0.85, latency=19)])
+    rows = rank_rows([_row("lean", 0.8, nll=0.4, latency=5, test=0.75),
+                      _row("mid", 0.9, nll=0.3, latency=8, size=9e6),
+                      _row("top", 0.9, nll=0.2, latency=20, size=3e6), _row("same", 0.85, latency=19)])
     assert verdict(rows) == ("top", (
-        "top wins (val 0.900, tied, lower val loss 0.200 vs 0.300) but is 2.5x slower per image than mid (though "
-        "3.0x smaller); mid is the better choice when latency matters. lean is the fastest (4.0x faster than top) "
-        "at val 0.800, test 0.750."))
+        "top wins (val 0.900, tied, lower val NLL after scaling 0.200 vs 0.300) but is 2.5x slower per image than "
+        "mid (though 3.0x smaller); mid is the better choice when latency matters. lean is the fastest (4.0x "
+        "faster than top) at val 0.800, test 0.750."))
 
 
 def test_verdict_without_trade_off_and_with_failures():

@@ -1,6 +1,10 @@
+import math
+
 import numpy as np
+import pytest
 
 from headstart.evaluate import (
+    PRIOR_OBSERVATIONS,
     classification_metrics,
     coverage_curve,
     expected_calibration_error,
@@ -29,6 +33,45 @@ def test_temperature_scaling_lowers_nll_and_ece():
     assert after["nll_calibrated"] < before["loss"] - 0.1
     assert after["ece_calibrated"] < before["ece"] / 2
     assert after["accuracy"] == before["accuracy"]  # scaling never changes the argmax
+
+
+def _underconfident(n, k=3, accuracy=0.97, seed=0):
+    """Logits like a label-smoothed head's: right ~97% of the time but ~0.85 confident at T = 1 (best T ~0.56)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, k, n)
+    pred = np.where(rng.random(n) < accuracy, labels, (labels + rng.integers(1, k, n)) % k)
+    logits = rng.normal(0, 0.4, (n, k))
+    logits[np.arange(n), pred] += 2.5
+    return logits, labels
+
+
+def test_a_small_all_correct_split_cannot_claim_certainty():
+    # 24 validation images, all right (the pets demo's split): the plain NLL fit sharpens without limit and
+    # stops only at the bound; the prior's 10 pseudo-observations keep T where one split of 24 can support it.
+    logits, labels = _underconfident(200, accuracy=1.0)
+    logits, labels = logits[:24], labels[:24]
+    assert fit_temperature(logits, labels, prior_observations=0) == pytest.approx(0.25, rel=1e-6)
+    t = fit_temperature(logits, labels)
+    assert 0.4 < t < 1.0  # still sharpened (every answer was right), but not to certainty
+    assert softmax(logits, t).max(axis=1).mean() < 0.995
+
+
+def test_the_prior_counts_as_n0_observations_and_fades_with_data():
+    logits, labels = _underconfident(45, seed=1)
+    assert (logits.argmax(axis=1) != labels).sum() == 1  # like pizza_steak_sushi's validation split
+    mle = fit_temperature(logits, labels, prior_observations=0)
+    shrunk = fit_temperature(logits, labels)
+    assert mle < shrunk < 1.0  # pulled towards 1, not past it: a correction the data support survives
+    # n0 pseudo-observations against n images: the same split twice over weighs exactly like half the prior
+    twice = fit_temperature(np.tile(logits, (2, 1)), np.tile(labels, 2))
+    assert twice == pytest.approx(fit_temperature(logits, labels, prior_observations=PRIOR_OBSERVATIONS / 2),
+                                  rel=1e-6)
+    assert mle < twice < shrunk  # twice the evidence: closer to the plain fit
+    # with thousands of images the prior no longer matters
+    many_logits, many_labels = _underconfident(5000, seed=4)
+    assert math.log(fit_temperature(many_logits, many_labels)) == pytest.approx(
+        math.log(fit_temperature(many_logits, many_labels, prior_observations=0)), abs=0.01)
+    assert fit_temperature(logits[:0], labels[:0]) == 1.0  # no evidence at all: the prior's mode
 
 
 def test_metrics_and_confusion_matrix():

@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 __all__ = [
+    "PRIOR_OBSERVATIONS",
     "classification_metrics",
     "coverage_curve",
     "expected_calibration_error",
@@ -44,30 +45,68 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     return float(ece)
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature minimising validation NLL (a 1-D convex problem: golden-section search on log T).
+# The temperature's prior is worth this many validation images (see fit_temperature). Chosen by leave-one-out
+# NLL on the validation splits of saved runs (pizza_steak_sushi x 3 backbones, hymenoptera features and
+# finetune, the bundled pets demo, two label-smoothing-0 runs: 555 images): pooled LOO NLL is flat within 1%
+# for 10..30 pseudo-observations and 23% worse with none; 10 is the weakest prior on that plateau, because
+# its centre, T = 1, is itself biased for heads trained with label smoothing (they come out under-confident).
+PRIOR_OBSERVATIONS = 10.0
+TEMPERATURE_BOUNDS = (0.25, 10.0)
 
-    T is kept in [0.25, 10]: when every validation prediction is right, the NLL keeps falling as T -> 0, and
-    an unbounded fit would claim certainty that a small validation split cannot support.
-    Hand-written because it is a few lines and needs no torch, so the ONNX engine can reuse it.
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, *,
+                    prior_observations: float = PRIOR_OBSERVATIONS) -> float:
+    """The temperature minimising validation NLL plus a prior worth `prior_observations` images, centred at 1.
+
+    The prior is n0 = `prior_observations` pseudo-observations drawn from the validation inputs and labelled by
+    the unscaled model's own probabilities: the objective is
+        sum_i NLL_i(T) + n0 * mean_i CE(softmax(z_i), softmax(z_i / T)),
+    whose second term is smallest at T = 1 and has, per pseudo-observation, the curvature (Fisher information)
+    of one real observation. So the fit is a MAP estimate whose prior counts like n0 more images: it moves
+    log T about a third of the way back to 0 for the 45-image pizza_steak_sushi validation split, a tenth for
+    hymenoptera's 153, and on thousands of images it is the plain NLL fit.
+
+    Why: the NLL-optimal T is driven by the few validation errors. When a small split has one error, or none,
+    the plain fit sharpens until that error alone balances it (T = 0.46 for efficientnet_lite2 on
+    pizza_steak_sushi, whose 45 validation images hold one mistake, while its test split holds four) or, with
+    none, runs to the lower bound and claims certainty. The prior keeps such a split from moving T far from 1
+    on little evidence while leaving a well-supported correction (T < 1 for the under-confident heads that
+    label smoothing produces, T > 1 for over-confident ones) mostly intact.
+
+    Both terms are convex in 1/T, so the objective is unimodal in log T: golden-section search on log T,
+    kept in [0.25, 10]. Hand-written because it is a few lines and needs no torch, so the ONNX engine can
+    reuse it. `prior_observations=0` gives the plain maximum-likelihood temperature.
     """
-    labels = np.asarray(labels)
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
     if len(labels) == 0:
-        return 1.0
-    lo, hi = math.log(0.25), math.log(10.0)
+        return 1.0  # no evidence: the prior's mode
+    if prior_observations < 0:
+        raise ValueError(f"prior_observations must be >= 0 (got {prior_observations})")
+    rows = np.arange(len(labels))
+    self_labels = softmax(logits)  # the pseudo-observations' soft labels
+
+    def objective(log_t: float) -> float:
+        z = logits / math.exp(log_t)
+        z = z - z.max(axis=1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        data = -log_p[rows, labels].sum()
+        prior = -(self_labels * log_p).sum(axis=1).mean() if prior_observations else 0.0
+        return float(data + prior_observations * prior)
+
+    lo, hi = (math.log(b) for b in TEMPERATURE_BOUNDS)
     ratio = (math.sqrt(5) - 1) / 2
-    f = lambda log_t: _nll(softmax(logits, math.exp(log_t)), labels)  # noqa: E731
-    a, b = lo + (1 - ratio) * (hi - lo), lo + ratio * (hi - lo)
-    fa, fb = f(a), f(b)
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = objective(a), objective(b)
     for _ in range(60):
         if fa < fb:
             hi, b, fb = b, a, fa
-            a = lo + (1 - ratio) * (hi - lo)
-            fa = f(a)
+            a = hi - ratio * (hi - lo)
+            fa = objective(a)
         else:
             lo, a, fa = a, b, fb
             b = lo + ratio * (hi - lo)
-            fb = f(b)
+            fb = objective(b)
     return float(math.exp((lo + hi) / 2))
 
 
