@@ -122,6 +122,8 @@ def _run_training(progress_enabled: bool, **settings):
 
 
 def _print_run(result, title: str) -> None:
+    if not result.is_main:
+        return  # with several processes, rank 0 speaks for the run
     out.print(_metrics_table(result.metrics, title))
     best = max(result.history, key=lambda r: (r["val_accuracy"], -r["val_loss"]))
     out.print(f"best epoch {best['epoch']} of {len(result.history)} (val accuracy {best['val_accuracy']:.4f}); "
@@ -142,7 +144,8 @@ def _print_run(result, title: str) -> None:
 def train_command(
     data: Annotated[Optional[Path], typer.Argument(help="DATA/{train,val,test}/<class>/* or DATA/<class>/*")
                     ] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="continue an interrupted run directory")] = None,
+    resume: Annotated[Optional[Path], typer.Option(
+        help="continue an interrupted run directory, on this command's --devices/--accelerator")] = None,
     backbone: Annotated[str, typer.Option(help="a registered backbone or timm:NAME")] = "efficientnet_lite0",
     mode: Annotated[str, typer.Option(help="features | finetune | auto")] = "features",
     epochs: Annotated[Optional[int], typer.Option(help="default: 30 features, 8 finetune")] = None,
@@ -169,6 +172,12 @@ def train_command(
     accelerator: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     extract_engine: Annotated[str, typer.Option(
         help="auto | torch | onnxruntime: the frozen forward pass of feature extraction")] = "auto",
+    devices: Annotated[int, typer.Option(help="processes per machine (CPU) or GPUs per machine")] = 1,
+    num_nodes: Annotated[int, typer.Option(help="machines (launch each with torchrun or `fabric run`)")] = 1,
+    strategy: Annotated[str, typer.Option(help="auto | ddp | fsdp (several processes)")] = "auto",
+    accumulate: Annotated[int, typer.Option(help="optimizer step every N batches (finetune)")] = 1,
+    sync_bn: Annotated[bool, typer.Option(help="synchronise BatchNorm statistics across processes (finetune)")
+                       ] = False,
     threshold: Annotated[float, typer.Option(help="confidence below which predictions are 'unsure'")] = 0.5,
     exclude: Annotated[Optional[Path], typer.Option(help="files to leave out (from `headstart check --fix-split`)")
                        ] = None,
@@ -182,7 +191,8 @@ def train_command(
     _setup_logging(verbose)
     with _friendly_errors():
         if resume is not None:
-            result = _run_training(progress, resume=str(resume))
+            result = _run_training(progress, resume=str(resume), accelerator=accelerator, devices=devices,
+                                   num_nodes=num_nodes, strategy=strategy, extract_engine=extract_engine)
             _print_run(result, f"resumed {resume}")
             return
         if data is None:
@@ -195,7 +205,8 @@ def train_command(
             label_smoothing=label_smoothing, class_weights=class_weights, early_stop=early_stop,
             augment=augment, views=views, unfreeze=unfreeze, stage_lr_mult=stage_lr_mult,
             gradual_unfreeze=gradual_unfreeze, freeze_bn=freeze_bn, image_size=image_size, precision=precision,
-            accelerator=accelerator, extract_engine=extract_engine, threshold=threshold, overwrite=overwrite,
+            accelerator=accelerator, extract_engine=extract_engine, devices=devices, num_nodes=num_nodes,
+            strategy=strategy, accumulate=accumulate, sync_bn=sync_bn, threshold=threshold, overwrite=overwrite,
             exclude=str(exclude) if exclude else None, report=report,
         )
         _print_run(result, f"{backbone} · {mode}")

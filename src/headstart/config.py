@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "TrainConfig"]
+__all__ = ["ENGINE_SETTINGS", "ConfigError", "TrainConfig"]
 
 MODES = ("features", "finetune", "auto")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -17,6 +17,9 @@ AUGMENTS = ("none", "light", "standard")
 TRI_STATE = ("auto", "on", "off")
 PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
 ACCELERATORS = ("auto", "cpu", "cuda")
+STRATEGIES = ("auto", "ddp", "fsdp")
+# Settings of the machine, not of the model: a resumed run may change them (another world size, a GPU).
+ENGINE_SETTINGS = ("accelerator", "devices", "num_nodes", "strategy", "num_workers", "extract_engine")
 EXTRACT_ENGINES = ("auto", "torch", "onnxruntime")  # headstart.onnx_forward.ENGINES, without importing torch
 
 
@@ -64,6 +67,10 @@ class TrainConfig:
     precision: str = "auto"
     accelerator: str = "auto"
     devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    accumulate: int = 1
+    sync_bn: bool = False
     extract_engine: str = "auto"
     num_workers: int | None = None
     threshold: float = 0.5
@@ -83,11 +90,13 @@ class TrainConfig:
         _one_of("precision", self.precision, PRECISIONS)
         _one_of("accelerator", self.accelerator, ACCELERATORS)
         _one_of("extract_engine", self.extract_engine, EXTRACT_ENGINES)
+        _one_of("strategy", self.strategy, STRATEGIES)
         if self.augment is not None:
             _one_of("augment", self.augment, AUGMENTS)
         if self.unfreeze not in ("last", "all") and not (self.unfreeze.isdigit() and int(self.unfreeze) > 0):
             raise ConfigError(f"unfreeze must be last, all or a positive number of stages (got {self.unfreeze!r})")
-        positive = {"batch_size": self.batch_size, "devices": self.devices}
+        positive = {"batch_size": self.batch_size, "devices": self.devices, "num_nodes": self.num_nodes,
+                    "accumulate": self.accumulate}
         if self.epochs is not None:
             positive["epochs"] = self.epochs
         if self.views is not None and self.mode == "features":
@@ -117,6 +126,11 @@ class TrainConfig:
             raise ConfigError("gradual_unfreeze needs --mode finetune or auto: features mode keeps the backbone frozen")
         if self.mode != "features" and self.unfreeze == "all" and self.views:
             raise ConfigError("views (cached augmented copies) needs a frozen part: not with --unfreeze all")
+        if self.strategy == "fsdp" and (self.mode == "features" or self.accelerator == "cpu"):
+            raise ConfigError("strategy fsdp shards a model being fine-tuned on GPUs: use --mode finetune on CUDA, "
+                              "or ddp")
+        if self.mode == "features" and (self.accumulate > 1 or self.sync_bn):
+            raise ConfigError("accumulate and sync_bn apply to fine-tuning: features mode trains only the head")
         if self.epochs is not None and self.warmup_epochs >= self.epochs:
             raise ConfigError(f"warmup_epochs ({self.warmup_epochs}) must be fewer than epochs ({self.epochs})")
 

@@ -105,8 +105,9 @@ def extract_features(backbone: nn.Module | FrozenBackbone, images: Sequence[Imag
 class FeatureCache:
     """Feature rows keyed by image content hash, one safetensors file per (model, transform, view) key."""
 
-    def __init__(self, root: Path | None = None):
+    def __init__(self, root: Path | None = None, *, writable: bool = True):
         self.root = (root or cache_root()) / "features"
+        self.writable = writable  # with several processes, only rank 0 writes; the others keep rows in memory
         self._memory: dict[str, dict[str, torch.Tensor]] = {}
 
     @staticmethod
@@ -142,6 +143,8 @@ class FeatureCache:
     def store(self, key: str, hashes: Sequence[str], features: torch.Tensor) -> None:
         rows = self._rows(key)
         rows.update({h: features[i] for i, h in enumerate(hashes)})
+        if not self.writable:
+            return
         from safetensors.torch import save
 
         ordered = list(rows)

@@ -62,9 +62,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint():
     saved = []
     best = BestCheckpoint(save=lambda state, row: saved.append(row["epoch"]))
 
-    class Fabric:  # the loop needs only backward and autocast from Fabric
+    class Fabric:  # one process: the loop needs only these from Fabric
+        world_size = 1
         backward = staticmethod(lambda loss: loss.backward())
         autocast = staticmethod(contextlib.nullcontext)
+        to_device = staticmethod(lambda batch: batch)
 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     trainer = Trainer(Fabric, model, optimizer, None, nn.CrossEntropyLoss(), callbacks=[best])

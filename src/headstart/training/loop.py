@@ -11,11 +11,13 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 
 import torch
 from torch import nn
 
 from headstart.training.callbacks import Callback
+from headstart.training.distributed import any_rank, gather_rows, reduce_sum
 from headstart.training.errors import NonFiniteLossError, TrainingInterrupted
 
 __all__ = ["NonFiniteLossError", "Trainer", "TrainingInterrupted", "evaluate_batches", "train_one_epoch"]
@@ -25,10 +27,14 @@ log = logging.getLogger(__name__)
 
 def train_one_epoch(model: nn.Module, batches: Iterable, optimizer, scheduler, loss_fn: Callable, fabric,
                     *, train_mode: Callable[[nn.Module], None] | None = None, channels_last: bool = False,
-                    should_stop: Callable[[], bool] = lambda: False) -> dict:
+                    should_stop: Callable[[], bool] = lambda: False, accumulate: int = 1,
+                    sharded: bool = False) -> dict:
     """One pass over `batches` of (inputs, labels). Returns loss, accuracy, images and seconds.
 
-    should_stop is polled between batches: a signal abandons the epoch (the last completed one is saved).
+    accumulate: optimizer steps every N batches (gradients of the first N-1 are not synced across ranks).
+    sharded: each rank holds a different share of the data, so the returned numbers are summed over ranks.
+    should_stop is polled between batches, by all ranks together when sharded: a signal abandons the epoch
+    (the last completed one is saved).
     """
     if train_mode is None:
         model.train()
@@ -36,33 +42,46 @@ def train_one_epoch(model: nn.Module, batches: Iterable, optimizer, scheduler, l
         train_mode(model)
     started = time.perf_counter()
     total_loss, correct, seen = 0.0, 0, 0
-    for inputs, labels in batches:
-        if should_stop():
+    count = len(batches) if hasattr(batches, "__len__") else None
+    optimizer.zero_grad(set_to_none=True)
+    for step, (inputs, labels) in enumerate(batches, start=1):
+        if any_rank(fabric, should_stop()) if sharded else should_stop():
             raise TrainingInterrupted("interrupted during an epoch")
+        inputs, labels = fabric.to_device((inputs, labels))  # a no-op for loaders that Fabric set up
         if channels_last and inputs.dim() == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        optimizer.zero_grad(set_to_none=True)
-        logits = model(inputs)
-        loss = loss_fn(logits.float(), labels)
-        if not math.isfinite(loss.item()):
-            raise NonFiniteLossError(f"the training loss became {loss.item()}: lower the learning rate "
-                                     f"(--lr) or check the data; the last good checkpoint is kept")
-        fabric.backward(loss)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
+        boundary = step % accumulate == 0 or step == count
+        skip_sync = fabric.no_backward_sync(model, enabled=not boundary) if accumulate > 1 else nullcontext()
+        with skip_sync:
+            logits = model(inputs)
+            loss = loss_fn(logits.float(), labels)
+            if not math.isfinite(loss.item()):
+                raise NonFiniteLossError(f"the training loss became {loss.item()}: lower the learning rate "
+                                         f"(--lr) or check the data; the last good checkpoint is kept")
+            fabric.backward(loss / accumulate)
+        if boundary:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if scheduler is not None:
+                scheduler.step()
         total_loss += loss.item() * len(labels)
         correct += int((logits.argmax(1) == labels).sum())
         seen += len(labels)
     seconds = time.perf_counter() - started
-    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1), "images": seen,
+    if sharded:
+        total_loss, correct, seen = reduce_sum(fabric, total_loss, correct, seen)
+    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1), "images": int(seen),
             "seconds": seconds}
 
 
 @torch.no_grad()
 def evaluate_batches(model: nn.Module, batches: Iterable, loss_fn: Callable, fabric, *,
-                     channels_last: bool = False) -> dict:
-    """Loss and accuracy over `batches`, with the logits and labels (on the CPU) for further metrics."""
+                     channels_last: bool = False, sharded: bool = False) -> dict:
+    """Loss and accuracy over `batches`, with the logits and labels (on the CPU) for further metrics.
+
+    sharded: each rank holds its strided share (distributed.shard_indices) of the split; the logits of all
+    ranks are gathered in the split's order, so every rank computes the metrics of the whole split.
+    """
     model.eval()
     all_logits, all_labels = [], []
     for inputs, labels in batches:
@@ -74,6 +93,9 @@ def evaluate_batches(model: nn.Module, batches: Iterable, loss_fn: Callable, fab
         all_labels.append(labels.cpu())
     logits = torch.cat(all_logits) if all_logits else torch.empty(0, 0)
     labels = torch.cat(all_labels) if all_labels else torch.empty(0, dtype=torch.long)
+    if sharded:
+        n = int(reduce_sum(fabric, len(labels))[0])
+        logits, labels = gather_rows(fabric, logits, n), gather_rows(fabric, labels, n)
     loss = float(loss_fn(logits, labels)) if len(labels) else 0.0
     accuracy = float((logits.argmax(1) == labels).float().mean()) if len(labels) else 0.0
     return {"loss": loss, "accuracy": accuracy, "logits": logits, "labels": labels}
@@ -86,7 +108,7 @@ class Trainer:
                  callbacks: list[Callback] = (), train_mode: Callable[[nn.Module], None] | None = None,
                  channels_last: bool = False, on_epoch: Callable[[dict], None] | None = None,
                  generators: list[torch.Generator] = (), phase: str = "train",
-                 should_stop: Callable[[], bool] = lambda: False):
+                 should_stop: Callable[[], bool] = lambda: False, accumulate: int = 1, sharded: bool = False):
         self.fabric = fabric
         self.model = model
         self.optimizer = optimizer
@@ -99,6 +121,8 @@ class Trainer:
         self.generators = list(generators)  # data-order RNGs, saved with the state so a resume replays them
         self.phase = phase
         self.interrupted = should_stop
+        self.accumulate = accumulate
+        self.sharded = sharded  # each rank trains and evaluates its own share (DDP); else all see all data
         self.history: list[dict] = []
         self.should_stop = False
         self.epoch = 0
@@ -122,7 +146,13 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.module.load_state_dict(state["model"])
+        # Frozen modules may differ between the saving and the resuming run: a cached frozen prefix is swapped
+        # for Identity (training/prefix.py) on one process but not on several. Their weights are the
+        # pretrained ones either way; every trainable parameter must be in the state.
+        missing, _ = self.module.load_state_dict(state["model"], strict=False)
+        trainable = {name for name, p in self.module.named_parameters() if p.requires_grad}
+        if trainable & set(missing):
+            raise KeyError(f"the resume state lacks trainable weights: {sorted(trainable & set(missing))[:3]}")
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"]:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -140,10 +170,14 @@ class Trainer:
         while self.epoch < epochs and not self.should_stop:
             for cb in self.callbacks:
                 cb.on_epoch_start(self, self.epoch)
+            sampler = getattr(train_batches, "sampler", None)
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(self.epoch)  # DistributedSampler: a new shuffle each epoch, the same on all ranks
             train = train_one_epoch(self.model, train_batches, self.optimizer, self.scheduler, self.loss_fn,
                                     self.fabric, train_mode=self.train_mode, channels_last=self.channels_last,
-                                    should_stop=self.interrupted)
-            val = evaluate_batches(self.model, val_batches, val_loss, self.fabric, channels_last=self.channels_last)
+                                    should_stop=self.interrupted, accumulate=self.accumulate, sharded=self.sharded)
+            val = evaluate_batches(self.model, val_batches, val_loss, self.fabric, channels_last=self.channels_last,
+                                   sharded=self.sharded)
             row = {"epoch": self.epoch + 1, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
                    "val_loss": val["loss"], "val_accuracy": val["accuracy"], "seconds": train["seconds"],
                    "images_per_second": train["images"] / max(train["seconds"], 1e-9),
@@ -156,6 +190,6 @@ class Trainer:
                      row["train_loss"], row["train_accuracy"], row["val_loss"], row["val_accuracy"], row["seconds"])
             if self.on_epoch is not None:
                 self.on_epoch(row)
-            if self.interrupted():
+            if any_rank(self.fabric, self.interrupted()):
                 raise TrainingInterrupted(f"interrupted after epoch {self.epoch}")
         return self.history

@@ -18,6 +18,7 @@ from headstart.data.transforms import eval_transform, train_transform, transform
 from headstart.device import autocast
 from headstart.features import FeatureCache, FrozenBackbone, extract_features, view_seed
 from headstart.training.callbacks import BestCheckpoint, EarlyStopping, ResumeCheckpoint, UnfreezeSchedule
+from headstart.training.distributed import gather_objects, gather_rows, shard_indices
 from headstart.training.loop import Trainer, evaluate_batches
 from headstart.training.prefix import find_frozen_prefix
 from headstart.training.schedules import build_optimizer, build_scheduler
@@ -26,6 +27,7 @@ __all__ = ["FitResult", "RunContext", "fit_features", "fit_finetune", "freeze_bn
 
 log = logging.getLogger(__name__)
 
+IDS_IN_SUMMARY = 10_000  # up to this many, summary.json lists which rank extracted which image (content hash)
 SATURATED_ACCURACY = 0.99  # auto mode: above this val accuracy, fine-tuning has nothing left to gain
 
 
@@ -50,6 +52,15 @@ class RunContext:
     save_resume: object = None
     resume_state: dict | None = None
     should_stop: object = lambda: False
+    extracted_ids: list[str] = field(default_factory=list)  # content hashes this rank computed features for
+
+    @property
+    def world(self) -> int:
+        return self.fabric.world_size
+
+    @property
+    def rank(self) -> int:
+        return self.fabric.global_rank
 
 
 @dataclass
@@ -77,11 +88,15 @@ def _split_features(ctx: RunContext, backbone: FrozenBackbone, split: str, prese
     key = FeatureCache.key(ctx.model_id, transform_key(ctx.preprocessing, preset), view, seed, ctx.precision)
 
     def compute(indices: list[int]) -> torch.Tensor:
-        seeds = None if seed is None else [view_seed(seed, view, decoded.hashes[i]) for i in indices]
-        return extract_features(
-            backbone, [decoded.images[i] for i in indices], transform, seeds=seeds,
+        # Each rank extracts its strided share of the missing images, then all ranks gather the whole table.
+        mine = [indices[p] for p in shard_indices(len(indices), ctx.rank, ctx.world)]
+        ctx.extracted_ids.extend(decoded.hashes[i] for i in mine)
+        seeds = None if seed is None else [view_seed(seed, view, decoded.hashes[i]) for i in mine]
+        local = extract_features(
+            backbone, [decoded.images[i] for i in mine], transform, seeds=seeds,
             progress=lambda d, t: _report(ctx, f"features {split}" + (f" view {view}" if view else ""), d, t),
-        )
+        ) if mine else torch.empty(0, ctx.spec.in_features)
+        return gather_rows(ctx.fabric, local, len(indices))
 
     return ctx.cache.features_for(key, decoded.hashes, compute)
 
@@ -140,7 +155,8 @@ def fit_features(ctx: RunContext, *, epochs: int, lr: float, augment: str, views
     optimizer = build_optimizer([{"params": list(head.parameters()), "lr": lr}], _with_lr(cfg, lr))
     scheduler = build_scheduler(optimizer, _with_lr(cfg, lr), len(train_loader), epochs)
     model, optimizer = ctx.fabric.setup(head, optimizer)
-    train_loader, val_loader = ctx.fabric.setup_dataloaders(train_loader, val_loader)
+    # Every rank holds every feature and trains the same head on all of them: the result is the 1-process one.
+    train_loader, val_loader = ctx.fabric.setup_dataloaders(train_loader, val_loader, use_distributed_sampler=False)
     best, callbacks = _callbacks(ctx)
     trainer = Trainer(ctx.fabric, model, optimizer, scheduler, _loss(ctx), callbacks=callbacks,
                       on_epoch=ctx.on_epoch, generators=generators, phase="features", should_stop=ctx.should_stop)
@@ -150,9 +166,14 @@ def fit_features(ctx: RunContext, *, epochs: int, lr: float, augment: str, views
         logits = {}
         for split in features:
             loader = ctx.fabric.setup_dataloaders(_loader(TensorDataset(features[split], labels[split]), 256,
-                                                          False, 0))
+                                                          False, 0), use_distributed_sampler=False)
             logits[split] = evaluate_batches(model, loader, nn.CrossEntropyLoss(), ctx.fabric)["logits"]
-    return FitResult(history, logits, labels, {"computed": computed, "total": total, "engine": backbone.engine})
+    ids_by_rank = gather_objects(ctx.fabric, ctx.extracted_ids)
+    extraction = {"computed": computed, "total": total, "engine": backbone.engine, "world_size": ctx.world,
+                  "computed_by_rank": [len(ids) for ids in ids_by_rank]}
+    if computed <= IDS_IN_SUMMARY:
+        extraction["ids_by_rank"] = ids_by_rank
+    return FitResult(history, logits, labels, extraction)
 
 
 @contextlib.contextmanager
@@ -274,7 +295,13 @@ def fit_finetune(ctx: RunContext, *, epochs: int) -> FitResult:
     if channels_last:
         ctx.net.to(memory_format=torch.channels_last)
     prefix = None
-    if cfg.unfreeze != "all" and cfg.views:
+    if ctx.world > 1:
+        # Each rank sees other images every epoch (DistributedSampler), so a per-rank prefix cache would have
+        # to hold every image anyway: with many processes, epochs run on images.
+        log.info("fine-tuning on %d processes: epochs run on images (no frozen-prefix cache)", ctx.world)
+        if cfg.sync_bn:
+            ctx.net = nn.SyncBatchNorm.convert_sync_batchnorm(ctx.net)
+    elif cfg.unfreeze != "all" and cfg.views:
         size = ctx.preprocessing.crop_size
         # A local generator: probing must not move the global RNG that dropout draws from.
         sample = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(ctx.accelerator)
@@ -287,17 +314,17 @@ def fit_finetune(ctx: RunContext, *, epochs: int) -> FitResult:
         bypass = contextlib.nullcontext()
     with bypass:
         optimizer = build_optimizer(groups, cfg)
-        scheduler = build_scheduler(optimizer, cfg, len(train_batches), epochs)
+        scheduler = build_scheduler(optimizer, cfg, -(-len(train_batches) // cfg.accumulate), epochs)
         model, optimizer = ctx.fabric.setup(ctx.net, optimizer)
         best, callbacks = _callbacks(ctx, callbacks_extra)
         trainer = Trainer(ctx.fabric, model, optimizer, scheduler, _loss(ctx), callbacks=callbacks,
                           train_mode=_train_mode(freeze_bn_wanted(cfg)), channels_last=channels_last,
                           on_epoch=ctx.on_epoch, generators=generators, phase="finetune",
-                          should_stop=ctx.should_stop)
+                          should_stop=ctx.should_stop, accumulate=cfg.accumulate, sharded=ctx.world > 1)
         history = _run_trainer(ctx, trainer, train_batches, eval_batches["val"], epochs)
         ctx.net.load_state_dict(best.best_state)
         logits = {split: evaluate_batches(model, batches, nn.CrossEntropyLoss(), ctx.fabric,
-                                          channels_last=channels_last)["logits"]
+                                          channels_last=channels_last, sharded=ctx.world > 1)["logits"]
                   for split, batches in eval_batches.items()}
     ctx.net.to(memory_format=torch.contiguous_format)
     return FitResult(history, logits, labels, {"prefix_cached": prefix is not None})
@@ -319,14 +346,27 @@ def _cached_batches(ctx: RunContext, prefix):
 
 
 def _image_batches(ctx: RunContext):
+    """Loaders of decoded images. With several processes, each rank trains on the DistributedSampler's share
+    (reshuffled per epoch by the Trainer's set_epoch) and evaluates its strided share, gathered afterwards."""
     cfg = ctx.cfg
     workers = cfg.num_workers if cfg.num_workers is not None else 0
-    train_loader = _loader(_ImageDataset(ctx.decoded["train"], train_transform(ctx.preprocessing, cfg.augment)),
-                           cfg.batch_size, True, cfg.seed, workers)
-    generators = [train_loader.generator]
+    train_set = _ImageDataset(ctx.decoded["train"], train_transform(ctx.preprocessing, cfg.augment))
     eval_tf = eval_transform(ctx.preprocessing)
-    evals = {s: _loader(_ImageDataset(d, eval_tf), 64, False, 0, workers) for s, d in ctx.decoded.items()}
-    train_loader = ctx.fabric.setup_dataloaders(train_loader)
-    evals = {s: ctx.fabric.setup_dataloaders(loader) for s, loader in evals.items()}
+    eval_sets = {s: _ImageDataset(d, eval_tf) for s, d in ctx.decoded.items()}
     labels = {s: torch.tensor(d.labels, dtype=torch.long) for s, d in ctx.decoded.items()}
-    return train_loader, evals, labels, generators
+    if ctx.world == 1:
+        train_loader = _loader(train_set, cfg.batch_size, True, cfg.seed, workers)
+        evals = {s: ctx.fabric.setup_dataloaders(_loader(d, 64, False, 0, workers)) for s, d in eval_sets.items()}
+        return ctx.fabric.setup_dataloaders(train_loader), evals, labels, [train_loader.generator]
+    from torch.utils.data import DistributedSampler, Subset
+
+    # Not wrapped by Fabric: its loader would reset the sampler's epoch to its own count, which a resumed
+    # run does not share. The Trainer sets the epoch; batches move to the device in train_one_epoch.
+    sampler = DistributedSampler(train_set, num_replicas=ctx.world, rank=ctx.rank, shuffle=True, seed=cfg.seed)
+    # --batch-size is the global batch, as with one process: the same command gives the same optimisation.
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size // ctx.world, sampler=sampler, num_workers=workers,
+                              persistent_workers=workers > 0)
+    evals = {s: ctx.fabric.setup_dataloaders(
+        _loader(Subset(d, shard_indices(len(d), ctx.rank, ctx.world)), 64, False, 0, workers),
+        use_distributed_sampler=False) for s, d in eval_sets.items()}
+    return train_loader, evals, labels, []

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from headstart.artifact import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
-from headstart.config import ConfigError, TrainConfig
+from headstart.config import ENGINE_SETTINGS, ConfigError, TrainConfig
 
 __all__ = ["RunResult", "prepare_run_dir", "train"]
 
@@ -34,6 +34,7 @@ class RunResult:
     skipped: list[tuple[str, str]]
     seconds: float
     config: TrainConfig
+    is_main: bool = True  # False in the other processes of a multi-process run: rank 0 wrote the run
 
     def load(self, **kwargs):
         from headstart.predict import load
@@ -145,9 +146,10 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
     """
     started = time.perf_counter()
     if resume is not None:
-        if data is not None or settings or config is not None:
-            raise ConfigError("resume takes only the run directory: its settings come from its config.json")
-        config = TrainConfig.from_json(Path(resume) / "config.json")
+        if data is not None or set(settings) - set(ENGINE_SETTINGS) or config is not None:
+            raise ConfigError("resume takes the run directory, whose config.json holds the settings, and only "
+                              f"these engine settings: {', '.join(ENGINE_SETTINGS)}")
+        config = dataclasses.replace(TrainConfig.from_json(Path(resume) / "config.json"), **settings)
     if config is None:
         try:
             config = TrainConfig(data=str(data), **settings)
@@ -166,9 +168,25 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
     from headstart.evaluate import classification_metrics, fit_temperature
     from headstart.features import FeatureCache
     from headstart.training.checkpoint import InterruptGuard, load_resume, save_checkpoint, save_model, save_resume
+    from headstart.training.distributed import make_fabric
     from headstart.training.errors import TrainingInterrupted
     from headstart.training.modes import SATURATED_ACCURACY, RunContext, fit_features, fit_finetune
 
+    if cfg.gradual_unfreeze and cfg.devices * cfg.num_nodes > 1:
+        raise ConfigError("gradual_unfreeze changes which parameters train mid-run, which DDP cannot follow: "
+                          "use one process, or --unfreeze N")
+    world = cfg.devices * cfg.num_nodes
+    if cfg.mode != "features" and cfg.batch_size % world:
+        raise ConfigError(f"batch_size {cfg.batch_size} is the global batch: it must divide evenly over "
+                          f"{world} processes")
+    accelerator = resolve_accelerator(cfg.accelerator)
+    precision = resolve_precision(cfg.precision, accelerator)
+    fabric = make_fabric(accelerator=accelerator, precision=precision, devices=cfg.devices,
+                         num_nodes=cfg.num_nodes, strategy=cfg.strategy)
+    fabric.launch()  # with several local processes, this starts the others: each runs this same function
+    rank0 = fabric.global_rank == 0
+    if not rank0:  # one console voice: the other ranks only report errors
+        logging.getLogger("headstart").setLevel(logging.ERROR)
     spec = get_spec(cfg.backbone)
     preprocessing = spec.preprocessing if cfg.image_size is None else spec.preprocessing.with_crop(cfg.image_size)
     excluded = load_exclusions(cfg.exclude, cfg.data) if cfg.exclude else set()
@@ -186,23 +204,23 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
     else:
         resume_state = None
         dataset = discover(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, exclude=excluded)
-        run_dir = prepare_run_dir(cfg)
+        # Rank 0 names and creates the folder (a default name counts up), the others take its choice.
+        run_dir = Path(fabric.broadcast(str(prepare_run_dir(cfg)) if rank0 else "", src=0))
     # train.log gets INFO whatever the console shows; console handlers filter by their own level.
     package_logger = logging.getLogger("headstart")
     old_level = package_logger.level
-    if package_logger.getEffectiveLevel() > logging.INFO:
+    if rank0 and package_logger.getEffectiveLevel() > logging.INFO:
         package_logger.setLevel(logging.INFO)
-    handler = logging.FileHandler(run_dir / "train.log")
+    handler = logging.FileHandler(run_dir / "train.log") if rank0 else logging.NullHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     package_logger.addHandler(handler)
     guard = InterruptGuard()
     try:
         guard.__enter__()
-        if resume is None:
-            atomic_write_json(run_dir / "config.json", cfg.to_dict())
-            atomic_write_json(run_dir / "split.json", dataset.split_record(cfg.seed, cfg.val_fraction))
-        accelerator = resolve_accelerator(cfg.accelerator)
-        precision = resolve_precision(cfg.precision, accelerator)
+        if rank0:
+            atomic_write_json(run_dir / "config.json", cfg.to_dict())  # on resume: the engine settings used now
+            if resume is None:
+                atomic_write_json(run_dir / "split.json", dataset.split_record(cfg.seed, cfg.val_fraction))
         torch.manual_seed(cfg.seed)
         net = build_network(spec, len(dataset.classes), weights=cfg.weights, dropout=cfg.dropout)
         decoded = {}
@@ -211,21 +229,19 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
                 items, short_side=preprocessing.resize_size, interpolation=preprocessing.interpolation,
                 progress=(lambda d, t, s=split: progress(f"decode {s}", d, t)) if progress else None,
             )
-        _refuse_leakage(decoded, cfg.data, run_dir if resume is None else None)
+        _refuse_leakage(decoded, cfg.data, run_dir if resume is None and rank0 else None)
         skipped = [f for d in decoded.values() for f in d.failures]
         if not decoded["train"].labels or not decoded["val"].labels:
             raise ConfigError("no readable images left in train or val after skipping unreadable files")
 
-        from lightning_fabric import Fabric
-
-        fabric = Fabric(accelerator=accelerator, devices=cfg.devices, precision=precision)
         ctx = RunContext(
             cfg=cfg, spec=spec, preprocessing=preprocessing, net=net, decoded=decoded,
             class_weights=_class_weights(decoded["train"].labels, len(dataset.classes), cfg.class_weights),
             fabric=fabric, accelerator=accelerator, precision=precision, model_id=_model_id(cfg, spec),
-            cache=FeatureCache(), progress=progress, on_epoch=on_epoch,
-            save_checkpoint=lambda state, row: save_checkpoint(run_dir, state, row),
-            save_resume=lambda state: save_resume(run_dir, state), resume_state=resume_state, should_stop=guard,
+            cache=FeatureCache(writable=rank0), progress=progress if rank0 else None, on_epoch=on_epoch,
+            save_checkpoint=(lambda state, row: save_checkpoint(run_dir, state, row)) if rank0 else None,
+            save_resume=(lambda state: save_resume(run_dir, state)) if rank0 else None,
+            resume_state=resume_state, should_stop=guard,
         )
         if cfg.mode == "finetune":
             result = fit_finetune(ctx, epochs=cfg.epochs)
@@ -256,43 +272,46 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
         }
         metrics.pop("train", None)
         seconds = time.perf_counter() - started
-        manifest = save_model(run_dir, net, {
-            "backbone": spec.name,
-            "weight_source": {"kind": "file", "path": str(cfg.weights)} if cfg.weights
-            else dataclasses.asdict(spec.weights),
-            "classes": dataset.classes,
-            "preprocessing": preprocessing.to_dict(),
-            "head": {"type": "dropout_linear", "in_features": spec.in_features,
-                     "num_classes": len(dataset.classes), "dropout": cfg.dropout},
-            "temperature": temperature,
-            "threshold": cfg.threshold,
-            "mode": cfg.mode,
-            "parameters": count_parameters(net),
-            "metrics": {s: {"accuracy": m["accuracy"], "loss": m["loss"]} for s, m in metrics.items()},
-        })
-        atomic_write_json(run_dir / "metrics.json", metrics)
-        _save_logits(run_dir, decoded, result.logits)
-        atomic_write_text(run_dir / "history.csv", _history_csv(result.history))
-        summary = {
-            "data": dataset.root, "classes": dataset.classes,
-            "counts": {split: {name: d.labels.count(i) for i, name in enumerate(dataset.classes)}
-                       for split, d in decoded.items()},
-            "split_origin": dataset.split_origin, "notes": dataset.notes,
-            "warnings": [{"code": p.code, "message": p.message, "paths": p.paths} for p in warnings],
-            "excluded": sorted(excluded),
-            "skipped": [{"path": p, "reason": r} for p, r in skipped],
-            "backbone": spec.name, "mode": cfg.mode, "accelerator": accelerator, "precision": precision,
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "extraction": result.extraction, "seconds": seconds,
-            "epochs_run": len(result.history), "weights_bytes": manifest["weights_bytes"],
-        }
-        atomic_write_json(run_dir / "summary.json", summary)
-        if cfg.report:
-            _write_report(run_dir, cfg.data)
-        for leftover in ("checkpoint.safetensors", "resume.pt"):
-            (run_dir / leftover).unlink(missing_ok=True)
+        if rank0:  # one writer: every rank holds the same model and metrics
+            manifest = save_model(run_dir, net, {
+                "backbone": spec.name,
+                "weight_source": {"kind": "file", "path": str(cfg.weights)} if cfg.weights
+                else dataclasses.asdict(spec.weights),
+                "classes": dataset.classes,
+                "preprocessing": preprocessing.to_dict(),
+                "head": {"type": "dropout_linear", "in_features": spec.in_features,
+                         "num_classes": len(dataset.classes), "dropout": cfg.dropout},
+                "temperature": temperature,
+                "threshold": cfg.threshold,
+                "mode": cfg.mode,
+                "parameters": count_parameters(net),
+                "metrics": {s: {"accuracy": m["accuracy"], "loss": m["loss"]} for s, m in metrics.items()},
+            })
+            atomic_write_json(run_dir / "metrics.json", metrics)
+            _save_logits(run_dir, decoded, result.logits)
+            atomic_write_text(run_dir / "history.csv", _history_csv(result.history))
+            summary = {
+                "data": dataset.root, "classes": dataset.classes,
+                "counts": {split: {name: d.labels.count(i) for i, name in enumerate(dataset.classes)}
+                           for split, d in decoded.items()},
+                "split_origin": dataset.split_origin, "notes": dataset.notes,
+                "warnings": [{"code": p.code, "message": p.message, "paths": p.paths} for p in warnings],
+                "excluded": sorted(excluded),
+                "skipped": [{"path": p, "reason": r} for p, r in skipped],
+                "backbone": spec.name, "mode": cfg.mode, "accelerator": accelerator, "precision": precision,
+                "torch": torch.__version__, "threads": torch.get_num_threads(), "world_size": fabric.world_size,
+                "strategy": type(fabric.strategy).__name__,
+                "extraction": result.extraction, "seconds": seconds,
+                "epochs_run": len(result.history), "weights_bytes": manifest["weights_bytes"],
+            }
+            atomic_write_json(run_dir / "summary.json", summary)
+            if cfg.report:
+                _write_report(run_dir, cfg.data)
+            for leftover in ("checkpoint.safetensors", "resume.pt"):
+                (run_dir / leftover).unlink(missing_ok=True)
+        fabric.barrier()  # the other ranks return once the run directory is complete
         log.info("run written to %s in %.1fs", run_dir, seconds)
-        return RunResult(run_dir, metrics, result.history, dataset.classes, skipped, seconds, cfg)
+        return RunResult(run_dir, metrics, result.history, dataset.classes, skipped, seconds, cfg, rank0)
     except TrainingInterrupted as exc:
         log.warning("%s; the last completed epoch is saved: resume with `headstart train --resume %s`", exc, run_dir)
         raise TrainingInterrupted(f"{exc}; resume with `headstart train --resume {run_dir}`") from None
