@@ -1,13 +1,14 @@
-"""Batched feature extraction (channels_last + bf16 where faster) and the content-keyed feature cache.
+"""Batched feature extraction (ONNX Runtime or channels_last + bf16, whichever is faster) and the feature cache.
 
 Features mode pays for one backbone forward pass per image (per augmented view), ever: the pooled features
-are cached in memory and on disk under a key of backbone + weights + transform + view + file content, so a
-second run, another head, or a resumed run costs no extraction at all.
+are cached on disk in fp16 shards under a key of backbone + weights + transform + view and the file's
+content, so a second run, another head, or a resumed run costs no extraction at all.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -15,16 +16,20 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from torch.utils.data import Dataset
 
-from headstart.artifact import atomic_write_bytes
+from headstart.artifact import atomic_write_bytes, atomic_write_json
 from headstart.device import autocast
 
-__all__ = ["FeatureCache", "FrozenBackbone", "cache_root", "extract_features", "view_seed"]
+__all__ = ["SHARD_ROWS", "FeatureCache", "FeatureRows", "FrozenBackbone", "cache_root", "extract_features", "view_seed"]
 
 log = logging.getLogger(__name__)
+
+SHARD_ROWS = 1024  # rows per cache shard: 2.6 MB at 1280 fp16 features; what an interruption can lose
 
 
 def cache_root() -> Path:
@@ -103,63 +108,100 @@ def extract_features(backbone: nn.Module | FrozenBackbone, images: Sequence[Imag
 
 
 class FeatureCache:
-    """Feature rows keyed by image content hash, one safetensors file per (model, transform, view) key."""
+    """Pooled features on disk: rows keyed by image content hash, in fp16 shards read through memory maps.
 
-    def __init__(self, root: Path | None = None, *, writable: bool = True):
+    Layout: ROOT/features/<key>/<shard>.npy ([n, D], fp16) and <shard>.json (the n content hashes). The array
+    is written first, then its hash list, each atomically, so a shard is visible only once complete. Shards are
+    only ever added: each process writes the rows it computed, as it goes (`SHARD_ROWS` at a time), so an
+    interrupted extraction keeps what it finished, several processes never write the same file, and a
+    million rows are read back through the page cache instead of being held in memory.
+    """
+
+    def __init__(self, root: Path | None = None):
         self.root = (root or cache_root()) / "features"
-        self.writable = writable  # with several processes, only rank 0 writes; the others keep rows in memory
-        self._memory: dict[str, dict[str, torch.Tensor]] = {}
+        self._index: dict[str, dict[str, tuple[str, int]]] = {}  # key -> content hash -> (shard, row)
+        self._indexed: dict[str, set[str]] = {}  # key -> shard names already read into the index
+        self._arrays: dict[Path, np.ndarray] = {}
 
     @staticmethod
     def key(model_id: str, transform_key: str, view: int, seed: int | None, precision: str) -> str:
         text = json.dumps([model_id, transform_key, view, seed, precision])
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
-    def _file(self, key: str) -> Path:
-        return self.root / f"{key}.safetensors"
+    def refresh(self, key: str) -> dict[str, tuple[str, int]]:
+        """The index of `key`, including shards that other processes have written since the last call."""
+        index, indexed = self._index.setdefault(key, {}), self._indexed.setdefault(key, set())
+        folder = self.root / key
+        for meta in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            if meta.stem in indexed:
+                continue
+            indexed.add(meta.stem)
+            try:
+                hashes = json.loads(meta.read_text())["hashes"]
+            except (OSError, ValueError, KeyError) as exc:  # a damaged shard is only a lost speed-up
+                log.warning("ignoring unreadable feature shard %s: %s", meta, exc)
+                continue
+            for row, digest in enumerate(hashes):
+                index.setdefault(digest, (meta.stem, row))
+        return index
 
-    def _rows(self, key: str) -> dict[str, torch.Tensor]:
-        if key not in self._memory:
-            rows: dict[str, torch.Tensor] = {}
-            path = self._file(key)
-            if path.is_file():
-                from safetensors import safe_open
+    def missing(self, key: str, hashes: Sequence[str]) -> list[int]:
+        """Positions of the hashes with no cached row (the first position of a repeated hash only)."""
+        index, seen, out = self.refresh(key), set(), []
+        for i, digest in enumerate(hashes):
+            if digest not in index and digest not in seen:
+                seen.add(digest)
+                out.append(i)
+        return out
 
-                try:
-                    with safe_open(str(path), framework="pt") as f:
-                        hashes = json.loads(f.metadata()["hashes"])
-                        table = f.get_tensor("features")
-                    rows = {h: table[i] for i, h in enumerate(hashes)}
-                except Exception as exc:  # a damaged cache file is only a lost speed-up
-                    log.warning("ignoring unreadable feature cache %s: %s", path, exc)
-            self._memory[key] = rows
-        return self._memory[key]
+    def write(self, key: str, hashes: Sequence[str], features: torch.Tensor) -> None:
+        """One shard of rows. Its name comes from its rows, so writing the same rows again is harmless."""
+        values = features.float().numpy()
+        with np.errstate(over="ignore"):
+            array = values.astype(np.float16)
+        if not np.isfinite(array).all() and np.isfinite(values).all():
+            array = values  # beyond fp16's range: keep this shard in fp32 rather than store infinities
+        folder = self.root / key
+        folder.mkdir(parents=True, exist_ok=True)
+        name = hashlib.sha1("\n".join(hashes).encode()).hexdigest()[:24]
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        atomic_write_bytes(folder / f"{name}.npy", buffer.getvalue())
+        atomic_write_json(folder / f"{name}.json", {"hashes": list(hashes), "dtype": str(array.dtype)})
 
-    def lookup(self, key: str, hashes: Sequence[str]) -> tuple[dict[int, torch.Tensor], list[int]]:
-        rows = self._rows(key)
-        found = {i: rows[h] for i, h in enumerate(hashes) if h in rows}
-        return found, [i for i in range(len(hashes)) if i not in found]
+    def rows(self, key: str, hashes: Sequence[str], labels: Sequence[int] | None = None) -> FeatureRows:
+        """The cached rows of `hashes`, in order, as a dataset read from the shards on demand."""
+        index = self.refresh(key)
+        places = [index[h] for h in hashes]
+        names = sorted({shard for shard, _ in places})
+        number = {name: i for i, name in enumerate(names)}
+        arrays = [self._array(self.root / key / f"{name}.npy") for name in names]
+        return FeatureRows(arrays, np.array([number[s] for s, _ in places], dtype=np.int64),
+                           np.array([r for _, r in places], dtype=np.int64), labels)
 
-    def store(self, key: str, hashes: Sequence[str], features: torch.Tensor) -> None:
-        rows = self._rows(key)
-        rows.update({h: features[i] for i, h in enumerate(hashes)})
-        if not self.writable:
-            return
-        from safetensors.torch import save
+    def _array(self, path: Path) -> np.ndarray:
+        if path not in self._arrays:
+            self._arrays[path] = np.load(path, mmap_mode="r")
+        return self._arrays[path]
 
-        ordered = list(rows)
-        table = torch.stack([rows[h] for h in ordered]).contiguous()
-        self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self._file(key), save({"features": table}, metadata={"hashes": json.dumps(ordered)}))
 
-    def features_for(self, key: str, hashes: Sequence[str], compute: Callable[[list[int]], torch.Tensor]
-                     ) -> tuple[torch.Tensor, int]:
-        """Rows for `hashes`, computing only the missing ones with compute(indices). Returns (table, computed)."""
-        found, missing = self.lookup(key, hashes)
-        if missing:
-            fresh = compute(missing)
-            self.store(key, [hashes[i] for i in missing], fresh)
-            found.update({i: fresh[j] for j, i in enumerate(missing)})
-        if not hashes:
-            return torch.empty(0), 0
-        return torch.stack([found[i] for i in range(len(hashes))]), len(missing)
+class FeatureRows(Dataset):
+    """Rows of the feature cache for one split: (features, label) items read from memory-mapped shards."""
+
+    def __init__(self, arrays: list[np.ndarray], shards: np.ndarray, rows: np.ndarray,
+                 labels: Sequence[int] | None = None):
+        self.arrays, self.shards, self.rows = arrays, shards, rows
+        self.labels = torch.as_tensor(list(labels) if labels is not None else [-1] * len(rows), dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        row = self.arrays[self.shards[i]][self.rows[i]]
+        return torch.from_numpy(np.array(row, dtype=np.float32)), self.labels[i]  # a copy: the map is read-only
+
+    def table(self) -> torch.Tensor:
+        """Every row in memory as float32 [N, D]: for small splits and tests."""
+        if not len(self):
+            return torch.empty(0)
+        return torch.stack([self[i][0] for i in range(len(self))])

@@ -8,17 +8,18 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from headstart import features
 from headstart.backbones.model import HeadstartNet, count_parameters, freeze_backbone, stage_parameters
 from headstart.backbones.registry import BackboneSpec, Preprocessing
 from headstart.config import TrainConfig
 from headstart.data.loading import DecodedSplit
 from headstart.data.transforms import eval_transform, train_transform, transform_key
 from headstart.device import autocast
-from headstart.features import FeatureCache, FrozenBackbone, extract_features, view_seed
+from headstart.features import FeatureCache, FeatureRows, FrozenBackbone, extract_features, view_seed
 from headstart.training.callbacks import BestCheckpoint, EarlyStopping, ResumeCheckpoint, UnfreezeSchedule
-from headstart.training.distributed import gather_objects, gather_rows, shard_indices
+from headstart.training.distributed import gather_objects, shard_indices
 from headstart.training.loop import Trainer, evaluate_batches
 from headstart.training.prefix import find_frozen_prefix
 from headstart.training.schedules import build_optimizer, build_scheduler
@@ -81,24 +82,26 @@ def _report(ctx: RunContext, task: str, done: int, total: int) -> None:
 
 
 def _split_features(ctx: RunContext, backbone: FrozenBackbone, split: str, preset: str, view: int
-                    ) -> tuple[torch.Tensor, int]:
+                    ) -> tuple[FeatureRows, int]:
+    """The split's features from the cache, after computing the missing ones: each process takes a strided
+    share of them and writes its rows shard by shard; the rows come back from disk for every process."""
     decoded = ctx.decoded[split]
     transform = eval_transform(ctx.preprocessing) if preset == "none" else train_transform(ctx.preprocessing, preset)
     seed = None if preset == "none" else ctx.cfg.seed
     key = FeatureCache.key(ctx.model_id, transform_key(ctx.preprocessing, preset), view, seed, ctx.precision)
-
-    def compute(indices: list[int]) -> torch.Tensor:
-        # Each rank extracts its strided share of the missing images, then all ranks gather the whole table.
-        mine = [indices[p] for p in shard_indices(len(indices), ctx.rank, ctx.world)]
-        ctx.extracted_ids.extend(decoded.hashes[i] for i in mine)
-        seeds = None if seed is None else [view_seed(seed, view, decoded.hashes[i]) for i in mine]
-        local = extract_features(
-            backbone, [decoded.images[i] for i in mine], transform, seeds=seeds,
-            progress=lambda d, t: _report(ctx, f"features {split}" + (f" view {view}" if view else ""), d, t),
-        ) if mine else torch.empty(0, ctx.spec.in_features)
-        return gather_rows(ctx.fabric, local, len(indices))
-
-    return ctx.cache.features_for(key, decoded.hashes, compute)
+    missing = ctx.cache.missing(key, decoded.hashes)
+    mine = [missing[p] for p in shard_indices(len(missing), ctx.rank, ctx.world)]
+    task = f"features {split}" + (f" view {view}" if view else "")
+    for start in range(0, len(mine), features.SHARD_ROWS):
+        chunk = mine[start:start + features.SHARD_ROWS]
+        seeds = None if seed is None else [view_seed(seed, view, decoded.hashes[i]) for i in chunk]
+        rows = extract_features(backbone, [decoded.images[i] for i in chunk], transform, seeds=seeds,
+                                progress=lambda d, t, s=start: _report(ctx, task, s + d, len(mine)))
+        ctx.cache.write(key, [decoded.hashes[i] for i in chunk], rows)
+        ctx.extracted_ids.extend(decoded.hashes[i] for i in chunk)
+    if ctx.world > 1:
+        ctx.fabric.barrier()  # every process's shards are on disk before anyone reads them
+    return ctx.cache.rows(key, decoded.hashes, decoded.labels), len(missing)
 
 
 def _loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0) -> DataLoader:
@@ -132,30 +135,29 @@ def fit_features(ctx: RunContext, *, epochs: int, lr: float, augment: str, views
     freeze_backbone(ctx.net)
     backbone = FrozenBackbone(ctx.net.backbone, accelerator=ctx.accelerator, precision=ctx.precision,
                               channels_last=not ctx.spec.is_vit, engine=cfg.extract_engine)
-    features, labels, computed, total = {}, {}, 0, 0
+    rows, labels, computed, total = {}, {}, 0, 0
     for split in ctx.decoded:
-        feats, n = _split_features(ctx, backbone, split, "none", 0)
-        features[split], labels[split] = feats, torch.tensor(ctx.decoded[split].labels, dtype=torch.long)
-        computed, total = computed + n, total + len(ctx.decoded[split].labels)
-    train_x, train_y = [features["train"]], [labels["train"]]
+        rows[split], n = _split_features(ctx, backbone, split, "none", 0)
+        labels[split] = rows[split].labels
+        computed, total = computed + n, total + len(labels[split])
+    train_sets = [rows["train"]]
     if augment != "none":
         for view in range(1, views + 1):
-            feats, n = _split_features(ctx, backbone, "train", augment, view)
-            train_x.append(feats)
-            train_y.append(labels["train"])
+            view_rows, n = _split_features(ctx, backbone, "train", augment, view)
+            train_sets.append(view_rows)
             computed, total = computed + n, total + len(labels["train"])
     log.info("features: %d computed, %d from the cache", computed, total - computed)
 
     torch.manual_seed(cfg.seed)
     head = ctx.net.head
-    train_set = TensorDataset(torch.cat(train_x), torch.cat(train_y))
-    train_loader = _loader(train_set, cfg.batch_size, True, cfg.seed)
+    # Mini-batches read from the cache's memory-mapped shards: the features never have to fit in memory.
+    train_loader = _loader(ConcatDataset(train_sets), cfg.batch_size, True, cfg.seed)
     generators = [train_loader.generator]
-    val_loader = _loader(TensorDataset(features["val"], labels["val"]), 256, False, cfg.seed)
+    val_loader = _loader(rows["val"], 256, False, cfg.seed)
     optimizer = build_optimizer([{"params": list(head.parameters()), "lr": lr}], _with_lr(cfg, lr))
     scheduler = build_scheduler(optimizer, _with_lr(cfg, lr), len(train_loader), epochs)
     model, optimizer = ctx.fabric.setup(head, optimizer)
-    # Every rank holds every feature and trains the same head on all of them: the result is the 1-process one.
+    # Every rank reads every feature and trains the same head on all of them: the result is the 1-process one.
     train_loader, val_loader = ctx.fabric.setup_dataloaders(train_loader, val_loader, use_distributed_sampler=False)
     best, callbacks = _callbacks(ctx)
     trainer = Trainer(ctx.fabric, model, optimizer, scheduler, _loss(ctx), callbacks=callbacks,
@@ -164,9 +166,8 @@ def fit_features(ctx: RunContext, *, epochs: int, lr: float, augment: str, views
         history = _run_trainer(ctx, trainer, train_loader, val_loader, epochs)
         head.load_state_dict(best.best_state)
         logits = {}
-        for split in features:
-            loader = ctx.fabric.setup_dataloaders(_loader(TensorDataset(features[split], labels[split]), 256,
-                                                          False, 0), use_distributed_sampler=False)
+        for split, split_rows in rows.items():
+            loader = ctx.fabric.setup_dataloaders(_loader(split_rows, 256, False, 0), use_distributed_sampler=False)
             logits[split] = evaluate_batches(model, loader, nn.CrossEntropyLoss(), ctx.fabric)["logits"]
     ids_by_rank = gather_objects(ctx.fabric, ctx.extracted_ids)
     extraction = {"computed": computed, "total": total, "engine": backbone.engine, "world_size": ctx.world,
