@@ -177,15 +177,16 @@ def evaluate_run(run_dir, data, *, split: str | None = None, threshold: float | 
                  batch_size: int = 32, target_accuracy: float | None = None, tta: str = "none") -> dict:
     """Score a saved run on DATA with its own split (split.json); write evaluation JSON and plots.
 
-    `split`: which split of DATA to score; by default test when present, else val. Unreadable files are
-    skipped and listed. Reports calibration (ECE before/after temperature, reliability diagram), rejection at
-    `threshold`, the accuracy/coverage curve, and with `target_accuracy` the threshold that reaches it.
+    DATA is a folder, a CSV file list or a shards folder (see data/folders.py `discover`). `split`: which split
+    of DATA to score; by default test when present, else val. Unreadable files are skipped and listed.
+    Reports calibration (ECE before/after temperature, reliability diagram), rejection at `threshold`, the
+    accuracy/coverage curve, and with `target_accuracy` the threshold that reaches it.
     """
     from pathlib import Path
 
     from headstart.artifact import atomic_write_json
     from headstart.data.folders import DataError, discover
-    from headstart.data.images import ImageLoadError, open_image
+    from headstart.data.loading import decode_split
     from headstart.predict import load
     from headstart.report.plots import plot_confusion_matrix, plot_coverage, plot_reliability
 
@@ -201,15 +202,12 @@ def evaluate_run(run_dir, data, *, split: str | None = None, threshold: float | 
     split = split or ("test" if "test" in dataset.splits else "val")
     if split not in dataset.splits:
         raise DataError(f"{data} has no {split} split (found: {', '.join(dataset.splits)})")
-    images, labels, skipped = [], [], []
-    for path, label in dataset.splits[split]:
-        try:
-            images.append(open_image(path))
-            labels.append(index[dataset.classes[label]])
-        except ImageLoadError as exc:
-            skipped.append({"path": path, "reason": exc.reason})
-    logits = clf.logits(images, batch_size, tta=tta)
-    labels = np.array(labels, dtype=np.int64)
+    # The loader train uses: files, CSV-listed files and shard members (SHARD.tar#member) alike, decoded in
+    # threads, one shard open at a time; a bad item is skipped and listed, never a crash.
+    decoded = decode_split(dataset.splits[split], short_side=None)
+    skipped = [{"path": path, "reason": reason} for path, reason in decoded.failures]
+    logits = clf.logits(decoded.images, batch_size, tta=tta)
+    labels = np.array([index[dataset.classes[label]] for label in decoded.labels], dtype=np.int64)
     threshold = clf.threshold if threshold is None else threshold
     metrics = classification_metrics(logits, labels, clf.classes, temperature=clf.temperature,
                                       threshold=threshold)
