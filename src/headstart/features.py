@@ -172,6 +172,10 @@ class FeatureCache:
     def rows(self, key: str, hashes: Sequence[str], labels: Sequence[int] | None = None) -> FeatureRows:
         """The cached rows of `hashes`, in order, as a dataset read from the shards on demand."""
         index = self.refresh(key)
+        absent = [h for h in hashes if h not in index]
+        if absent:
+            raise RuntimeError(f"the features of {len(absent)} image(s) are not in the cache at {self.root}: with "
+                               "several machines, HEADSTART_CACHE must be a folder they all share")
         places = [index[h] for h in hashes]
         names = sorted({shard for shard, _ in places})
         number = {name: i for i, name in enumerate(names)}
