@@ -119,7 +119,8 @@ def register(spec: BackboneSpec) -> BackboneSpec:
 
 
 def _load_families() -> None:
-    # Family modules import torchvision/timm; load them on first use so `import headstart` stays fast.
+    # The family modules import this one to register their specs, so they load on first use. They import no
+    # torch, torchvision or timm themselves (builders do, when called): resolving a name stays cheap.
     global _FAMILIES_LOADED
     if _FAMILIES_LOADED:
         return

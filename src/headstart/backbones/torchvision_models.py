@@ -23,21 +23,30 @@ _VIT_B_STAGES = (
     + tuple((f"encoder.layers.encoder_layer_{i}",) for i in range(12))
     + (("encoder.ln",),)
 )
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# name: (Weights enum member, head attribute, in_features, stages, is_vit)
-_MODELS: dict[str, tuple[str, str, int, tuple[tuple[str, ...], ...], bool]] = {
-    "resnet18": ("ResNet18_Weights.IMAGENET1K_V1", "fc", 512, _RESNET_STAGES, False),
-    "resnet34": ("ResNet34_Weights.IMAGENET1K_V1", "fc", 512, _RESNET_STAGES, False),
-    "resnet50": ("ResNet50_Weights.IMAGENET1K_V2", "fc", 2048, _RESNET_STAGES, False),
-    "efficientnet_b0": ("EfficientNet_B0_Weights.IMAGENET1K_V1", "classifier.1", 1280, _numbered("features", 9), False),
-    "efficientnet_b2": ("EfficientNet_B2_Weights.IMAGENET1K_V1", "classifier.1", 1408, _numbered("features", 9), False),
-    "mobilenet_v2": ("MobileNet_V2_Weights.IMAGENET1K_V1", "classifier.1", 1280, _numbered("features", 19), False),
+# name: (Weights enum member, head attribute, in_features, stages, is_vit, (crop, resize, interpolation)).
+# The preprocessing is the one the Weights enum's transforms() give, written out because importing
+# torchvision.models to read it costs ~2 s (torchvision.ops pulls in torch._dynamo) in every command that
+# only resolves a backbone's name; tests/backbones/test_registry.py checks it against the enums.
+_MODELS: dict[str, tuple[str, str, int, tuple[tuple[str, ...], ...], bool, tuple[int, int, str]]] = {
+    "resnet18": ("ResNet18_Weights.IMAGENET1K_V1", "fc", 512, _RESNET_STAGES, False, (224, 256, "bilinear")),
+    "resnet34": ("ResNet34_Weights.IMAGENET1K_V1", "fc", 512, _RESNET_STAGES, False, (224, 256, "bilinear")),
+    "resnet50": ("ResNet50_Weights.IMAGENET1K_V2", "fc", 2048, _RESNET_STAGES, False, (224, 232, "bilinear")),
+    "efficientnet_b0": ("EfficientNet_B0_Weights.IMAGENET1K_V1", "classifier.1", 1280, _numbered("features", 9),
+                        False, (224, 256, "bicubic")),
+    "efficientnet_b2": ("EfficientNet_B2_Weights.IMAGENET1K_V1", "classifier.1", 1408, _numbered("features", 9),
+                        False, (288, 288, "bicubic")),
+    "mobilenet_v2": ("MobileNet_V2_Weights.IMAGENET1K_V1", "classifier.1", 1280, _numbered("features", 19),
+                     False, (224, 256, "bilinear")),
     "mobilenet_v3_small": (
         "MobileNet_V3_Small_Weights.IMAGENET1K_V1",
         "classifier.3",
         1024,
         _numbered("features", 13) + (("classifier.0",),),
         False,
+        (224, 256, "bilinear"),
     ),
     "mobilenet_v3_large": (
         "MobileNet_V3_Large_Weights.IMAGENET1K_V1",
@@ -45,6 +54,7 @@ _MODELS: dict[str, tuple[str, str, int, tuple[tuple[str, ...], ...], bool]] = {
         1280,
         _numbered("features", 17) + (("classifier.0",),),
         False,
+        (224, 256, "bilinear"),
     ),
     "convnext_tiny": (
         "ConvNeXt_Tiny_Weights.IMAGENET1K_V1",
@@ -52,8 +62,9 @@ _MODELS: dict[str, tuple[str, str, int, tuple[tuple[str, ...], ...], bool]] = {
         768,
         _numbered("features", 8) + (("classifier.0",),),
         False,
+        (224, 236, "bilinear"),
     ),
-    "vit_b_16": ("ViT_B_16_Weights.IMAGENET1K_V1", "heads.head", 768, _VIT_B_STAGES, True),
+    "vit_b_16": ("ViT_B_16_Weights.IMAGENET1K_V1", "heads.head", 768, _VIT_B_STAGES, True, (224, 256, "bilinear")),
 }
 
 
@@ -74,23 +85,16 @@ def _builder(name: str, weights_name: str):
     return build
 
 
-def _preprocessing(weights_name: str) -> tuple[Preprocessing, list[str]]:
-    import torchvision.models as tvm
+def _categories(weights_name: str):
+    def imagenet_classes() -> list[str]:
+        import torchvision.models as tvm
 
-    weights = tvm.get_weight(weights_name)
-    tf = weights.transforms()
-    preprocessing = Preprocessing(
-        crop_size=int(tf.crop_size[0]),
-        resize_size=int(tf.resize_size[0]),
-        mean=tuple(tf.mean),
-        std=tuple(tf.std),
-        interpolation=tf.interpolation.value,
-    )
-    return preprocessing, list(weights.meta["categories"])
+        return list(tvm.get_weight(weights_name).meta["categories"])
+
+    return imagenet_classes
 
 
-for _name, (_weights, _head, _width, _stages, _vit) in _MODELS.items():
-    _pre, _categories = _preprocessing(_weights)
+for _name, (_weights, _head, _width, _stages, _vit, (_crop, _resize, _interpolation)) in _MODELS.items():
     register(
         BackboneSpec(
             name=_name,
@@ -99,9 +103,10 @@ for _name, (_weights, _head, _width, _stages, _vit) in _MODELS.items():
             head=_head,
             in_features=_width,
             stages=_stages,
-            preprocessing=_pre,
+            preprocessing=Preprocessing(crop_size=_crop, resize_size=_resize, mean=_IMAGENET_MEAN,
+                                        std=_IMAGENET_STD, interpolation=_interpolation),
             weights=WeightSource(kind="torchvision", ref=_weights, description=f"torchvision {_weights}"),
-            imagenet_classes=lambda categories=_categories: categories,
+            imagenet_classes=_categories(_weights),
             is_vit=_vit,
             description=f"torchvision {_name}",
         )
