@@ -136,3 +136,13 @@ def test_update_keeps_other_protocols_with_their_run_details(tmp_path):
     assert kept["pss-fe"]["seconds"] == 550.0 and kept["pss-fe"]["load_average_start"] == [1.0, 1.0, 1.0]
     assert kept["pss-fe"]["headstart_commit"] == "abc" and kept["pss-fe"]["started"] == old["started"]
     assert vs._kept_protocols(tmp_path / "missing.json", ["pss-fe"]) == {}
+
+
+def test_scale_extract_quick(tmp_path):
+    result, stdout = run_script("scale_extract", tmp_path, "--processes", "1,2")
+    check_machine(result["machine"])
+    one, two = result["runs"]
+    assert one["images"] == two["images"] > 0, "every image extracted once whatever the number of processes"
+    assert two["computed_by_rank"] == [18, 18] and one["computed_by_rank"] == [36]
+    assert all(run["images_per_second"] > 0 for run in result["runs"])
+    assert "2 process(es)" in stdout
