@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import io
 import logging
+import os
 import re
 import shutil
 import time
@@ -183,7 +184,8 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
     precision = resolve_precision(cfg.precision, accelerator)
     fabric = make_fabric(accelerator=accelerator, precision=precision, devices=cfg.devices,
                          num_nodes=cfg.num_nodes, strategy=cfg.strategy)
-    fabric.launch()  # with several local processes, this starts the others: each runs this same function
+    if os.environ.get("LT_CLI_USED") != "1":  # `fabric run` has started every process already
+        fabric.launch()  # with several local processes, this starts the others: each runs this same function
     rank0 = fabric.global_rank == 0
     if not rank0:  # one console voice: the other ranks only report errors
         logging.getLogger("headstart").setLevel(logging.ERROR)
