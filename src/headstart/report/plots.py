@@ -52,9 +52,10 @@ def _figure(figsize: tuple[float, float], **subplots):
 
 
 def _save(fig, path: str | Path, *, photo: bool = False) -> Path:
-    """Write the figure as PNG after one draw of its canvas: savefig would draw it twice (once more for the
-    layout it was given), the most expensive step of every plot. `photo`: a grid of photographs, stored as
-    256 dithered colours, which keeps the page a third the size at a quality that reads the same."""
+    """Write the figure as PNG after one draw of its canvas. savefig draws a figure that went through
+    tight_layout twice (a layout pass, then the real one), and drawing is most of what a plot costs.
+    `photo`: a grid of photographs, stored as 256 dithered colours, which keeps the page a third the size
+    at a quality that reads the same."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.canvas.draw()
@@ -104,11 +105,11 @@ def _photo_grid(tiles: Sequence[Image.Image], captions: Sequence[str], colors: S
     A subplot per photo cost ~40 ms each in layout and drawing (the 16-panel top-losses grid took 1.5 s);
     one image with the photos pasted in, scaled by PIL with antialiasing, takes a tenth of that."""
     columns = max(1, min(columns, len(tiles)))
-    rows = [range(start, min(start + columns, len(tiles))) for start in range(0, len(tiles), columns)] or [range(0)]
+    rows = [range(start, min(start + columns, len(tiles))) for start in range(0, len(tiles), columns)]
     gap, header, line = 10, 36, fontsize * 1.25 * DPI / 72  # pixels: between cells, title, a caption line
     # each row as tall as its tallest caption and photo: (caption height, photo height)
-    heights = [(math.ceil(max((captions[i].count("\n") + 1 for i in row), default=1) * line) + 4,
-                max((tiles[i].height for i in row), default=cell)) for row in rows]
+    heights = [(math.ceil(max(captions[i].count("\n") + 1 for i in row) * line) + 4,
+                max(tiles[i].height for i in row)) for row in rows]
     width, height = columns * (cell + gap) + gap, header + sum(c + h + gap for c, h in heights)
     mosaic = Image.new("RGB", (width, height), "white")
     fig = _canvas((width / DPI, height / DPI))
