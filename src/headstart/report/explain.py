@@ -1,8 +1,4 @@
-"""Grad-CAM explanations, overlays, and the images a classifier gets most wrong.
-
-Grad-CAM (Selvaraju et al. 2017) is a few lines of autograd, written here rather than imported from the
-`grad-cam` package: its __init__ imports scikit-learn, scipy.ndimage, OpenCV and ttach, 1.3-2 s on a 2-core
-CPU with torch already loaded, in every process that draws one map. Its maps and ours agree to 1e-6.
+"""Grad-CAM explanations (the `grad-cam` package), overlays, and the images a classifier gets most wrong.
 
 Grad-CAM needs a spatial layer near the output. For CNNs that is the module producing the final feature
 map (found by one probing forward pass); for ViTs it is the first LayerNorm of the last transformer block
@@ -130,7 +126,8 @@ def gradcam(classifier: Classifier, images: Sequence[Image.Image],
     Runs in fp32 with gradients on, whatever the classifier's inference settings.
     """
     import torch
-    import torch.nn.functional as F
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     from headstart.backbones.registry import Preprocessing, get_spec
     from headstart.data.transforms import eval_transform
@@ -147,44 +144,39 @@ def gradcam(classifier: Classifier, images: Sequence[Image.Image],
     layer, reshape = target_layer(net, spec, x[:1])
     # Grad-CAM needs d(class score)/d(target layer output) only. With every parameter frozen for the call
     # and the layer's output cut into a leaf that needs a gradient, autograd records and runs backward
-    # through the layers above the target alone: not the body below it, nor a ViT's residual stream around it.
+    # through the layers above the target alone: not the body below it, nor a ViT's residual stream around
+    # it. The cut is registered before GradCAM's own hooks, which then see the leaf.
     trainable = [p for p in net.parameters() if p.requires_grad]
     for p in trainable:
         p.requires_grad_(False)
-    cut: list[torch.Tensor] = []
-
-    def keep_leaf(_module, _inputs, output):
-        cut.append(output.detach().requires_grad_(True))
-        return cut[-1]
-
-    handle = layer.register_forward_hook(keep_leaf)
-    maps: list[np.ndarray] = []
+    cut = layer.register_forward_hook(lambda _m, _i, out: out.detach().requires_grad_(True))
+    cam = GradCAM(model=net, target_layers=[layer], reshape_transform=reshape)
+    maps = []
     try:
         with torch.enable_grad():
             for start in range(0, len(x), batch_size):
-                cut.clear()
-                logits = net(x[start:start + batch_size]).float()
-                predicted = logits.argmax(dim=1).tolist()
-                chosen = torch.tensor([p if t is None else t for t, p in zip(targets[start:start + batch_size],
-                                                                             predicted)], device=logits.device)
-                (grads,) = torch.autograd.grad(logits.gather(1, chosen[:, None]).sum(), cut[0])
-                activations = cut[0].detach()
-                if reshape is not None:
-                    activations, grads = reshape(activations), reshape(grads)
-                # channel weights: the gradient averaged over the map; the CAM: their ReLU'd weighted sum
-                weights = grads.float().mean(dim=(2, 3), keepdim=True)
-                cam = (weights * activations.float()).sum(dim=1, keepdim=True).clamp_min(0)
-                cam = F.interpolate(cam, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
-                maps.extend(_unit_range(m) for m in cam[:, 0].cpu().numpy())
+                chunk = targets[start:start + batch_size]
+                batch = x[start:start + batch_size]
+                if all(t is None for t in chunk):
+                    chosen = None  # GradCAM explains each image's top logit
+                else:
+                    if any(t is None for t in chunk):
+                        with torch.no_grad():
+                            predicted = net(batch).argmax(dim=1).tolist()
+                        chunk = [p if t is None else t for t, p in zip(chunk, predicted)]
+                    chosen = [ClassifierOutputTarget(t) for t in chunk]
+                maps.extend(cam(input_tensor=batch, targets=chosen))
     finally:
-        handle.remove()
+        cam.activations_and_grads.release()
+        cut.remove()
         for p in trainable:
             p.requires_grad_(True)
-    return maps
+    return [_unit_range(np.asarray(m, dtype=np.float32)) for m in maps]
 
 
 def _unit_range(cam: np.ndarray) -> np.ndarray:
-    cam = cam.astype(np.float32) - cam.min()
+    # grad-cam divides by (max + 1e-7), so a map of tiny magnitude never reaches 1; stretch it to [0, 1]
+    cam = cam - cam.min()
     top = float(cam.max())
     return cam / top if top > 0 else cam
 
@@ -192,17 +184,14 @@ def _unit_range(cam: np.ndarray) -> np.ndarray:
 def overlay(image: Image.Image, cam: np.ndarray, *, image_weight: float = 0.55) -> Image.Image:
     """The CAM as a jet heatmap blended onto the image. The map is resized to the image when they differ,
     so pass the display crop (`display_crop`) for the heat to sit on the right pixels."""
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     if cam.shape != rgb.shape[:2]:
         resized = Image.fromarray(cam.astype(np.float32)).resize(image.size, Image.Resampling.BILINEAR)
         cam = np.asarray(resized)
-    blended = (1 - image_weight) * _jet(np.clip(cam, 0, 1)) + image_weight * rgb
-    return Image.fromarray((255 * blended / max(float(blended.max()), 1e-6)).astype(np.uint8))
-
-
-def _jet(values: np.ndarray) -> np.ndarray:
-    """The jet colormap (MATLAB's and OpenCV's: dark blue, cyan, yellow, dark red) as HxWx3 floats in [0, 1]."""
-    return np.clip(1.5 - np.abs(4 * values[..., None] - np.array([3.0, 2.0, 1.0], dtype=np.float32)), 0, 1)
+    heat = show_cam_on_image(rgb, np.clip(cam, 0, 1), use_rgb=True, image_weight=image_weight)
+    return Image.fromarray(heat)
 
 
 def first_conv_weights(net: nn.Module) -> np.ndarray | None:
