@@ -75,3 +75,31 @@ def test_an_interrupted_extraction_resumes_from_its_written_shards(synthetic_dat
     extraction = json.loads((run.run_dir / "summary.json").read_text())["extraction"]
     assert extraction["total"] == 72
     assert extraction["computed"] == 72 - 2 * 8, "the two shards finished before the crash are not recomputed"
+
+
+def test_a_large_set_is_decoded_again_in_chunks_with_the_same_result(synthetic_data, tmp_path, monkeypatch):
+    from headstart.data import loading
+    from headstart.training import run as run_module
+
+    settings = dict(image_size=64, epochs=2, report=False)
+    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "cache-kept"))
+    kept = headstart.train(synthetic_data, out=str(tmp_path / "kept"), **settings)
+
+    decoded_without_images = []
+    original = loading.decode_split
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        if kwargs.get("keep_images") is False:
+            decoded_without_images.append(out.images is None)
+        return out
+
+    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "cache-streamed"))
+    monkeypatch.setattr(run_module, "KEEP_DECODED_IMAGES", 0)
+    monkeypatch.setattr(features, "SHARD_ROWS", 8)
+    monkeypatch.setattr(loading, "decode_split", spy)  # train() imports it from the module when called
+
+    streamed = headstart.train(synthetic_data, out=str(tmp_path / "streamed"), **settings)
+    assert decoded_without_images and all(decoded_without_images)
+    for split in ("val", "test"):
+        assert streamed.metrics[split]["loss"] == pytest.approx(kept.metrics[split]["loss"], abs=1e-6)

@@ -10,7 +10,7 @@ import hashlib
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -45,13 +45,29 @@ def resize_short_side(img: Image.Image, size: int, interpolation: str) -> Image.
 
 @dataclass
 class DecodedSplit:
-    """Decoded images of one split with labels and content hashes; failures as (path, reason)."""
+    """Decoded images of one split with labels and content hashes; failures as (path, reason).
+
+    `images` is None when the split was decoded with keep_images=False (checked, hashed, then let go: a large
+    split would not fit in memory); `load` then decodes the requested images again.
+    """
 
     paths: list[str]
     labels: list[int]
-    images: list[Image.Image]
+    images: list[Image.Image] | None
     hashes: list[str]
     failures: list[tuple[str, str]] = field(default_factory=list)
+    short_side: int | None = None
+    interpolation: str = "bilinear"
+
+    def load(self, indices: Sequence[int], *, threads: int | None = None) -> list[Image.Image]:
+        """The decoded, resized images at these positions: kept ones, or decoded again in threads."""
+        if self.images is not None:
+            return [self.images[i] for i in indices]
+        again = decode_split([(self.paths[i], self.labels[i]) for i in indices], short_side=self.short_side,
+                             interpolation=self.interpolation, threads=threads)
+        if again.failures:  # the file changed since the first pass
+            raise ImageLoadError(*again.failures[0])
+        return again.images
 
 
 def map_items(fn: Callable[[str, bytes | None], T], paths: Iterable[str], *, workers: int) -> Iterator[Future[T]]:
@@ -103,13 +119,14 @@ def _decode_one(path: str, short_side: int | None, interpolation: str, data: byt
 
 
 def decode_split(items: list[tuple[str, int]], *, short_side: int | None, interpolation: str = "bilinear",
-                 threads: int | None = None, progress=None) -> DecodedSplit:
+                 threads: int | None = None, progress=None, keep_images: bool = True) -> DecodedSplit:
     """Open every image once (threads: PIL decodes outside the GIL), resized to `short_side`.
 
     Resizing to the eval transform's own resize size here changes nothing about eval preprocessing (the
-    later Resize is then a no-op) and makes every later epoch cheap.
+    later Resize is then a no-op) and makes every later epoch cheap. keep_images=False checks and hashes
+    every image without holding it: memory stays flat however large the split (see DecodedSplit.load).
     """
-    out = DecodedSplit([], [], [], [])
+    out = DecodedSplit([], [], [] if keep_images else None, [], short_side=short_side, interpolation=interpolation)
     workers = threads or min(8, os.cpu_count() or 1)
     futures = map_items(lambda path, data: _decode_one(path, short_side, interpolation, data),
                         (path for path, _ in items), workers=workers)
@@ -123,7 +140,8 @@ def decode_split(items: list[tuple[str, int]], *, short_side: int | None, interp
             else:
                 out.paths.append(path)
                 out.labels.append(label)
-                out.images.append(img)
+                if out.images is not None:
+                    out.images.append(img)
                 out.hashes.append(digest)
             if progress is not None:
                 progress(done, len(items))

@@ -95,7 +95,7 @@ def _split_features(ctx: RunContext, backbone: FrozenBackbone, split: str, prese
     for start in range(0, len(mine), features.SHARD_ROWS):
         chunk = mine[start:start + features.SHARD_ROWS]
         seeds = None if seed is None else [view_seed(seed, view, decoded.hashes[i]) for i in chunk]
-        rows = extract_features(backbone, [decoded.images[i] for i in chunk], transform, seeds=seeds,
+        rows = extract_features(backbone, decoded.load(chunk), transform, seeds=seeds,
                                 progress=lambda d, t, s=start: _report(ctx, task, s + d, len(mine)))
         ctx.cache.write(key, [decoded.hashes[i] for i in chunk], rows)
         ctx.extracted_ids.extend(decoded.hashes[i] for i in chunk)

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, int], None]
 
+KEEP_DECODED_IMAGES = 10_000  # features mode: up to this many images (~2.6 GB at 256 px) stay decoded in memory
+
 
 @dataclass
 class RunResult:
@@ -225,10 +227,15 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
                 atomic_write_json(run_dir / "split.json", dataset.split_record(cfg.seed, cfg.val_fraction))
         torch.manual_seed(cfg.seed)
         net = build_network(spec, len(dataset.classes), weights=cfg.weights, dropout=cfg.dropout)
+        # Features mode needs each image once, for extraction: a large set is checked and hashed now, then
+        # decoded again chunk by chunk as it is extracted, so memory stays flat. Fine-tuning reads every image
+        # every epoch and keeps them decoded.
+        keep_images = cfg.mode != "features" or sum(map(len, dataset.splits.values())) <= KEEP_DECODED_IMAGES
         decoded = {}
         for split, items in dataset.splits.items():
             decoded[split] = decode_split(
                 items, short_side=preprocessing.resize_size, interpolation=preprocessing.interpolation,
+                keep_images=keep_images,
                 progress=(lambda d, t, s=split: progress(f"decode {s}", d, t)) if progress else None,
             )
         _refuse_leakage(decoded, cfg.data, run_dir if resume is None and rank0 else None)
