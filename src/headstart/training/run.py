@@ -11,6 +11,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,6 +120,25 @@ def _write_report(run_dir: Path, data: str) -> None:
                     type(exc).__name__, exc, run_dir)
 
 
+def _decode_in_background(dataset, preprocessing, keep_images: bool, progress: ProgressFn | None) -> Future:
+    """Every split decoded on a background thread (decode_split's own pool does the work): a Future of
+    {split: DecodedSplit}."""
+    from headstart.data.loading import decode_split
+
+    def decode_all() -> dict:
+        return {split: decode_split(items, short_side=preprocessing.resize_size,
+                                    interpolation=preprocessing.interpolation, keep_images=keep_images,
+                                    progress=(lambda d, t, s=split: progress(f"decode {s}", d, t)) if progress
+                                    else None)
+                for split, items in dataset.splits.items()}
+
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="headstart-decode")
+    try:
+        return executor.submit(decode_all)
+    finally:
+        executor.shutdown(wait=False)  # the thread ends with its one task
+
+
 def _history_csv(history: list[dict]) -> str:
     if not history:
         return ""
@@ -160,13 +180,34 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
             raise ConfigError(str(exc).replace("TrainConfig.__init__()", "train()")) from exc
     cfg = config.resolved()
 
-    import torch
-
-    from headstart.backbones.model import build_network, count_parameters
     from headstart.backbones.registry import get_spec
     from headstart.data.check import check_dataset, load_exclusions
     from headstart.data.folders import DataError, discover
-    from headstart.data.loading import decode_split
+
+    # What to train on needs no torch: settle it first, and start decoding before torch, timm and Fabric are
+    # imported. PIL decodes outside the GIL, so decoding uses the cores that the imports (one thread, ~4 s)
+    # leave idle.
+    spec = get_spec(cfg.backbone)
+    preprocessing = spec.preprocessing if cfg.image_size is None else spec.preprocessing.with_crop(cfg.image_size)
+    excluded = load_exclusions(cfg.exclude, cfg.data) if cfg.exclude else set()
+    doctor = check_dataset(cfg.data, fast=True, val_fraction=cfg.val_fraction, seed=cfg.seed, exclude=excluded)
+    if doctor.fatal:
+        raise DataError(" ".join(p.message for p in doctor.problems if p.severity == "fatal")
+                        + f" Run `headstart check {cfg.data}` for the full report.")
+    warnings = [p for p in doctor.problems if p.severity == "warning"]
+    for problem in warnings:
+        log.warning("%s", problem.message)
+    dataset = discover(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, exclude=excluded,
+                       split_file=Path(resume) / "split.json" if resume is not None else None)
+    # Features mode needs each image once, for extraction: a large set is checked and hashed now, then
+    # decoded again chunk by chunk as it is extracted, so memory stays flat. Fine-tuning reads every image
+    # every epoch and keeps them decoded.
+    keep_images = cfg.mode != "features" or sum(map(len, dataset.splits.values())) <= KEEP_DECODED_IMAGES
+    decoding = _decode_in_background(dataset, preprocessing, keep_images, progress)
+
+    import torch
+
+    from headstart.backbones.model import build_network, count_parameters
     from headstart.device import resolve_accelerator, resolve_precision
     from headstart.evaluate import classification_metrics, fit_temperature
     from headstart.features import FeatureCache
@@ -191,23 +232,11 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
     rank0 = fabric.global_rank == 0
     if not rank0:  # one console voice: the other ranks only report errors
         logging.getLogger("headstart").setLevel(logging.ERROR)
-    spec = get_spec(cfg.backbone)
-    preprocessing = spec.preprocessing if cfg.image_size is None else spec.preprocessing.with_crop(cfg.image_size)
-    excluded = load_exclusions(cfg.exclude, cfg.data) if cfg.exclude else set()
-    doctor = check_dataset(cfg.data, fast=True, val_fraction=cfg.val_fraction, seed=cfg.seed, exclude=excluded)
-    if doctor.fatal:
-        raise DataError(" ".join(p.message for p in doctor.problems if p.severity == "fatal")
-                        + f" Run `headstart check {cfg.data}` for the full report.")
-    warnings = [p for p in doctor.problems if p.severity == "warning"]
-    for problem in warnings:
-        log.warning("%s", problem.message)
     if resume is not None:
         run_dir = Path(resume)
         resume_state = load_resume(run_dir)
-        dataset = discover(cfg.data, split_file=run_dir / "split.json", exclude=excluded)
     else:
         resume_state = None
-        dataset = discover(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, exclude=excluded)
         # Rank 0 names and creates the folder (a default name counts up), the others take its choice.
         run_dir = Path(fabric.broadcast(str(prepare_run_dir(cfg)) if rank0 else "", src=0))
     # train.log gets INFO whatever the console shows; console handlers filter by their own level.
@@ -227,17 +256,7 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
                 atomic_write_json(run_dir / "split.json", dataset.split_record(cfg.seed, cfg.val_fraction))
         torch.manual_seed(cfg.seed)
         net = build_network(spec, len(dataset.classes), weights=cfg.weights, dropout=cfg.dropout)
-        # Features mode needs each image once, for extraction: a large set is checked and hashed now, then
-        # decoded again chunk by chunk as it is extracted, so memory stays flat. Fine-tuning reads every image
-        # every epoch and keeps them decoded.
-        keep_images = cfg.mode != "features" or sum(map(len, dataset.splits.values())) <= KEEP_DECODED_IMAGES
-        decoded = {}
-        for split, items in dataset.splits.items():
-            decoded[split] = decode_split(
-                items, short_side=preprocessing.resize_size, interpolation=preprocessing.interpolation,
-                keep_images=keep_images,
-                progress=(lambda d, t, s=split: progress(f"decode {s}", d, t)) if progress else None,
-            )
+        decoded = decoding.result()
         _refuse_leakage(decoded, cfg.data, run_dir if resume is None and rank0 else None)
         skipped = [f for d in decoded.values() for f in d.failures]
         if not decoded["train"].labels or not decoded["val"].labels:
