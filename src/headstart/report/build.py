@@ -8,7 +8,6 @@ parts say so and the rest of the report is still written.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import logging
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from headstart.artifact import atomic_write_text, read_manifest
+from headstart.device import one_torch_thread
 from headstart.report import html as H
 from headstart.report import plots
 
@@ -323,21 +323,6 @@ def _time_size_section(run: Path, summary: dict, history: list[dict], manifest: 
     return H.Section("time-size", "Time and size", H.kv_table(rows, header=("measure", "value")))
 
 
-@contextlib.contextmanager
-def _one_torch_thread():
-    """The report's torch work is small (Grad-CAM and transforms on a dozen images): on two threads OpenMP's
-    hand-offs cost more than they save, and on a busy machine each one waits for a time slice (measured:
-    efficientnet_lite0 on 1 image took 1.4 s on 2 threads under load 3, 0.03 s on one)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def build_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = None, *, split: str = "val",
                  top_n: int = 8, classifier=None, plots_dir: str | os.PathLike | None = None) -> Path:
     """Write RUN/report.html and return its path.
@@ -355,7 +340,7 @@ def build_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
     metrics = {s: metrics[s] for s in _ordered(metrics)}
     config, history = _json(run / "config.json"), _history(run / "history.csv")
     clf = classifier or load(run)
-    with _one_torch_thread(), tempfile.TemporaryDirectory(prefix="headstart-report-") as tmp:
+    with one_torch_thread(), tempfile.TemporaryDirectory(prefix="headstart-report-") as tmp:
         dataset, why = _dataset(run, data, clf.classes, config)
         scored = None
         if dataset is not None:

@@ -16,7 +16,7 @@ from headstart.backbones.registry import BackboneSpec, Preprocessing
 from headstart.config import TrainConfig
 from headstart.data.loading import DecodedSplit
 from headstart.data.transforms import eval_transform, train_transform, transform_key
-from headstart.device import autocast
+from headstart.device import autocast, one_torch_thread
 from headstart.features import FeatureCache, FeatureRows, FrozenBackbone, extract_features, view_seed
 from headstart.training.callbacks import BestCheckpoint, EarlyStopping, ResumeCheckpoint, UnfreezeSchedule
 from headstart.training.distributed import gather_objects, shard_indices
@@ -162,7 +162,7 @@ def fit_features(ctx: RunContext, *, epochs: int, lr: float, augment: str, views
     best, callbacks = _callbacks(ctx)
     trainer = Trainer(ctx.fabric, model, optimizer, scheduler, _loss(ctx), callbacks=callbacks,
                       on_epoch=ctx.on_epoch, generators=generators, phase="features", should_stop=ctx.should_stop)
-    with _single_thread():
+    with one_torch_thread():
         history = _run_trainer(ctx, trainer, train_loader, val_loader, epochs)
         head.load_state_dict(best.best_state)
         logits = {}
@@ -175,19 +175,6 @@ def fit_features(ctx: RunContext, *, epochs: int, lr: float, augment: str, views
     if computed <= IDS_IN_SUMMARY:
         extraction["ids_by_rank"] = ids_by_rank
     return FitResult(history, logits, labels, extraction)
-
-
-@contextlib.contextmanager
-def _single_thread():
-    """A head on cached features is a few tiny matmuls per step: with several threads, OpenMP's hand-offs
-    cost more than the math, and on a busy machine spinning threads made it 15x slower (measured: 180 steps
-    took 25 s on 2 threads, 1.7 s on one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _with_lr(cfg: TrainConfig, lr: float) -> TrainConfig:
