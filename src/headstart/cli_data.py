@@ -1,0 +1,107 @@
+"""`headstart check` and `headstart datasets …`: the data commands. They parse and call the library."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from headstart.cli_support import Progress, friendly_errors, out, setup_logging
+
+__all__ = ["check_command", "datasets_app"]
+
+
+def check_command(
+    data: Annotated[Path, typer.Argument(help="data folder")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    fix_split: Annotated[bool, typer.Option("--fix-split", help="write the list of leaked duplicates to drop")
+                         ] = False,
+    fast: Annotated[bool, typer.Option(help="headers only (what train runs at start-up)")] = False,
+    val_fraction: float = 0.2,
+    seed: int = 42,
+) -> None:
+    """The dataset doctor: unusable files, modes, duplicates and leakage, class balance. Exit 1 if fatal."""
+    from headstart.data.check import check_dataset, summary_lines
+    from headstart.data.check import fix_split as write_fix
+
+    with Progress(not as_json) as progress:
+        report = check_dataset(data, fast=fast, val_fraction=val_fraction, seed=seed, progress=progress)
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_dict()) + "\n")
+    else:
+        for line in summary_lines(report):
+            out.print(line, highlight=False)
+    if fix_split:
+        with friendly_errors():
+            out.print(f"files to leave out written to {write_fix(data, report)}")
+    raise typer.Exit(1 if report.fatal else 0)
+
+
+datasets_app = typer.Typer(no_args_is_help=True, help="Datasets by name, downloaded with checksums.")
+
+
+@datasets_app.command("list")
+def datasets_list_command(to: Annotated[Optional[Path], typer.Option(help="download folder")] = None) -> None:
+    """The datasets headstart can download, and whether each is already here."""
+    from headstart.data.download import list_datasets
+
+    table = Table()
+    for column in ("name", "classes", "images", "downloaded", "description"):
+        table.add_column(column)
+    for row in list_datasets(to):
+        images = ", ".join(f"{split} {n}" for split, n in row["images"].items())
+        table.add_row(row["name"], str(row["classes"]), images, "yes" if row["downloaded"] else "no",
+                      row["description"])
+    out.print(table)
+
+
+@datasets_app.command("download")
+def datasets_download_command(
+    name: Annotated[str, typer.Argument(help="dataset name (see `headstart datasets list`)")],
+    to: Annotated[Optional[Path], typer.Option(help="download folder")] = None,
+) -> None:
+    """Download, verify and safely extract a dataset (HEADSTART_DATASETS_MIRROR supplies archives offline)."""
+    setup_logging(False)
+    from headstart.data.download import download
+
+    with friendly_errors(), Progress(True) as progress:
+        path = download(name, to, progress=progress)
+    out.print(f"{name} is ready in [bold]{path}[/]")
+
+
+@datasets_app.command("shard")
+def datasets_shard_command(
+    data: Annotated[Path, typer.Argument(help="a data folder, a CSV file list (path,label[,split]) or shards")],
+    out_dir: Annotated[Path, typer.Option("--out", help="a new or empty folder for the shards")],
+    shard_size: Annotated[str, typer.Option(help="bytes per shard: 500MB, 1GB, 200KB, 512MiB or a number")
+                          ] = "500MB",
+    val_fraction: Annotated[float, typer.Option(help="share of train held out as val when DATA has no val")
+                            ] = 0.2,
+    seed: int = 42,
+) -> None:
+    """Write DATA as WebDataset tar shards (images, class indices, split) for `headstart train SHARDS`."""
+    setup_logging(False)
+    from headstart.data.shards import parse_size, write_shards
+
+    try:
+        size = parse_size(shard_size)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--shard-size") from None
+    with friendly_errors(), Progress(True) as progress:
+        written = write_shards(data, out_dir, shard_size_bytes=size, val_fraction=val_fraction, seed=seed,
+                               progress=progress)
+    table = Table()
+    for column in ("split", "images", "shards"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for split, count in written.counts.items():
+        table.add_row(split, str(count), str(len(written.shards[split])))
+    out.print(table)
+    for path, reason in written.skipped:
+        out.print(f"[yellow]skipped[/] {escape(path)}: {escape(reason)}", highlight=False, soft_wrap=True)
+    out.print(f"{len(written.classes)} classes, {written.bytes / 1e6:.1f} MB in [bold]{escape(written.out)}[/]; "
+              f"train on it with `headstart train {escape(written.out)}`", highlight=False, soft_wrap=True)
