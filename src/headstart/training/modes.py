@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -184,16 +185,19 @@ def _with_lr(cfg: TrainConfig, lr: float) -> TrainConfig:
 
 
 class _ImageDataset(Dataset):
-    """Decoded, pre-resized images with a transform; nothing is read from disk after decoding."""
+    """A split's images with a transform: from memory when the split was kept decoded, else decoded again
+    (safely, resized) for each item, in the DataLoader's workers."""
 
     def __init__(self, decoded: DecodedSplit, transform):
-        self.images, self.labels, self.transform = decoded.images, decoded.labels, transform
+        self.decoded, self.labels, self.transform = decoded, decoded.labels, transform
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.labels)
 
     def __getitem__(self, i: int):
-        return self.transform(self.images[i]), self.labels[i]
+        images = self.decoded.images
+        image = images[i] if images is not None else self.decoded.load([i], threads=1)[0]
+        return self.transform(image), self.labels[i]
 
 
 def freeze_bn_wanted(cfg: TrainConfig) -> bool:
@@ -289,6 +293,8 @@ def fit_finetune(ctx: RunContext, *, epochs: int) -> FitResult:
         log.info("fine-tuning on %d processes: epochs run on images (no frozen-prefix cache)", ctx.world)
         if cfg.sync_bn:
             ctx.net = nn.SyncBatchNorm.convert_sync_batchnorm(ctx.net)
+    elif ctx.decoded["train"].images is None:
+        log.info("a large set: epochs run on images decoded by the DataLoader (no frozen-prefix cache)")
     elif cfg.unfreeze != "all" and cfg.views:
         size = ctx.preprocessing.crop_size
         # A local generator: probing must not move the global RNG that dropout draws from.
@@ -337,7 +343,8 @@ def _image_batches(ctx: RunContext):
     """Loaders of decoded images. With several processes, each rank trains on the DistributedSampler's share
     (reshuffled per epoch by the Trainer's set_epoch) and evaluates its strided share, gathered afterwards."""
     cfg = ctx.cfg
-    workers = cfg.num_workers if cfg.num_workers is not None else 0
+    streamed = ctx.decoded["train"].images is None  # then decoding runs in the workers, in parallel
+    workers = cfg.num_workers if cfg.num_workers is not None else min(4, os.cpu_count() or 1) if streamed else 0
     train_set = _ImageDataset(ctx.decoded["train"], train_transform(ctx.preprocessing, cfg.augment))
     eval_tf = eval_transform(ctx.preprocessing)
     eval_sets = {s: _ImageDataset(d, eval_tf) for s, d in ctx.decoded.items()}

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, int], None]
 
-KEEP_DECODED_IMAGES = 10_000  # features mode: up to this many images (~2.6 GB at 256 px) stay decoded in memory
+KEEP_DECODED_IMAGES = 10_000  # up to this many images (~2.6 GB at 256 px) stay decoded in memory
 
 
 @dataclass
@@ -199,10 +199,9 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
         log.warning("%s", problem.message)
     dataset = discover(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, exclude=excluded,
                        split_file=Path(resume) / "split.json" if resume is not None else None)
-    # Features mode needs each image once, for extraction: a large set is checked and hashed now, then
-    # decoded again chunk by chunk as it is extracted, so memory stays flat. Fine-tuning reads every image
-    # every epoch and keeps them decoded.
-    keep_images = cfg.mode != "features" or sum(map(len, dataset.splits.values())) <= KEEP_DECODED_IMAGES
+    # A large set is checked and hashed now, then decoded again where it is used: chunk by chunk during
+    # extraction (features), by the DataLoader's workers every epoch (finetune). Memory stays flat.
+    keep_images = sum(map(len, dataset.splits.values())) <= KEEP_DECODED_IMAGES
     decoding = _decode_in_background(dataset, preprocessing, keep_images, progress)
 
     import torch
