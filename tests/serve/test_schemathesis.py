@@ -12,7 +12,7 @@ from conftest import DEMO_DATA
 
 schemathesis = pytest.importorskip("schemathesis")
 pytest.importorskip("fastapi")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.specs.openapi.checks import (  # noqa: E402
@@ -39,11 +39,21 @@ def schema(tmp_path_factory):
     app.state.batcher.close()
 
 
+def _same_on_the_wire(case) -> bool:
+    """A negative case that multipart cannot carry: a form field generated as a list of 0 or 1 values is sent
+    as no field or as one valid field, so the server rightly accepts what was meant to be invalid."""
+    body = case.body if isinstance(case.body, dict) else {}
+    return (case.media_type or "").startswith("multipart/") and any(
+        isinstance(value, list) and len(value) <= 1 for key, value in body.items() if key != "files")
+
+
 def run_cases(strategy, examples: int, checks) -> None:
     @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
     @given(case=strategy)
     def check(case):
+        if negative_data_rejection in checks:
+            assume(not _same_on_the_wire(case))
         case.validate_response(case.call(), checks=checks)
 
     check()
