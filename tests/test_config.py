@@ -44,3 +44,10 @@ def test_unknown_setting_is_rejected(tmp_path):
 def test_round_trip():
     cfg = TrainConfig(data="d", mode="finetune", unfreeze="2", epochs=4).resolved()
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_fsdp_is_refused_until_its_weights_can_be_saved():
+    from headstart.config import ConfigError, TrainConfig
+
+    with pytest.raises(ConfigError, match="fsdp is not supported yet"):
+        TrainConfig(data="x", mode="finetune", accelerator="cuda", strategy="fsdp")

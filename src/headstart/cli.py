@@ -69,7 +69,8 @@ def train_command(
     data: Annotated[Optional[Path], typer.Argument(help="DATA/{train,val,test}/<class>/* or DATA/<class>/*")
                     ] = None,
     resume: Annotated[Optional[Path], typer.Option(
-        help="continue an interrupted run directory, on this command's --devices/--accelerator")] = None,
+        help="continue an interrupted run directory (with its settings; --devices/--accelerator may change)")
+                      ] = None,
     backbone: Annotated[str, typer.Option(help="a registered backbone or timm:NAME")] = "efficientnet_lite0",
     mode: Annotated[str, typer.Option(help="features | finetune | auto")] = "features",
     epochs: Annotated[Optional[int], typer.Option(help="default: 30 features, 8 finetune")] = None,
@@ -93,12 +94,16 @@ def train_command(
     freeze_bn: Annotated[str, typer.Option(help="auto | on | off")] = "auto",
     image_size: Optional[int] = None,
     precision: Annotated[str, typer.Option(help="auto | 32 | bf16-mixed | 16-mixed")] = "auto",
-    accelerator: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    extract_engine: Annotated[str, typer.Option(
-        help="auto | torch | onnxruntime: the frozen forward pass of feature extraction")] = "auto",
-    devices: Annotated[int, typer.Option(help="processes per machine (CPU) or GPUs per machine")] = 1,
-    num_nodes: Annotated[int, typer.Option(help="machines (launch each with torchrun or `fabric run`)")] = 1,
-    strategy: Annotated[str, typer.Option(help="auto | ddp | fsdp (several processes)")] = "auto",
+    # Engine settings default to None ("the run's own", on --resume; TrainConfig's default otherwise), so a
+    # resumed run changes only what this command names.
+    accelerator: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda  [default: auto]")] = None,
+    extract_engine: Annotated[Optional[str], typer.Option(
+        help="auto | torch | onnxruntime: the frozen forward pass of feature extraction  [default: auto]")] = None,
+    devices: Annotated[Optional[int], typer.Option(
+        help="processes per machine (CPU) or GPUs per machine  [default: 1]")] = None,
+    num_nodes: Annotated[Optional[int], typer.Option(
+        help="machines (launch each with torchrun or `fabric run`)  [default: 1]")] = None,
+    strategy: Annotated[Optional[str], typer.Option(help="auto | ddp (several processes)  [default: auto]")] = None,
     accumulate: Annotated[int, typer.Option(help="optimizer step every N batches (finetune)")] = 1,
     sync_bn: Annotated[bool, typer.Option(help="synchronise BatchNorm statistics across processes (finetune)")
                        ] = False,
@@ -113,10 +118,12 @@ def train_command(
 ) -> None:
     """Train a classifier on a folder of labelled images (Ctrl-C saves a resumable checkpoint)."""
     setup_logging(verbose)
+    engine = {name: value for name, value in (("accelerator", accelerator), ("extract_engine", extract_engine),
+                                              ("devices", devices), ("num_nodes", num_nodes), ("strategy", strategy))
+              if value is not None}
     with friendly_errors():
         if resume is not None:
-            result = _run_training(progress, resume=str(resume), accelerator=accelerator, devices=devices,
-                                   num_nodes=num_nodes, strategy=strategy, extract_engine=extract_engine)
+            result = _run_training(progress, resume=str(resume), **engine)
             _print_run(result, f"resumed {resume}")
             return
         if data is None:
@@ -129,8 +136,7 @@ def train_command(
             label_smoothing=label_smoothing, class_weights=class_weights, early_stop=early_stop,
             augment=augment, views=views, unfreeze=unfreeze, stage_lr_mult=stage_lr_mult,
             gradual_unfreeze=gradual_unfreeze, freeze_bn=freeze_bn, image_size=image_size, precision=precision,
-            accelerator=accelerator, extract_engine=extract_engine, devices=devices, num_nodes=num_nodes,
-            strategy=strategy, accumulate=accumulate, sync_bn=sync_bn, threshold=threshold, overwrite=overwrite,
+            accumulate=accumulate, sync_bn=sync_bn, threshold=threshold, overwrite=overwrite, **engine,
             exclude=str(exclude) if exclude else None, report=report,
         )
         _print_run(result, f"{backbone} · {mode}")

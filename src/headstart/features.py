@@ -184,9 +184,26 @@ class FeatureCache:
                            np.array([r for _, r in places], dtype=np.int64), labels)
 
     def _array(self, path: Path) -> np.ndarray:
+        if not self._arrays:
+            _allow_open_files()
         if path not in self._arrays:
             self._arrays[path] = np.load(path, mmap_mode="r")
         return self._arrays[path]
+
+
+def _allow_open_files() -> None:
+    """Each memory-mapped shard holds a file descriptor: ImageNet's 1,300 shards pass the common soft limit
+    of 1,024. Raise the soft limit to the hard one, as long trainings usually need (a no-op where absent)."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            log.debug("could not raise the open-file limit from %s", soft)
 
 
 class FeatureRows(Dataset):

@@ -236,3 +236,11 @@ def test_module_does_not_import_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_image_load_error_survives_a_one_argument_reraise():
+    # torch's DataLoader re-raises a worker's exception as type(exc)(message)
+    from headstart.data.images import ImageLoadError
+
+    again = ImageLoadError(str(ImageLoadError("a.jpg", "truncated")))
+    assert again.reason == "a.jpg: truncated" and again.path is None

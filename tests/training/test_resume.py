@@ -93,3 +93,16 @@ def test_resume_of_a_finished_run_says_so(synthetic_data, tmp_path):
     with pytest.raises(ConfigError, match="nothing to resume"):
         headstart.train(resume=str(run.run_dir))
     assert json.loads((run.run_dir / "model.json").read_text())["classes"]
+
+
+def test_saved_weights_may_differ_in_frozen_modules_only():
+    from headstart.training.loop import load_weights
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    saved = {k: v.clone() + 1 for k, v in model.state_dict().items()}
+    load_weights(model, {k: v for k, v in saved.items() if k.startswith("1.")})  # the frozen prefix bypassed
+    assert torch.equal(model[1].weight, saved["1.weight"])
+    load_weights(model, {**saved, "0.extra.weight": torch.zeros(1)})  # a module the loading side replaced
+    with pytest.raises(KeyError, match="trainable"):
+        load_weights(model, {k: v for k, v in saved.items() if k.startswith("0.")})

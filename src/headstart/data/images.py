@@ -52,7 +52,9 @@ _TRANSPOSE = {
 class ImageLoadError(Exception):
     """An image that cannot be used; ``reason`` is short and human readable."""
 
-    def __init__(self, path: str | None, reason: str) -> None:
+    def __init__(self, path: str | None, reason: str | None = None) -> None:
+        if reason is None:  # one argument: how torch's DataLoader re-raises a worker's error, with its message
+            path, reason = None, path or ""
         self.path = path
         self.reason = reason
         super().__init__(f"{path}: {reason}" if path is not None else reason)

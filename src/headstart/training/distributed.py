@@ -44,14 +44,18 @@ def gather_rows(fabric, rows: torch.Tensor, n: int) -> torch.Tensor:
         return rows
     import torch.distributed as dist
 
+    # A rank with no rows (a split smaller than the world) cannot know the row shape: take another rank's.
+    shapes = gather_objects(fabric, tuple(rows.shape[1:]) if len(rows) else None)
+    shape = next((s for s in shapes if s is not None), tuple(rows.shape[1:]))
     width = -(-n // world)  # all_gather needs one shape on every rank: pad each share to the longest
-    padded = torch.zeros((width, *rows.shape[1:]), dtype=rows.dtype, device=fabric.device)
-    padded[: len(rows)] = rows.to(fabric.device)
+    padded = torch.zeros((width, *shape), dtype=rows.dtype, device=fabric.device)
+    if len(rows):
+        padded[: len(rows)] = rows.to(fabric.device)
     # torch's collective on Fabric's process group (Fabric's own all_gather is the deprecated autograd one)
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
     gathered = torch.stack(parts).cpu()  # [world, width, ...]
-    return gathered.transpose(0, 1).reshape(width * world, *rows.shape[1:])[:n]
+    return gathered.transpose(0, 1).reshape(width * world, *shape)[:n]
 
 
 def gather_objects(fabric, value) -> list:

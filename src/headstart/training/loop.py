@@ -20,7 +20,8 @@ from headstart.training.callbacks import Callback
 from headstart.training.distributed import any_rank, gather_rows, reduce_sum
 from headstart.training.errors import NonFiniteLossError, TrainingInterrupted
 
-__all__ = ["NonFiniteLossError", "Trainer", "TrainingInterrupted", "evaluate_batches", "train_one_epoch"]
+__all__ = ["NonFiniteLossError", "Trainer", "TrainingInterrupted", "evaluate_batches", "load_weights",
+           "train_one_epoch"]
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +46,24 @@ def train_one_epoch(model: nn.Module, batches: Iterable, optimizer, scheduler, l
     count = len(batches) if hasattr(batches, "__len__") else None
     optimizer.zero_grad(set_to_none=True)
     for step, (inputs, labels) in enumerate(batches, start=1):
-        if any_rank(fabric, should_stop()) if sharded else should_stop():
+        # With several processes every step is a collective (DDP's gradient sync): they stop together or not
+        # at all, or the ones that go on wait forever for the ones that left.
+        if any_rank(fabric, should_stop()):
             raise TrainingInterrupted("interrupted during an epoch")
         inputs, labels = fabric.to_device((inputs, labels))  # a no-op for loaders that Fabric set up
         if channels_last and inputs.dim() == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         boundary = step % accumulate == 0 or step == count
+        window_start = (step - 1) // accumulate * accumulate
+        window = min(accumulate, count - window_start) if count else accumulate  # the last one may be short
         skip_sync = fabric.no_backward_sync(model, enabled=not boundary) if accumulate > 1 else nullcontext()
         with skip_sync:
             logits = model(inputs)
             loss = loss_fn(logits.float(), labels)
-            if not math.isfinite(loss.item()):
+            if any_rank(fabric, not math.isfinite(loss.item())):
                 raise NonFiniteLossError(f"the training loss became {loss.item()}: lower the learning rate "
                                          f"(--lr) or check the data; the last good checkpoint is kept")
-            fabric.backward(loss / accumulate)
+            fabric.backward(loss / window)
         if boundary:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -99,6 +104,17 @@ def evaluate_batches(model: nn.Module, batches: Iterable, loss_fn: Callable, fab
     loss = float(loss_fn(logits, labels)) if len(labels) else 0.0
     accuracy = float((logits.argmax(1) == labels).float().mean()) if len(labels) else 0.0
     return {"loss": loss, "accuracy": accuracy, "logits": logits, "labels": labels}
+
+
+def load_weights(module: nn.Module, state: dict) -> None:
+    """Load saved weights into a module whose frozen part may differ from the saving one's: a cached frozen
+    prefix is swapped for Identity (training/prefix.py) on one process but not on several, so a state saved on
+    one world size lacks, or carries extra, frozen keys. Those hold the pretrained weights either way; every
+    trainable parameter must be in the state."""
+    missing, _ = module.load_state_dict(state, strict=False)
+    trainable = {name for name, p in module.named_parameters() if p.requires_grad}
+    if trainable & set(missing):
+        raise KeyError(f"the saved state lacks trainable weights: {sorted(trainable & set(missing))[:3]}")
 
 
 class Trainer:
@@ -146,13 +162,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        # Frozen modules may differ between the saving and the resuming run: a cached frozen prefix is swapped
-        # for Identity (training/prefix.py) on one process but not on several. Their weights are the
-        # pretrained ones either way; every trainable parameter must be in the state.
-        missing, _ = self.module.load_state_dict(state["model"], strict=False)
-        trainable = {name for name, p in self.module.named_parameters() if p.requires_grad}
-        if trainable & set(missing):
-            raise KeyError(f"the resume state lacks trainable weights: {sorted(trainable & set(missing))[:3]}")
+        load_weights(self.module, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"]:
             self.scheduler.load_state_dict(state["scheduler"])

@@ -21,7 +21,7 @@ from headstart.device import autocast, one_torch_thread
 from headstart.features import FeatureCache, FeatureRows, FrozenBackbone, extract_features, view_seed
 from headstart.training.callbacks import BestCheckpoint, EarlyStopping, ResumeCheckpoint, UnfreezeSchedule
 from headstart.training.distributed import gather_objects, shard_indices
-from headstart.training.loop import Trainer, evaluate_batches
+from headstart.training.loop import Trainer, TrainingInterrupted, evaluate_batches, load_weights
 from headstart.training.prefix import find_frozen_prefix
 from headstart.training.schedules import build_optimizer, build_scheduler
 
@@ -91,9 +91,16 @@ def _split_features(ctx: RunContext, backbone: FrozenBackbone, split: str, prese
     seed = None if preset == "none" else ctx.cfg.seed
     key = FeatureCache.key(ctx.model_id, transform_key(ctx.preprocessing, preset), view, seed, ctx.precision)
     missing = ctx.cache.missing(key, decoded.hashes)
+    if ctx.world > 1:
+        # Rank 0's view of what is missing, for all: a rank that looked later might already see shards that
+        # another wrote, and strided shares of two different lists would miss some images and repeat others.
+        missing = ctx.fabric.broadcast(missing, src=0)
     mine = [missing[p] for p in shard_indices(len(missing), ctx.rank, ctx.world)]
     task = f"features {split}" + (f" view {view}" if view else "")
     for start in range(0, len(mine), features.SHARD_ROWS):
+        if ctx.should_stop():
+            raise TrainingInterrupted("interrupted during feature extraction (the finished shards are cached: "
+                                      "the same command continues from them)")
         chunk = mine[start:start + features.SHARD_ROWS]
         seeds = None if seed is None else [view_seed(seed, view, decoded.hashes[i]) for i in chunk]
         rows = extract_features(backbone, decoded.load(chunk), transform, seeds=seeds,
@@ -316,7 +323,7 @@ def fit_finetune(ctx: RunContext, *, epochs: int) -> FitResult:
                           on_epoch=ctx.on_epoch, generators=generators, phase="finetune",
                           should_stop=ctx.should_stop, accumulate=cfg.accumulate, sharded=ctx.world > 1)
         history = _run_trainer(ctx, trainer, train_batches, eval_batches["val"], epochs)
-        ctx.net.load_state_dict(best.best_state)
+        load_weights(ctx.net, best.best_state)
         logits = {split: evaluate_batches(model, batches, nn.CrossEntropyLoss(), ctx.fabric,
                                           channels_last=channels_last, sharded=ctx.world > 1)["logits"]
                   for split, batches in eval_batches.items()}

@@ -9,9 +9,10 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,11 +133,18 @@ def _decode_in_background(dataset, preprocessing, keep_images: bool, progress: P
                                     else None)
                 for split, items in dataset.splits.items()}
 
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="headstart-decode")
-    try:
-        return executor.submit(decode_all)
-    finally:
-        executor.shutdown(wait=False)  # the thread ends with its one task
+    future: Future = Future()
+
+    def work() -> None:
+        try:
+            future.set_result(decode_all())
+        except BaseException as exc:  # re-raised in the caller by future.result()
+            future.set_exception(exc)
+
+    # A daemon thread: when the run fails before it needs the images (a bad --out, a missing resume.pt),
+    # the process exits at once instead of waiting for a large set to finish decoding.
+    threading.Thread(target=work, name="headstart-decode", daemon=True).start()
+    return future
 
 
 def _history_csv(history: list[dict]) -> str:
@@ -223,6 +231,9 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
         raise ConfigError(f"batch_size {cfg.batch_size} is the global batch: it must divide evenly over "
                           f"{world} processes")
     accelerator = resolve_accelerator(cfg.accelerator)
+    if cfg.sync_bn and accelerator != "cuda":
+        raise ConfigError("sync_bn synchronises BatchNorm across GPUs (torch's SyncBatchNorm needs CUDA): "
+                          "leave it off on the CPU")
     precision = resolve_precision(cfg.precision, accelerator)
     fabric = make_fabric(accelerator=accelerator, precision=precision, devices=cfg.devices,
                          num_nodes=cfg.num_nodes, strategy=cfg.strategy)
@@ -340,6 +351,8 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
         log.info("run written to %s in %.1fs", run_dir, seconds)
         return RunResult(run_dir, metrics, result.history, dataset.classes, skipped, seconds, cfg, rank0)
     except TrainingInterrupted as exc:
+        if not (run_dir / "resume.pt").is_file():  # stopped before the first epoch ended: nothing to resume
+            raise
         log.warning("%s; the last completed epoch is saved: resume with `headstart train --resume %s`", exc, run_dir)
         raise TrainingInterrupted(f"{exc}; resume with `headstart train --resume {run_dir}`") from None
     finally:
