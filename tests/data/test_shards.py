@@ -130,3 +130,16 @@ def test_train_reads_shards_and_csv_lists(data, tmp_path):
         summary = json.loads((result.run_dir / "summary.json").read_text())
         assert summary["data"] == str(source) and summary["counts"]["train"] == {"blue": 6, "green": 6, "red": 6}
         assert headstart.load(result.run_dir).classes == ["blue", "green", "red"]
+
+
+def test_members_read_in_any_order_by_random_access(data, tmp_path):
+    from headstart.data.images import ImageLoadError
+    from headstart.data.shards import read_member
+
+    write_shards(data, tmp_path / "shards", shard_size_bytes=10**6)
+    items = discover(tmp_path / "shards").splits["train"]
+    streamed = {name: payload for name, payload, _ in iter_samples(tmp_path / "shards", "train")}
+    for path, _ in reversed(items):  # the worst order for a stream: each read would rescan the shard
+        assert read_member(path) == streamed[shard_member(path)[1]]
+    with pytest.raises(ImageLoadError, match="missing from its shard"):
+        read_member(items[0][0].split("#")[0] + "#nope.jpg")

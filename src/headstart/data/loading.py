@@ -20,7 +20,7 @@ from typing import TypeVar
 from PIL import Image
 
 from headstart.data.images import ImageLoadError, open_image
-from headstart.data.shards import ShardReader, shard_member
+from headstart.data.shards import ShardReader, read_member, shard_member
 
 __all__ = ["DecodedSplit", "decode_split", "map_items", "resize_short_side"]
 
@@ -63,6 +63,8 @@ class DecodedSplit:
         """The decoded, resized images at these positions: kept ones, or decoded again in threads."""
         if self.images is not None:
             return [self.images[i] for i in indices]
+        if len(indices) == 1:  # one item, as a DataLoader worker asks: no thread pool, random access in a shard
+            return [_decode_one(self.paths[indices[0]], self.short_side, self.interpolation)[0]]
         again = decode_split([(self.paths[i], self.labels[i]) for i in indices], short_side=self.short_side,
                              interpolation=self.interpolation, threads=threads)
         if again.failures:  # the file changed since the first pass
@@ -103,8 +105,7 @@ def _decode_one(path: str, short_side: int | None, interpolation: str, data: byt
     """One item decoded and resized, with the sha1 of its bytes; data: its bytes when already read."""
     member = shard_member(path) is not None
     if data is None and member:
-        with ShardReader() as reader:
-            data = reader.read(path)
+        data = read_member(path)
     elif data is None:
         try:
             data = Path(path).read_bytes()

@@ -23,6 +23,7 @@ webdataset's decoders. In a Dataset a member is the pseudo-path ``SHARDS/train-0
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -37,8 +38,20 @@ from headstart.artifact import atomic_write_json, sha256_file
 from headstart.data.folders import DataError, Dataset, data_base, discover, finish_split
 from headstart.data.images import ImageLoadError
 
-__all__ = ["FORMAT", "INDEX_FILE", "ShardReader", "ShardsWritten", "is_shards_dir", "iter_samples",
-           "load_index", "parse_size", "read_shards", "shard_member", "write_shards"]
+__all__ = [
+    "FORMAT",
+    "INDEX_FILE",
+    "ShardReader",
+    "ShardsWritten",
+    "is_shards_dir",
+    "iter_samples",
+    "load_index",
+    "parse_size",
+    "read_member",
+    "read_shards",
+    "shard_member",
+    "write_shards",
+]
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +188,33 @@ class ShardReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def read_member(path: str) -> bytes:
+    """One member's bytes by random access: for items asked in any order (a DataLoader's shuffled epochs),
+    where ShardReader would rescan the shard from its start each time. Each process keeps a few shards open
+    with their member index (their headers, read once)."""
+    parts = shard_member(path)
+    if parts is None:
+        raise ImageLoadError(path, "not a shard member (expected SHARD.tar#member)")
+    shard, member = parts
+    try:
+        fileobj = _indexed_shard(shard, os.getpid()).extractfile(member)
+    except KeyError:
+        raise ImageLoadError(path, "missing from its shard") from None
+    except FileNotFoundError:
+        raise ImageLoadError(path, "shard file not found") from None
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise ImageLoadError(path, f"unreadable shard ({exc})") from None
+    if fileobj is None:
+        raise ImageLoadError(path, "not a regular file in its shard")
+    return fileobj.read()
+
+
+@functools.lru_cache(maxsize=8)
+def _indexed_shard(shard: str, pid: int) -> tarfile.TarFile:
+    # Keyed by process: a forked DataLoader worker must not share the parent's file offset.
+    return tarfile.open(shard, mode="r:")
 
 
 def iter_samples(shards_dir: str | Path, split: str) -> Iterator[tuple[str, bytes, int]]:
