@@ -102,3 +102,13 @@ def test_interrupted_on_two_processes_resumes_on_one(synthetic_data, tmp_path):
     assert json.loads((run / "summary.json").read_text())["world_size"] == 1
     assert (run / "model.safetensors").is_file() and not (run / "resume.pt").exists()
     assert resumed.metrics["val"]["accuracy"] >= 0.8
+
+
+def test_an_error_on_rank_zero_reaches_every_process(synthetic_data, tmp_path):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("a previous run")
+    proc = subprocess.run(_cli(synthetic_data, taken, "--devices", "2"), capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "already exists" in proc.stdout + proc.stderr
+    assert (taken / "keep.txt").read_text() == "a previous run"

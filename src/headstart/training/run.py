@@ -219,7 +219,7 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
     from headstart.evaluate import classification_metrics, fit_temperature
     from headstart.features import FeatureCache
     from headstart.training.checkpoint import InterruptGuard, load_resume, save_checkpoint, save_model, save_resume
-    from headstart.training.distributed import make_fabric
+    from headstart.training.distributed import any_rank, make_fabric
     from headstart.training.errors import TrainingInterrupted
     from headstart.training.modes import SATURATED_ACCURACY, RunContext, fit_features, fit_finetune
 
@@ -248,7 +248,15 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
     else:
         resume_state = None
         # Rank 0 names and creates the folder (a default name counts up), the others take its choice.
-        run_dir = Path(fabric.broadcast(str(prepare_run_dir(cfg)) if rank0 else "", src=0))
+        # The other ranks wait in this broadcast, so rank 0 sends its error too (an existing --out) for all to raise.
+        try:
+            choice = str(prepare_run_dir(cfg)) if rank0 else None
+        except ConfigError as exc:
+            choice = exc
+        choice = fabric.broadcast(choice, src=0)
+        if isinstance(choice, ConfigError):
+            raise choice
+        run_dir = Path(choice)
     # train.log gets INFO whatever the console shows; console handlers filter by their own level.
     package_logger = logging.getLogger("headstart")
     old_level = package_logger.level
@@ -310,44 +318,51 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
         }
         metrics.pop("train", None)
         seconds = time.perf_counter() - started
+        failure: Exception | None = None
         if rank0:  # one writer: every rank holds the same model and metrics
-            manifest = save_model(run_dir, net, {
-                "backbone": spec.name,
-                "weight_source": {"kind": "file", "path": str(cfg.weights)} if cfg.weights
-                else dataclasses.asdict(spec.weights),
-                "classes": dataset.classes,
-                "preprocessing": preprocessing.to_dict(),
-                "head": {"type": "dropout_linear", "in_features": spec.in_features,
-                         "num_classes": len(dataset.classes), "dropout": cfg.dropout},
-                "temperature": temperature,
-                "threshold": cfg.threshold,
-                "mode": cfg.mode,
-                "parameters": count_parameters(net),
-                "metrics": {s: {"accuracy": m["accuracy"], "loss": m["loss"]} for s, m in metrics.items()},
-            })
-            atomic_write_json(run_dir / "metrics.json", metrics)
-            _save_logits(run_dir, decoded, result.logits)
-            atomic_write_text(run_dir / "history.csv", _history_csv(result.history))
-            summary = {
-                "data": dataset.root, "classes": dataset.classes,
-                "counts": {split: {name: d.labels.count(i) for i, name in enumerate(dataset.classes)}
-                           for split, d in decoded.items()},
-                "split_origin": dataset.split_origin, "notes": dataset.notes,
-                "warnings": [{"code": p.code, "message": p.message, "paths": p.paths} for p in warnings],
-                "excluded": sorted(excluded),
-                "skipped": [{"path": p, "reason": r} for p, r in skipped],
-                "backbone": spec.name, "mode": cfg.mode, "accelerator": accelerator, "precision": precision,
-                "torch": torch.__version__, "threads": torch.get_num_threads(), "world_size": fabric.world_size,
-                "strategy": type(fabric.strategy).__name__,
-                "extraction": result.extraction, "seconds": seconds,
-                "epochs_run": len(result.history), "weights_bytes": manifest["weights_bytes"],
-            }
-            atomic_write_json(run_dir / "summary.json", summary)
-            if cfg.report:
-                _write_report(run_dir, cfg.data)
-            for leftover in ("checkpoint.safetensors", "resume.pt"):
-                (run_dir / leftover).unlink(missing_ok=True)
-        fabric.barrier()  # the other ranks return once the run directory is complete
+            try:
+                manifest = save_model(run_dir, net, {
+                    "backbone": spec.name,
+                    "weight_source": {"kind": "file", "path": str(cfg.weights)} if cfg.weights
+                    else dataclasses.asdict(spec.weights),
+                    "classes": dataset.classes,
+                    "preprocessing": preprocessing.to_dict(),
+                    "head": {"type": "dropout_linear", "in_features": spec.in_features,
+                             "num_classes": len(dataset.classes), "dropout": cfg.dropout},
+                    "temperature": temperature,
+                    "threshold": cfg.threshold,
+                    "mode": cfg.mode,
+                    "parameters": count_parameters(net),
+                    "metrics": {s: {"accuracy": m["accuracy"], "loss": m["loss"]} for s, m in metrics.items()},
+                })
+                atomic_write_json(run_dir / "metrics.json", metrics)
+                _save_logits(run_dir, decoded, result.logits)
+                atomic_write_text(run_dir / "history.csv", _history_csv(result.history))
+                summary = {
+                    "data": dataset.root, "classes": dataset.classes,
+                    "counts": {split: {name: d.labels.count(i) for i, name in enumerate(dataset.classes)}
+                               for split, d in decoded.items()},
+                    "split_origin": dataset.split_origin, "notes": dataset.notes,
+                    "warnings": [{"code": p.code, "message": p.message, "paths": p.paths} for p in warnings],
+                    "excluded": sorted(excluded),
+                    "skipped": [{"path": p, "reason": r} for p, r in skipped],
+                    "backbone": spec.name, "mode": cfg.mode, "accelerator": accelerator, "precision": precision,
+                    "torch": torch.__version__, "threads": torch.get_num_threads(), "world_size": fabric.world_size,
+                    "strategy": type(fabric.strategy).__name__,
+                    "extraction": result.extraction, "seconds": seconds,
+                    "epochs_run": len(result.history), "weights_bytes": manifest["weights_bytes"],
+                }
+                atomic_write_json(run_dir / "summary.json", summary)
+                if cfg.report:
+                    _write_report(run_dir, cfg.data)
+                for leftover in ("checkpoint.safetensors", "resume.pt"):
+                    (run_dir / leftover).unlink(missing_ok=True)
+            except Exception as exc:  # re-raised below, after the other ranks have heard of it
+                failure = exc
+        # A collective in place of a barrier: the other ranks return once the run directory is complete,
+        # or raise with rank 0 instead of waiting for it forever.
+        if any_rank(fabric, failure is not None):
+            raise failure or RuntimeError("rank 0 could not write the run directory: see its error")
         log.info("run written to %s in %.1fs", run_dir, seconds)
         return RunResult(run_dir, metrics, result.history, dataset.classes, skipped, seconds, cfg, rank0)
     except TrainingInterrupted as exc:
