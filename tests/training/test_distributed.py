@@ -97,11 +97,14 @@ def test_interrupted_on_two_processes_resumes_on_one(synthetic_data, tmp_path):
     assert proc.returncode != 0 and "--resume" in output, output[-2000:]
     assert (run / "resume.pt").is_file() and not (run / "model.json").exists()
 
-    resumed = headstart.train(resume=str(run), devices=1)
-    assert len(resumed.history) == 30
-    assert json.loads((run / "summary.json").read_text())["world_size"] == 1
+    # the CLI, as a user resumes: only --devices changes, the run's other settings (--accelerator cpu) stay
+    _run([sys.executable, "-m", "headstart.cli", "train", "--resume", str(run), "--devices", "1", "--no-progress"],
+         tmp_path / "cache")
+    assert len((run / "history.csv").read_text().splitlines()) == 31
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 1 and summary["accelerator"] == "cpu"
     assert (run / "model.safetensors").is_file() and not (run / "resume.pt").exists()
-    assert resumed.metrics["val"]["accuracy"] >= 0.8
+    assert json.loads((run / "metrics.json").read_text())["val"]["accuracy"] >= 0.8
 
 
 def test_an_error_on_rank_zero_reaches_every_process(synthetic_data, tmp_path):
