@@ -27,7 +27,7 @@ def check_command(
 ) -> None:
     """The dataset doctor: unusable files, modes, duplicates and leakage, class balance. Exit 1 if fatal."""
     from headstart.data.check import check_dataset, summary_lines
-    from headstart.data.check import fix_split as write_fix
+    from headstart.data.exclusions import fix_split as write_fix
 
     with Progress(not as_json) as progress:
         report = check_dataset(data, fast=fast, val_fraction=val_fraction, seed=seed, progress=progress)

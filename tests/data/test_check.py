@@ -11,15 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from headstart.data.check import (
-    FIX_SPLIT_FILE,
-    CheckReport,
-    check_dataset,
-    class_weights,
-    fix_split,
-    load_exclusions,
-    summary_lines,
-)
+from headstart.data.check import CheckReport, check_dataset, class_weights, summary_lines
+from headstart.data.exclusions import FIX_SPLIT_FILE, fix_split, load_exclusions
 from headstart.data.folders import DataError, discover
 from image_corpus import make_corpus
 

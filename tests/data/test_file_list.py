@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import make_synthetic_dataset
-from headstart.data.check import check_dataset, fix_split, load_exclusions, summary_lines
+from headstart.data.check import check_dataset, summary_lines
+from headstart.data.exclusions import fix_split, load_exclusions
 from headstart.data.folders import DataError, discover
 
 

@@ -12,7 +12,6 @@ empty class folder in train, which ``discover`` refuses), and the same image con
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -23,9 +22,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from headstart.data.exclusions import FIX_SPLIT_FILE
 from headstart.data.file_list import is_file_list
 from headstart.data.folders import (
     SPLIT_ALIASES,
+    SPLIT_ORDER,
     DataError,
     _class_dirs,
     _find_split,
@@ -36,17 +37,14 @@ from headstart.data.folders import (
 )
 from headstart.data.images import ImageLoadError, image_info, is_image_file, open_image
 from headstart.data.loading import map_items
-from headstart.data.shards import ShardReader, is_shards_dir, load_index, shard_member
+from headstart.data.shards import is_shards_dir, load_index
 
-__all__ = ["CheckReport", "Problem", "check_dataset", "class_weights", "fix_split", "load_exclusions",
-           "summary_lines"]
+__all__ = ["CheckReport", "Problem", "check_dataset", "class_weights", "summary_lines"]
 
 log = logging.getLogger(__name__)
 
 IMBALANCE_THRESHOLD = 1.5  # the one definition training uses too (see class_weights)
 FEW_IMAGES = 5  # a class with fewer training images than this can hardly be learned
-FIX_SPLIT_FILE = "headstart-fix-split.json"
-_SPLIT_ORDER = ("train", "val", "test")  # when content repeats across splits, the earliest copy is kept
 # Which extensions each PIL format is normally saved under; anything else is a (harmless) mismatch.
 _FORMAT_EXTENSIONS = {
     "JPEG": {".jpg", ".jpeg"}, "MPO": {".jpg", ".jpeg"}, "PNG": {".png"}, "GIF": {".gif"}, "BMP": {".bmp"},
@@ -130,14 +128,6 @@ def class_weights(counts: Sequence[int], mode: str = "auto") -> list[float] | No
         return None
     total, k = sum(counts), len(counts)
     return [total / (k * c) for c in counts]
-
-
-def load_exclusions(file: str | Path, root: str | Path) -> set[str]:
-    """Absolute paths listed in a ``fix_split`` file (relative to DATA, or to a CSV list's folder), for training
-    to leave out."""
-    record = json.loads(Path(file).read_text())
-    base = data_base(Path(root).expanduser().resolve())
-    return {os.path.normpath(base / rel) for rel in record.get("exclude", [])}
 
 
 def check_dataset(
@@ -355,7 +345,7 @@ def _assign_splits(class_dirs: dict[str, dict[str, Path]], facts: list[_Facts], 
         _, val = _stratified_split([(p, index[f.label]) for p, f in by_path.items()], val_fraction, seed)
         for p, _ in val:
             by_path[p].split = "val"
-    splits = {s: [f for f in facts if f.split == s and f.error is None] for s in _SPLIT_ORDER}
+    splits = {s: [f for f in facts if f.split == s and f.error is None] for s in SPLIT_ORDER}
     kept = {s: v for s, v in splits.items() if s in class_dirs or (s == "val" and origin == "generated")}
     return kept, origin
 
@@ -406,60 +396,6 @@ def _balance(train_counts: dict[str, int], problems: list[Problem]
                "by inverse class frequency")
         problems.append(Problem("info", "imbalance", msg))
     return round(ratio, 3), (None if weights is None else dict(zip(names, weights, strict=True)))
-
-
-def fix_split(data: str | Path, report: CheckReport, out_dir: str | Path | None = None) -> Path:
-    """Write ``headstart-fix-split.json`` listing the files to leave out so no content repeats across splits.
-
-    With folder splits the train copy is kept and the val/test copies are excluded (val before test);
-    with a generated split every copy of every duplicate but one is excluded, since the redrawn split
-    decides where copies land. DATA is never modified (it may be read-only). Returns the file written.
-    """
-    if report.fast:
-        raise ValueError("fix_split needs the full check's duplicate detection: check_dataset(fast=False)")
-    root = Path(data).expanduser().resolve()
-    # A generated split is redrawn after exclusion, so every duplicate, not only today's leaked ones, must go.
-    codes = ("leakage", "duplicates") if report.split_origin == "generated" else ("leakage",)
-    dupes = [path for p in report.problems if p.code in codes for path in p.paths]
-    hashes: dict[str, list[str]] = defaultdict(list)
-    with ShardReader() as reader:  # content hashes again: the report holds paths only, and leakage sets are small
-        for path in dupes:
-            data = reader.read(path) if shard_member(path) else Path(path).read_bytes()
-            hashes[hashlib.sha1(data).hexdigest()].append(path)
-    exclude, kept_for = [], {}
-    generated = report.split_origin == "generated"
-    rank, base = _split_ranks(root), data_base(root)
-    for paths in hashes.values():
-        ordered = sorted(paths, key=lambda p: (rank(p), p))
-        keep = rank(ordered[0])
-        for p in ordered[1:]:
-            if not generated and rank(p) == keep:
-                continue  # a second copy in the kept split is no leakage: the duplicates warning covers it
-            rel = os.path.relpath(p, base)
-            exclude.append(rel)
-            kept_for[rel] = os.path.relpath(ordered[0], base)
-    out = Path(out_dir or ".").expanduser() / FIX_SPLIT_FILE
-    record = {"format": "headstart.exclude/1", "root": str(root), "exclude": sorted(exclude),
-              "duplicate_of": dict(sorted(kept_for.items())),
-              "reason": "same image content in more than one split (leakage); the listed copies are left out"}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    log.info("wrote %s: %d file(s) to exclude", out, len(exclude))
-    return out
-
-
-def _split_ranks(root: Path) -> Callable[[str], int]:
-    """path -> rank of its split: from the folder it sits in, or for a CSV list or shards, from their split."""
-    if not (is_file_list(root) or is_shards_dir(root)):
-        return lambda path: _split_rank(root, path)
-    split_of = {p: s for s, items in discover(root).splits.items() for p, _ in items}
-    return lambda path: _SPLIT_ORDER.index(split_of[path]) if path in split_of else len(_SPLIT_ORDER)
-
-
-def _split_rank(root: Path, path: str) -> int:
-    """0 for train/, 1 for val/, 2 for test/; in a DATA/<class> layout every file ranks alike."""
-    top = Path(path).relative_to(root).parts[0].lower()
-    return next((i for i, s in enumerate(_SPLIT_ORDER) if top in SPLIT_ALIASES[s]), len(_SPLIT_ORDER))
 
 
 def summary_lines(report: CheckReport) -> list[str]:

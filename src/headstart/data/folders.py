@@ -20,6 +20,7 @@ __all__ = ["DataError", "Dataset", "data_base", "discover", "list_images"]
 log = logging.getLogger(__name__)
 
 SPLIT_ALIASES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
+SPLIT_ORDER = tuple(SPLIT_ALIASES)  # when content repeats across splits, the earliest copy is kept
 
 
 class DataError(ValueError):

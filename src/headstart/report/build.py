@@ -74,7 +74,7 @@ def _spread(items: list, k: int) -> list:
 
 def _dataset(run: Path, data, classes: list[str], config: dict):
     """(Dataset, None) rebuilt as training saw it (split.json, exclusions), or (None, why not)."""
-    from headstart.data.check import load_exclusions
+    from headstart.data.exclusions import load_exclusions
     from headstart.data.folders import DataError, discover
 
     split_file = run / "split.json"

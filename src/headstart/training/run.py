@@ -189,7 +189,8 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
     cfg = config.resolved()
 
     from headstart.backbones.registry import get_spec
-    from headstart.data.check import check_dataset, load_exclusions
+    from headstart.data.check import check_dataset
+    from headstart.data.exclusions import load_exclusions
     from headstart.data.folders import DataError, discover
 
     # What to train on needs no torch: settle it first, and start decoding before torch, timm and Fabric are
