@@ -1,8 +1,10 @@
-"""The ONNX Runtime extraction engine: equal to torch, chosen only where it should be, never an error."""
+"""The compiled extraction engines (OpenVINO, ONNX Runtime): equal to torch, chosen only where they should be,
+never an error."""
 
 from __future__ import annotations
 
 import logging
+import sys
 
 import pytest
 import torch
@@ -13,9 +15,7 @@ from headstart.backbones.model import build_network
 from headstart.backbones.registry import get_spec
 from headstart.data.transforms import eval_transform
 from headstart.features import FrozenBackbone, extract_features
-from headstart.onnx_forward import frozen_forward
-
-pytest.importorskip("onnxruntime")
+from headstart.onnx_forward import COMPILED_ENGINES, frozen_forward
 
 
 def _backbone(name: str = "mobilenet_v2") -> nn.Module:
@@ -23,12 +23,14 @@ def _backbone(name: str = "mobilenet_v2") -> nn.Module:
     return build_network(get_spec(name), 3, pretrained=False).backbone.eval()
 
 
-def test_onnxruntime_features_equal_torch():
+@pytest.mark.parametrize("engine", COMPILED_ENGINES)
+def test_compiled_engine_features_equal_torch(engine):
+    pytest.importorskip(engine)
     backbone = _backbone()
     images = torch.randn(5, 3, 64, 64)
-    frozen = FrozenBackbone(backbone)
+    frozen = FrozenBackbone(backbone, engine=engine)
     got = frozen(images)
-    assert frozen.engine == "onnxruntime"
+    assert frozen.engine == engine
     with torch.inference_mode():
         expected = backbone(images)
     assert got.shape == expected.shape
@@ -37,9 +39,23 @@ def test_onnxruntime_features_equal_torch():
     assert frozen(images[:3]).shape == (3, expected.shape[1])
 
 
+def test_auto_prefers_openvino_then_onnxruntime(monkeypatch):
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxruntime")
+    images = torch.randn(3, 3, 64, 64)
+    frozen = FrozenBackbone(_backbone())
+    frozen(images)
+    assert frozen.engine == "openvino"
+    # without OpenVINO, ONNX Runtime takes over, silently: a missing optional runtime is not a problem
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    frozen = FrozenBackbone(_backbone())
+    frozen(images)
+    assert frozen.engine == "onnxruntime"
+
+
 @pytest.mark.parametrize(("engine", "accelerator", "precision"), [
     ("torch", "cpu", "32-true"), ("auto", "cpu", "bf16-mixed"), ("auto", "cuda", "32-true")])
-def test_torch_where_onnxruntime_is_not_the_faster_engine(engine, accelerator, precision):
+def test_torch_where_a_compiled_engine_is_not_the_faster_one(engine, accelerator, precision):
     forward, reason = frozen_forward(_backbone(), torch.randn(2, 3, 64, 64), engine=engine,
                                      accelerator=accelerator, precision=precision)
     assert forward is None and reason
@@ -82,3 +98,48 @@ def test_extract_features_reuses_one_engine_across_calls():
     second = extract_features(frozen, images[:2], transform)
     assert frozen._forward is engine_forward
     assert torch.allclose(first[:2], second, atol=1e-5)
+
+
+def test_the_exported_graph_is_kept_and_reused_under_a_key_of_its_weights(tmp_path, monkeypatch):
+    import headstart.onnx_forward as onnx_forward
+
+    backbone, images = _backbone(), torch.randn(3, 3, 64, 64)
+    with torch.inference_mode():
+        expected = backbone(images)
+    first = FrozenBackbone(backbone, engine="onnxruntime", engine_cache=tmp_path)
+    assert torch.allclose(first(images), expected, atol=1e-4, rtol=1e-4)
+    kept = list((tmp_path / "onnx").glob("*.onnx"))
+    assert len(kept) == 1 and kept[0].stat().st_size > 0
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again although the graph is in the cache")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(onnx_forward, "_export", no_export)
+        second = FrozenBackbone(backbone, engine="onnxruntime", engine_cache=tmp_path)
+        assert torch.allclose(second(images), expected, atol=1e-4, rtol=1e-4)
+        assert second.engine == "onnxruntime"
+
+    # other weights are another graph: a new file, never the old one's outputs
+    changed = _backbone()
+    with torch.no_grad():
+        next(changed.parameters()).add_(0.5)
+    third = FrozenBackbone(changed, engine="onnxruntime", engine_cache=tmp_path)
+    with torch.inference_mode():
+        assert torch.allclose(third(images), changed(images), atol=1e-4, rtol=1e-4)
+    assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 2
+
+
+def test_a_damaged_cached_graph_is_exported_again(tmp_path, caplog):
+    pytest.importorskip("openvino")  # the first engine meets the damaged file; the second exports afresh
+    backbone, images = _backbone(), torch.randn(3, 3, 64, 64)
+    FrozenBackbone(backbone, engine="onnxruntime", engine_cache=tmp_path)(images)
+    (kept,) = (tmp_path / "onnx").glob("*.onnx")
+    kept.write_bytes(b"not an onnx graph")
+    with caplog.at_level(logging.WARNING, logger="headstart.onnx_forward"):
+        frozen = FrozenBackbone(backbone, engine="auto", engine_cache=tmp_path)
+        got = frozen(images)
+    assert frozen.engine in COMPILED_ENGINES and "not used for extraction" in caplog.text
+    with torch.inference_mode():
+        assert torch.allclose(got, backbone(images), atol=1e-4, rtol=1e-4)
+    assert kept.read_bytes() != b"not an onnx graph"  # exported afresh and kept again

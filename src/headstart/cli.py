@@ -98,7 +98,8 @@ def train_command(
     # resumed run changes only what this command names.
     accelerator: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda  [default: auto]")] = None,
     extract_engine: Annotated[Optional[str], typer.Option(
-        help="auto | torch | onnxruntime: the frozen forward pass of feature extraction  [default: auto]")] = None,
+        help="auto | torch | openvino | onnxruntime: the frozen forward pass of feature extraction  "
+             "[default: auto]")] = None,
     devices: Annotated[Optional[int], typer.Option(
         help="processes per machine (CPU) or GPUs per machine  [default: 1]")] = None,
     num_nodes: Annotated[Optional[int], typer.Option(

@@ -20,7 +20,8 @@ ACCELERATORS = ("auto", "cpu", "cuda")
 STRATEGIES = ("auto", "ddp", "fsdp")
 # Settings of the machine, not of the model: a resumed run may change them (another world size, a GPU).
 ENGINE_SETTINGS = ("accelerator", "devices", "num_nodes", "strategy", "num_workers", "extract_engine")
-EXTRACT_ENGINES = ("auto", "torch", "onnxruntime")  # headstart.onnx_forward.ENGINES, without importing torch
+# headstart.onnx_forward.ENGINES, without importing torch
+EXTRACT_ENGINES = ("auto", "torch", "openvino", "onnxruntime")
 
 
 class ConfigError(ValueError):

@@ -1,4 +1,4 @@
-"""Batched feature extraction (ONNX Runtime or channels_last + bf16, whichever is faster) and the feature cache.
+"""Batched feature extraction (a compiled runtime, or channels_last + bf16: the faster) and the feature cache.
 
 Features mode pays for one backbone forward pass per image (per augmented view), ever: the pooled features
 are cached on disk in fp16 shards under a key of backbone + weights + transform + view and the file's
@@ -44,13 +44,15 @@ def view_seed(seed: int, view: int, content_hash: str) -> int:
 class FrozenBackbone:
     """The frozen backbone's forward pass on the fastest engine that reproduces it.
 
-    The engine is chosen on the first batch (ONNX Runtime for fp32 on the CPU, else torch with channels_last
-    and the run's autocast; see onnx_forward.py) and reused for every later batch, split and view of the run.
+    The engine is chosen on the first batch (OpenVINO or ONNX Runtime for fp32 on the CPU, else torch with
+    channels_last and the run's autocast; see onnx_forward.py) and reused for every later batch, split and
+    view of the run.
     """
 
     def __init__(self, backbone: nn.Module, *, accelerator: str = "cpu", precision: str = "32-true",
-                 channels_last: bool = True, engine: str = "auto"):
+                 channels_last: bool = True, engine: str = "auto", engine_cache: Path | None = None):
         self.backbone, self.accelerator, self.precision = backbone, accelerator, precision
+        self.engine_cache = engine_cache  # exported graphs and compiled blobs kept between runs (None: none)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.requested = engine
         self.engine: str | None = None
@@ -71,13 +73,15 @@ class FrozenBackbone:
 
         self.backbone.eval()
         self._forward, reason = frozen_forward(self.backbone, sample, engine=self.requested,
-                                               accelerator=self.accelerator, precision=self.precision)
+                                               accelerator=self.accelerator, precision=self.precision,
+                                               cache_dir=self.engine_cache)
         if self._forward is None:
             self.backbone.to(device=self.accelerator, memory_format=self.memory_format)
             self.engine = "torch"
+            log.info("extraction engine: torch (%s)", reason)
         else:
-            self.engine = "onnxruntime"
-        log.info("extraction engine: %s (%s)", self.engine, reason)
+            self.engine = reason
+            log.info("extraction engine: %s", self.engine)
 
 
 def extract_features(backbone: nn.Module | FrozenBackbone, images: Sequence[Image.Image], transform: Callable, *,

@@ -65,6 +65,11 @@ def test_vs_tutorial_quick(tmp_path):
         assert bool(verdict["missed_by"]) == (verdict["result"] == "MISS")
         assert f"| {name} | headstart |" in stdout and f"| {name} | tutorial loop |" in stdout
     pss = results["protocols"]["pss-fe"]
+    assert pss["headstart"]["repeats"] == 1 and len(pss["headstart"]["wall_seconds_runs"]) == 1
+    warm = pss["headstart"]["warm_engine"]  # the engine the first run exported, reused; the features computed again
+    assert warm["wall_seconds"] > 0 and warm["extraction"]["computed"] == pss["headstart"]["extraction"]["computed"]
+    assert "| pss-fe | headstart, engine cached |" in stdout
+    assert "warm_engine" not in results["protocols"]["hym-ft"]["headstart"]
     assert pss["headstart"]["accuracy_split"] == "test"
     assert pss["headstart"]["extract_images_per_second"] > 0
     assert pss["headstart"]["accuracy"] >= 0.67  # colour classes: separable by pretrained features at once
