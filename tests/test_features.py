@@ -13,6 +13,11 @@ from headstart import features
 from headstart.features import FeatureCache, FrozenBackbone
 
 
+def _table(rows) -> torch.Tensor:
+    """Every row of a FeatureRows as float32 [N, D], read through its Dataset interface."""
+    return torch.stack([rows[i][0] for i in range(len(rows))])
+
+
 def _hashes(n: int, prefix: str = "h") -> list[str]:
     return [f"{prefix}{i:04d}" for i in range(n)]
 
@@ -34,7 +39,7 @@ def test_rows_round_trip_through_fp16_memory_mapped_shards(tmp_path):
     order = [3, 9, 0, 5]
     rows = fresh.rows(key, [hashes[i] for i in order], labels=[1, 0, 1, 0])
     assert all(isinstance(a, np.memmap) for a in rows.arrays)
-    torch.testing.assert_close(rows.table(), values[order], atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(_table(rows), values[order], atol=2e-3, rtol=2e-3)
     x, y = rows[1]
     assert x.dtype == torch.float32 and int(y) == 0
 
@@ -42,7 +47,7 @@ def test_rows_round_trip_through_fp16_memory_mapped_shards(tmp_path):
 def test_values_beyond_fp16_stay_finite(tmp_path):
     cache = FeatureCache(tmp_path)
     cache.write("k", ["a"], torch.tensor([[1e6, -3.0]]))
-    assert torch.equal(cache.rows("k", ["a"]).table(), torch.tensor([[1e6, -3.0]]))
+    assert torch.equal(_table(cache.rows("k", ["a"])), torch.tensor([[1e6, -3.0]]))
 
 
 def test_a_damaged_shard_is_ignored_and_recomputed(tmp_path, caplog):

@@ -254,14 +254,14 @@ def _quantize_int8(model, run_dir: Path, preprocessing: dict, workdir: Path) -> 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from headstart.runtime.preprocess import PreprocessSpec
+    from headstart.backbones.registry import Preprocessing
 
     paths, _, _ = run_images(run_dir, CALIBRATION_IMAGES, splits=("train", "val"))
     images, _ = _decode(paths)
     if not images:
         raise ExportError(f"int8 quantization calibrates on the run's training images, and none of them can be "
                           f"read (see {run_dir / 'split.json'}); export without quantize")
-    batch = preprocess_batch(images, PreprocessSpec.from_dict(preprocessing))
+    batch = preprocess_batch(images, Preprocessing.from_dict(preprocessing))
 
     class Calibration(CalibrationDataReader):
         def __init__(self, size: int = 8):

@@ -225,8 +225,3 @@ class FeatureRows(Dataset):
         row = self.arrays[self.shards[i]][self.rows[i]]
         return torch.from_numpy(np.array(row, dtype=np.float32)), self.labels[i]  # a copy: the map is read-only
 
-    def table(self) -> torch.Tensor:
-        """Every row in memory as float32 [N, D]: for small splits and tests."""
-        if not len(self):
-            return torch.empty(0)
-        return torch.stack([self[i][0] for i in range(len(self))])

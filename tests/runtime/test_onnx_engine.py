@@ -10,8 +10,9 @@ from PIL import Image
 
 import headstart
 from headstart.artifact import ArtifactError
+from headstart.backbones.registry import Preprocessing
 from headstart.data.images import open_image
-from headstart.runtime import UNSURE, PreprocessSpec, load_onnx, preprocess, preprocess_batch
+from headstart.runtime import UNSURE, load_onnx, preprocess, preprocess_batch
 from headstart.runtime.preprocess import center_crop_box
 from image_corpus import BAD_FILES, GOOD_FILES, make_corpus
 
@@ -38,7 +39,7 @@ def noise_image(w: int, h: int, seed: int) -> Image.Image:
 @pytest.mark.parametrize(("resize", "crop", "norm"), [(256, 224, IMAGENET), (73, 64, INCEPTION), (97, 96, IMAGENET)])
 def test_preprocess_equals_torchvision(interpolation, resize, crop, norm):
     pre = {"resize_size": resize, "crop_size": crop, "interpolation": interpolation, **norm}
-    spec, transform = PreprocessSpec.from_dict(pre), torch_eval(pre)
+    spec, transform = Preprocessing.from_dict(pre), torch_eval(pre)
     images = [noise_image(w, h, seed) for seed, (w, h) in enumerate(SIZES)]
     batch = preprocess_batch(images, spec)
     assert batch.shape == (len(SIZES), 3, crop, crop) and batch.dtype == np.float32
@@ -52,7 +53,7 @@ def test_preprocess_equals_torchvision_on_every_readable_file(tmp_path):
     transform = torch_eval(pre)
     for name in GOOD_FILES:
         img = open_image(corpus[name])
-        assert np.abs(preprocess(img, PreprocessSpec.from_dict(pre)) - transform(img).numpy()).max() <= 1e-5, name
+        assert np.abs(preprocess(img, Preprocessing.from_dict(pre)) - transform(img).numpy()).max() <= 1e-5, name
 
 
 def test_center_crop_rounds_halves_to_even_like_torchvision():

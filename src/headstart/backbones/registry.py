@@ -43,7 +43,9 @@ class Preprocessing:
             raise ValueError(f"resize_size {self.resize_size} is smaller than crop_size {self.crop_size}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """As model.json and the ONNX metadata hold it (lists, as JSON reads them back)."""
+        return {"crop_size": self.crop_size, "resize_size": self.resize_size, "mean": list(self.mean),
+                "std": list(self.std), "interpolation": self.interpolation}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:

@@ -12,7 +12,7 @@ from headstart.runtime.onnx_engine import (
     load_onnx,
     read_onnx_metadata,
 )
-from headstart.runtime.preprocess import PreprocessSpec, preprocess, preprocess_batch
+from headstart.runtime.preprocess import preprocess, preprocess_batch
 from headstart.runtime.results import UNSURE, build_predictions, predict_images
 
 __all__ = [
@@ -20,7 +20,6 @@ __all__ = [
     "ONNX_FORMAT",
     "UNSURE",
     "OnnxClassifier",
-    "PreprocessSpec",
     "build_predictions",
     "load_onnx",
     "predict_images",

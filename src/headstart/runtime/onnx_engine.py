@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image
 
 from headstart.artifact import MANIFEST_FILE, ArtifactError
-from headstart.runtime.preprocess import PreprocessSpec, preprocess_batch
+from headstart.backbones.registry import Preprocessing
+from headstart.runtime.preprocess import preprocess_batch
 from headstart.runtime.results import Inputs, predict_images
 
 __all__ = ["ONNX_FILE", "ONNX_FORMAT", "OnnxClassifier", "load_onnx", "read_onnx_metadata"]
@@ -44,7 +45,7 @@ def read_onnx_metadata(props: dict[str, str], source: str) -> dict[str, Any]:
                 meta[key] = json.loads(meta[key])
         for key in _FLOAT_KEYS:
             meta[key] = float(meta[key])
-        meta["preprocessing"] = PreprocessSpec.from_dict(meta["preprocessing"]).to_dict()
+        meta["preprocessing"] = Preprocessing.from_dict(meta["preprocessing"]).to_dict()
     except (KeyError, ValueError, TypeError) as exc:
         raise ArtifactError(f"{source}: damaged headstart metadata ({type(exc).__name__}: {exc})") from exc
     return meta
@@ -59,7 +60,7 @@ class OnnxClassifier:
     path: Path
 
     def __post_init__(self) -> None:
-        self._spec = PreprocessSpec.from_dict(self.manifest["preprocessing"])
+        self._spec = Preprocessing.from_dict(self.manifest["preprocessing"])
         self._input = self.session.get_inputs()[0].name
 
     @property
@@ -75,7 +76,7 @@ class OnnxClassifier:
         return float(self.manifest["threshold"])
 
     @property
-    def preprocessing(self) -> PreprocessSpec:
+    def preprocessing(self) -> Preprocessing:
         return self._spec
 
     def run(self, batch: np.ndarray) -> np.ndarray:

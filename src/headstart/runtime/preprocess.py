@@ -6,17 +6,17 @@ pipeline out for a client in any language; the ONNX file carries it, and the num
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
 
-# data.loading imports only PIL and data.images (tests/runtime/test_no_torch.py keeps it that way).
+# The registry and data.loading import no torch (tests/runtime/test_no_torch.py keeps it that way): the numbers
+# come in the registry's own Preprocessing, the one description of a backbone's eval pipeline.
+from headstart.backbones.registry import Preprocessing
 from headstart.data.loading import resize_short_side
 
-__all__ = ["PREPROCESSING_STEPS", "PreprocessSpec", "center_crop_box", "preprocess", "preprocess_batch"]
+__all__ = ["PREPROCESSING_STEPS", "center_crop_box", "preprocess", "preprocess_batch"]
 
 PREPROCESSING_STEPS = """\
 1. decode to RGB (EXIF-oriented), 8 bits per channel;
@@ -30,43 +30,12 @@ PREPROCESSING_STEPS = """\
 """
 
 
-@dataclass(frozen=True)
-class PreprocessSpec:
-    """The numbers of the eval pipeline; the same keys as model.json's `preprocessing`."""
-
-    crop_size: int
-    resize_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bilinear"
-
-    def __post_init__(self) -> None:
-        if self.interpolation not in ("bilinear", "bicubic", "nearest"):
-            raise ValueError(f"unsupported interpolation {self.interpolation!r}")
-        if self.resize_size < self.crop_size:
-            raise ValueError(f"resize_size {self.resize_size} is smaller than crop_size {self.crop_size}")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PreprocessSpec:
-        return cls(
-            crop_size=int(data["crop_size"]),
-            resize_size=int(data["resize_size"]),
-            mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
-            std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
-            interpolation=str(data.get("interpolation", "bilinear")),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"crop_size": self.crop_size, "resize_size": self.resize_size, "mean": list(self.mean),
-                "std": list(self.std), "interpolation": self.interpolation}
-
-
 def center_crop_box(width: int, height: int, crop: int) -> tuple[int, int]:
     """(top, left) of torchvision's CenterCrop; Python's round() halves to even, and so must we."""
     return round((height - crop) / 2.0), round((width - crop) / 2.0)
 
 
-def preprocess(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
+def preprocess(img: Image.Image, spec: Preprocessing) -> np.ndarray:
     """One RGB image -> float32 [3, crop, crop], normalized."""
     if img.mode != "RGB":
         img = img.convert("RGB")
@@ -80,7 +49,7 @@ def preprocess(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
-def preprocess_batch(images: Sequence[Image.Image], spec: PreprocessSpec) -> np.ndarray:
+def preprocess_batch(images: Sequence[Image.Image], spec: Preprocessing) -> np.ndarray:
     """RGB images -> float32 [N, 3, crop, crop]."""
     if not images:
         return np.zeros((0, 3, spec.crop_size, spec.crop_size), np.float32)
