@@ -70,11 +70,27 @@ def test_vs_tutorial_quick(tmp_path):
     assert warm["wall_seconds"] > 0 and warm["extraction"]["computed"] == pss["headstart"]["extraction"]["computed"]
     assert "| pss-fe | headstart, engine cached |" in stdout
     assert "warm_engine" not in results["protocols"]["hym-ft"]["headstart"]
+    assert "no_report" not in pss["headstart"]  # --hs-arg=--no-report already: no second such run
     assert pss["headstart"]["accuracy_split"] == "test"
     assert pss["headstart"]["extract_images_per_second"] > 0
     assert pss["headstart"]["accuracy"] >= 0.67  # colour classes: separable by pretrained features at once
     assert results["protocols"]["hym-ft"]["headstart"]["accuracy_split"] == "val"
     assert results["total_seconds"] > 0 and len(results["load_average_end"]) == 3
+
+
+def test_vs_tutorial_quick_times_headstart_with_and_without_its_report(tmp_path):
+    # --repeats 2 and the report on: the median of the cold runs is judged; the warm-engine and --no-report
+    # runs are reported beside it.
+    results, stdout = run_script("vs_tutorial", tmp_path, "--protocol", "pss-fe", "--repeats", "2")
+    hs = results["protocols"]["pss-fe"]["headstart"]
+    assert hs["repeats"] == 2 and len(hs["wall_seconds_runs"]) == 2 and hs["report"] is True
+    assert hs["wall_seconds"] in hs["wall_seconds_runs"]
+    bare = hs["no_report"]
+    assert bare["wall_seconds"] > 0 and bare["phases"]["report"] < hs["phases"]["report"]
+    assert bare["accuracy"] == hs["accuracy"] == hs["warm_engine"]["accuracy"]  # same seed, same model
+    assert "| pss-fe | headstart, --no-report |" in stdout and "| pss-fe, --no-report |" in stdout
+    assert results["protocols"]["pss-fe"]["verdict"]["speedup"] == pytest.approx(
+        results["protocols"]["pss-fe"]["reference"]["wall_seconds"] / hs["wall_seconds"])
 
 
 def test_extract_throughput_quick(tmp_path):
