@@ -130,16 +130,49 @@ def test_the_exported_graph_is_kept_and_reused_under_a_key_of_its_weights(tmp_pa
     assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 2
 
 
-def test_a_damaged_cached_graph_is_exported_again(tmp_path, caplog):
-    pytest.importorskip("openvino")  # the first engine meets the damaged file; the second exports afresh
+@pytest.mark.parametrize("engine", ["onnxruntime", "auto"])
+def test_a_damaged_cached_graph_is_exported_again(tmp_path, caplog, engine):
     backbone, images = _backbone(), torch.randn(3, 3, 64, 64)
     FrozenBackbone(backbone, engine="onnxruntime", engine_cache=tmp_path)(images)
     (kept,) = (tmp_path / "onnx").glob("*.onnx")
     kept.write_bytes(b"not an onnx graph")
-    with caplog.at_level(logging.WARNING, logger="headstart.onnx_forward"):
-        frozen = FrozenBackbone(backbone, engine="auto", engine_cache=tmp_path)
+    with caplog.at_level(logging.INFO, logger="headstart.onnx_forward"):
+        frozen = FrozenBackbone(backbone, engine=engine, engine_cache=tmp_path)
         got = frozen(images)
-    assert frozen.engine in COMPILED_ENGINES and "not used for extraction" in caplog.text
+    # the same engine runs a fresh export: a damaged file costs an export, never the compiled engine
+    assert frozen.engine in COMPILED_ENGINES and "could not run the cached graph" in caplog.text
+    assert "runs the exported graph" in caplog.text and "using torch" not in caplog.text
     with torch.inference_mode():
         assert torch.allclose(got, backbone(images), atol=1e-4, rtol=1e-4)
     assert kept.read_bytes() != b"not an onnx graph"  # exported afresh and kept again
+
+
+def test_a_graph_no_engine_can_run_is_not_kept(tmp_path, monkeypatch, caplog):
+    import headstart.onnx_forward as onnx_forward
+
+    def broken(graph, threads, cache_dir):
+        raise RuntimeError("this runtime cannot run the graph")
+
+    monkeypatch.setattr(onnx_forward, "_RUNTIMES", dict.fromkeys(COMPILED_ENGINES, broken))
+    exports = []
+    real_export = onnx_forward._export
+    monkeypatch.setattr(onnx_forward, "_export", lambda *a: exports.append(1) or real_export(*a))
+    with caplog.at_level(logging.WARNING, logger="headstart.onnx_forward"):
+        frozen = FrozenBackbone(_backbone(), engine_cache=tmp_path)
+        frozen(torch.randn(2, 3, 64, 64))
+    assert frozen.engine == "torch" and "using torch" in caplog.text
+    assert len(exports) == 1  # one export, tried by every engine: not one each
+    assert not list(tmp_path.rglob("*.onnx"))  # nothing unchecked in the cache
+
+
+def test_openvino_keeps_its_compiled_blob_beside_the_graph(tmp_path):
+    pytest.importorskip("openvino")
+    FrozenBackbone(_backbone(), engine="openvino", engine_cache=tmp_path)(torch.randn(2, 3, 64, 64))
+    assert list((tmp_path / "onnx").glob("*.onnx")) and [p for p in (tmp_path / "openvino").iterdir() if p.is_file()]
+
+
+def test_config_names_the_same_engines_without_importing_torch():
+    from headstart.config import EXTRACT_ENGINES
+    from headstart.onnx_forward import ENGINES
+
+    assert EXTRACT_ENGINES == ENGINES

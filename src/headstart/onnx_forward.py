@@ -1,8 +1,9 @@
 """Compiled CPU runtimes (OpenVINO, ONNX Runtime) for the frozen backbone's forward pass, where they are several
 times faster than eager PyTorch.
 
-Measured on a 2-core AVX2 CPU (no bf16), efficientnet_lite0 at 224 px, batch 64: eager fp32 20 images/s,
-channels_last 37, ONNX Runtime 90-117, OpenVINO 145-153, with features equal to 1e-5. Both runtimes read the
+Measured on a 2-core AVX2 CPU (no bf16), efficientnet_lite0 at 224 px, batch 64: eager fp32 16-20 images/s,
+channels_last 37, ONNX Runtime 80-117, OpenVINO 99-153 (1.2-1.5x ONNX Runtime when the two alternate in one
+process; even on mobilenet_v2), with features equal to torch's within ~1e-5. Both runtimes read the
 same ONNX graph, exported with the TorchScript exporter (~0.6 s; the dynamo exporter takes ~10 s). With a
 cache folder, the graph is kept under a key of everything it is made of (the module's structure and weights,
 torch and the module's library versions, the input size), so a later run with the same backbone skips the
@@ -35,7 +36,7 @@ __all__ = ["COMPILED_ENGINES", "ENGINES", "frozen_forward"]
 
 log = logging.getLogger(__name__)
 
-# In the order "auto" tries them: OpenVINO is ~1.5x ONNX Runtime on this model family's depthwise convolutions.
+# In the order "auto" tries them: OpenVINO is 1.2-1.5x ONNX Runtime on EfficientNet-Lite's depthwise convolutions.
 COMPILED_ENGINES = ("openvino", "onnxruntime")
 ENGINES = ("auto", "torch", *COMPILED_ENGINES)
 
@@ -61,32 +62,70 @@ def frozen_forward(module: nn.Module, sample: torch.Tensor, *, engine: str, acce
             log.warning("extract engine %s runs fp32 on the CPU only; using torch for %s %s",
                         engine, accelerator, precision)
         return None, f"torch for {accelerator} {precision}"
-    graph: bytes | None = None
-    from_cache = False
-    stored = None if cache_dir is None else cache_dir / "onnx" / f"{_graph_key(module, sample)}.onnx"
-    reasons = []
-    for name in COMPILED_ENGINES if engine == "auto" else (engine,):
-        if importlib.util.find_spec(name) is None:
-            reasons.append(f"{name} is not installed")
-            continue
-        try:
-            if graph is None:
-                graph = _read(stored)
-                from_cache = graph is not None
-                graph = graph or _export(module, sample, stored)
-            run = _RUNTIMES[name](graph, torch.get_num_threads(), cache_dir)
-            forward = _checked(run, module, sample)
-        except Exception as exc:  # any export or runtime failure only costs speed: torch computes the same
-            reason = (str(exc).strip().splitlines() or [""])[0][:200]  # exporter errors can hold the whole graph
-            log.warning("%s not used for extraction (%s: %s)", name, type(exc).__name__, reason)
-            reasons.append(f"{name} failed: {reason}")
-            if from_cache:  # a damaged file in the cache: the next engine, and the next run, export afresh
-                stored.unlink(missing_ok=True)
-                graph, from_cache = None, False
-        else:
+    names = [n for n in (COMPILED_ENGINES if engine == "auto" else (engine,)) if importlib.util.find_spec(n)]
+    reasons = [f"{n} is not installed" for n in COMPILED_ENGINES if engine in ("auto", n) and n not in names]
+    graphs = _Graphs(module, sample, cache_dir)
+    for name in names:
+        # The cached graph first, then a fresh export: a damaged or stale file costs one export, not the engine.
+        for graph in graphs:
+            try:
+                forward = _checked(_RUNTIMES[name](graph, torch.get_num_threads(), cache_dir), module, sample)
+            except Exception as exc:  # a runtime failure only costs speed: torch computes the same
+                reasons.append(f"{name} failed: {_first_line(exc)}")
+                log.info("%s could not run the %s graph (%s)", name, graphs.source, reasons[-1])
+                continue
+            graphs.keep(graph)
+            log.info("%s runs the %s graph", name, graphs.source)
             return forward, name
+    if graphs.export_error:
+        reasons.append(f"export failed: {graphs.export_error}")
     log.warning("no compiled runtime for extraction (%s); using torch", "; ".join(reasons))
     return None, "; ".join(reasons)
+
+
+def _first_line(exc: Exception) -> str:
+    reason = (str(exc).strip().splitlines() or [""])[0][:200]  # exporter errors can hold the whole graph
+    return f"{type(exc).__name__}: {reason}"
+
+
+class _Graphs:
+    """The ONNX graphs to try, in order: the cached one (if any), then one exported now (once per run, however
+    many engines try it). Only a graph that an engine has run and checked is written to the cache."""
+
+    def __init__(self, module: nn.Module, sample: torch.Tensor, cache_dir: Path | None):
+        self.module, self.sample = module, sample
+        self.path: Path | None = None
+        if cache_dir is not None:
+            try:
+                self.path = cache_dir / "onnx" / f"{_graph_key(module, sample)}.onnx"
+            except Exception as exc:  # a state_dict that cannot be hashed (extra state, exotic tensors): no cache
+                log.debug("no engine cache for this module: %s", _first_line(exc))
+        self.fresh: bytes | None = None
+        self.export_error: str | None = None
+        self.source = ""
+
+    def __iter__(self):
+        cached = _read(self.path)
+        if cached:
+            self.source = "cached"
+            yield cached
+        if self.fresh is None and self.export_error is None:
+            try:
+                self.fresh = _export(self.module, self.sample)
+            except Exception as exc:
+                self.export_error = _first_line(exc)
+                log.info("the backbone could not be exported to ONNX (%s)", self.export_error)
+        if self.fresh is not None:
+            self.source = "exported"
+            yield self.fresh
+
+    def keep(self, graph: bytes) -> None:
+        if self.path is None or graph is not self.fresh:
+            return
+        try:
+            atomic_write_bytes(self.path, graph)
+        except OSError as exc:  # a read-only cache only costs the next run this export
+            log.debug("could not keep the exported graph at %s: %s", self.path, exc)
 
 
 def _checked(run: Runner, module: nn.Module, sample: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -124,7 +163,7 @@ def _read(path: Path | None) -> bytes | None:
         return None
 
 
-def _export(module: nn.Module, sample: torch.Tensor, store: Path | None = None) -> bytes:
+def _export(module: nn.Module, sample: torch.Tensor) -> bytes:
     buffer = io.BytesIO()
     module = module.to(memory_format=torch.contiguous_format)
     fastpath = torch.backends.mha.get_fastpath_enabled()
@@ -141,11 +180,6 @@ def _export(module: nn.Module, sample: torch.Tensor, store: Path | None = None) 
                               opset_version=_OPSET)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
-    if store is not None:
-        try:
-            atomic_write_bytes(store, buffer.getvalue())
-        except OSError as exc:  # a read-only cache only costs the next run this export
-            log.debug("could not keep the exported graph at %s: %s", store, exc)
     return buffer.getvalue()
 
 
@@ -154,7 +188,10 @@ def _openvino(graph: bytes, threads: int, cache_dir: Path | None) -> Runner:
 
     core = ov.Core()
     # f32 explicitly: on CPUs with bf16 units OpenVINO would otherwise run bf16, which is the torch path's job.
-    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    # No pinning: with several processes on one machine (--devices N on the CPU) each would pin its threads to
+    # the same cores; alone, it made no difference here (157 vs 158 images/s).
+    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+              "ENABLE_CPU_PINNING": False}
     if cache_dir is not None:  # OpenVINO keys its compiled blobs by graph and settings: 0.2 s -> 0.07 s
         config["CACHE_DIR"] = str(cache_dir / "openvino")
     compiled = core.compile_model(core.read_model(io.BytesIO(graph)), "CPU", config)

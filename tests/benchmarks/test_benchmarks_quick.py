@@ -68,6 +68,7 @@ def test_vs_tutorial_quick(tmp_path):
     assert pss["headstart"]["repeats"] == 1 and len(pss["headstart"]["wall_seconds_runs"]) == 1
     warm = pss["headstart"]["warm_engine"]  # the engine the first run exported, reused; the features computed again
     assert warm["wall_seconds"] > 0 and warm["extraction"]["computed"] == pss["headstart"]["extraction"]["computed"]
+    assert pss["headstart"]["engine_graph"] == "exported" and warm["engine_graph"] == "cached"
     assert "| pss-fe | headstart, engine cached |" in stdout
     assert "warm_engine" not in results["protocols"]["hym-ft"]["headstart"]
     assert "no_report" not in pss["headstart"]  # --hs-arg=--no-report already: no second such run

@@ -141,10 +141,11 @@ def fit_features(ctx: RunContext, *, epochs: int, lr: float, augment: str, views
     """Extract (or read from the cache) pooled features once, then train only the head on them."""
     cfg = ctx.cfg
     freeze_backbone(ctx.net)
-    # The engine cache sits beside the features'; one process only: several would write the same files at once.
+    # The engine cache sits beside the features'. Several processes may write the same entry at once: the graph
+    # is written atomically, and OpenVINO checks its blobs on load and compiles again when one is damaged.
     backbone = FrozenBackbone(ctx.net.backbone, accelerator=ctx.accelerator, precision=ctx.precision,
                               channels_last=not ctx.spec.is_vit, engine=cfg.extract_engine,
-                              engine_cache=ctx.cache.root.parent / "engines" if ctx.world == 1 else None)
+                              engine_cache=ctx.cache.root.parent / "engines")
     rows, labels, computed, total = {}, {}, 0, 0
     for split in ctx.decoded:
         rows[split], n = _split_features(ctx, backbone, split, "none", 0)
