@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from headstart.cli_data import check_command, datasets_app
+from headstart.cli_data import cache_command, check_command, datasets_app
 from headstart.cli_support import Progress, console, friendly_errors, out, setup_logging
 
 __all__ = ["app", "main"]
@@ -431,6 +431,7 @@ def inspect_command(
 
 
 app.command("check")(check_command)
+app.command("cache")(cache_command)
 app.add_typer(datasets_app, name="datasets")
 
 

@@ -1,4 +1,5 @@
-"""`headstart check` and `headstart datasets …`: the data commands. They parse and call the library."""
+"""`headstart check`, `headstart datasets …` and `headstart cache`: the data commands. They parse and call the
+library."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from rich.table import Table
 
 from headstart.cli_support import Progress, friendly_errors, out, setup_logging
 
-__all__ = ["check_command", "datasets_app"]
+__all__ = ["cache_command", "check_command", "datasets_app"]
 
 
 def check_command(
@@ -105,3 +106,26 @@ def datasets_shard_command(
         out.print(f"[yellow]skipped[/] {escape(path)}: {escape(reason)}", highlight=False, soft_wrap=True)
     out.print(f"{len(written.classes)} classes, {written.bytes / 1e6:.1f} MB in [bold]{escape(written.out)}[/]; "
               f"train on it with `headstart train {escape(written.out)}`", highlight=False, soft_wrap=True)
+
+
+def cache_command(
+    clear: Annotated[Optional[list[str]], typer.Option(
+        help="remove a part: features | engines | all (repeatable); run it while no training is using the cache")
+                     ] = None,
+) -> None:
+    """What headstart's cache ($HEADSTART_CACHE) holds, per part; --clear removes parts (all can be recomputed)."""
+    from headstart.cache import cache_root, cache_usage, clear_cache
+
+    if clear:
+        try:
+            freed = clear_cache(clear)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--clear") from None
+        out.print(f"freed {freed / 1e6:.1f} MB from {escape(str(cache_root()))}", highlight=False)
+    table = Table(title=f"headstart cache: {escape(str(cache_root()))}")
+    for column in ("part", "files", "MB", "what"):
+        table.add_column(column, justify="right" if column in ("files", "MB") else "left")
+    what = {"features": "pooled features per backbone, transform and image", "engines": "exported backbone graphs"}
+    for part, used in cache_usage().items():
+        table.add_row(part, str(used["files"]), f"{used['bytes'] / 1e6:.1f}", what[part])
+    out.print(table)

@@ -41,7 +41,7 @@ def cpu_has_fast_bf16() -> bool:
 
     import torch
 
-    from headstart.features import cache_root
+    from headstart.cache import cache_root
 
     record = cache_root() / "bf16-speed.json"
     key = f"{model}|torch {torch.__version__}|{torch.get_num_threads()} threads"

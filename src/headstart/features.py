@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,17 +22,14 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from headstart.artifact import atomic_write_bytes, atomic_write_json
+from headstart.cache import cache_root
 from headstart.device import autocast
 
-__all__ = ["SHARD_ROWS", "FeatureCache", "FeatureRows", "FrozenBackbone", "cache_root", "extract_features", "view_seed"]
+__all__ = ["SHARD_ROWS", "FeatureCache", "FeatureRows", "FrozenBackbone", "extract_features", "view_seed"]
 
 log = logging.getLogger(__name__)
 
 SHARD_ROWS = 1024  # rows per cache shard: 2.6 MB at 1280 fp16 features; what an interruption can lose
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("HEADSTART_CACHE", Path.home() / ".cache" / "headstart"))
 
 
 def view_seed(seed: int, view: int, content_hash: str) -> int:
