@@ -39,7 +39,9 @@ def test_finetune_with_cached_prefix_matches_the_image_path(synthetic_data, tmp_
     common = dict(mode="finetune", epochs=2, image_size=64, augment="none", batch_size=8, seed=5)
     cached = headstart.train(synthetic_data, out=str(tmp_path / "c"), views=1, **common)
     plain = headstart.train(synthetic_data, out=str(tmp_path / "p"), views=0, **common)
-    assert json.loads((cached.run_dir / "summary.json").read_text())["extraction"]["prefix_cached"] is True
+    extraction = json.loads((cached.run_dir / "summary.json").read_text())["extraction"]
+    # the prefix ran as a plain module chain on a compiled engine (checked against torch), not through hooks
+    assert extraction["prefix_cached"] is True and extraction["prefix_engine"] in ("openvino", "onnxruntime")
     assert json.loads((plain.run_dir / "summary.json").read_text())["extraction"]["prefix_cached"] is False
     for a, b in zip(cached.history, plain.history):
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-4

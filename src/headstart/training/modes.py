@@ -258,7 +258,10 @@ class _CachedViews:
             yield self.views[pick, idx], self.labels[idx]
 
 
-def _prefix_activations(ctx: RunContext, prefix, split: str, preset: str, view: int) -> torch.Tensor:
+def _prefix_activations(ctx: RunContext, prefix, split: str, preset: str, view: int,
+                        engine: FrozenBackbone | None) -> torch.Tensor:
+    """The prefix's output for every image of the split: on `engine` (the prefix as a plain module chain, on a
+    compiled runtime where one reproduces it) or through the hooked forward pass."""
     decoded = ctx.decoded[split]
     transform = eval_transform(ctx.preprocessing) if preset == "none" else train_transform(ctx.preprocessing, preset)
     chunks = []
@@ -269,9 +272,13 @@ def _prefix_activations(ctx: RunContext, prefix, split: str, preset: str, view: 
             if preset != "none":
                 torch.manual_seed(view_seed(ctx.cfg.seed, view, decoded.hashes[i]))
             batch.append(transform(decoded.images[i]))
-        x = torch.stack(batch).to(ctx.accelerator, memory_format=memory_format)
-        with autocast(ctx.accelerator, ctx.precision):
-            chunks.append(prefix.activations(x).float().contiguous(memory_format=memory_format))
+        x = torch.stack(batch)
+        if engine is not None:
+            out = engine(x)
+        else:
+            with autocast(ctx.accelerator, ctx.precision):
+                out = prefix.activations(x.to(ctx.accelerator, memory_format=memory_format))
+        chunks.append(out.float().to(ctx.accelerator).contiguous(memory_format=memory_format))
         _report(ctx, f"prefix {split}" + (f" view {view}" if view else ""), start + len(batch), len(decoded.images))
     return torch.cat(chunks)
 
@@ -310,8 +317,9 @@ def fit_finetune(ctx: RunContext, *, epochs: int) -> FitResult:
         # A local generator: probing must not move the global RNG that dropout draws from.
         sample = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(ctx.accelerator)
         prefix = find_frozen_prefix(ctx.net.backbone, tuple(p for s in chosen_prefixes for p in s), sample)
+    prefix_engine = None
     if prefix is not None:
-        train_batches, eval_batches, labels, generators = _cached_batches(ctx, prefix)
+        train_batches, eval_batches, labels, generators, prefix_engine = _cached_batches(ctx, prefix)
         bypass = prefix.bypassed_modules()
     else:
         train_batches, eval_batches, labels, generators = _image_batches(ctx)
@@ -331,22 +339,27 @@ def fit_finetune(ctx: RunContext, *, epochs: int) -> FitResult:
                                           channels_last=channels_last, sharded=ctx.world > 1)["logits"]
                   for split, batches in eval_batches.items()}
     ctx.net.to(memory_format=torch.contiguous_format)
-    return FitResult(history, logits, labels, {"prefix_cached": prefix is not None})
+    return FitResult(history, logits, labels, {"prefix_cached": prefix is not None, "prefix_engine": prefix_engine})
 
 
 def _cached_batches(ctx: RunContext, prefix):
     cfg = ctx.cfg
     labels = {s: torch.tensor(d.labels, dtype=torch.long) for s, d in ctx.decoded.items()}
+    # The chain runs on the extraction engines (checked against torch before use, else torch itself).
+    engine = None if prefix.chain is None else FrozenBackbone(
+        prefix.chain, accelerator=ctx.accelerator, precision=ctx.precision, engine=cfg.extract_engine,
+        engine_cache=ctx.cache.root.parent / "engines")
     if cfg.augment == "none":
-        views = _prefix_activations(ctx, prefix, "train", "none", 0).unsqueeze(0)
+        views = _prefix_activations(ctx, prefix, "train", "none", 0, engine).unsqueeze(0)
     else:
-        views = torch.stack([_prefix_activations(ctx, prefix, "train", cfg.augment, v)
+        views = torch.stack([_prefix_activations(ctx, prefix, "train", cfg.augment, v, engine)
                              for v in range(1, cfg.views + 1)])
     train = _CachedViews(views, labels["train"], cfg.batch_size, cfg.seed)
-    evals = {s: list(zip(torch.split(_prefix_activations(ctx, prefix, s, "none", 0), 64),
+    evals = {s: list(zip(torch.split(_prefix_activations(ctx, prefix, s, "none", 0, engine), 64),
                          torch.split(labels[s], 64)))
              for s in ctx.decoded}
-    return train, evals, labels, [train.order.generator, train.picks]
+    engine_name = "hooks" if engine is None else engine.engine  # which engine computed the activations
+    return train, evals, labels, [train.order.generator, train.picks], engine_name
 
 
 def _image_batches(ctx: RunContext):
