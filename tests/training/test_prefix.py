@@ -34,6 +34,7 @@ def test_an_efficientnet_prefix_runs_as_a_plain_chain():
     prefix = find_frozen_prefix(body, ("conv_head", "bn2"), sample)
     assert prefix is not None and prefix.chain is not None
     images = torch.randn(3, 3, 64, 64)
+    prefix.chain.eval()  # as its engine runs it (FrozenBackbone): frozen BatchNorm uses its running statistics
     with torch.inference_mode():
         assert torch.allclose(prefix.chain(images), prefix.activations(images), rtol=1e-4, atol=1e-5)
     assert all(a is b for a, b in zip(prefix.chain, (body.get_submodule(n) for n in prefix.bypassed)))  # shared

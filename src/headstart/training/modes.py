@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -55,6 +56,11 @@ class RunContext:
     resume_state: dict | None = None
     should_stop: object = lambda: False
     extracted_ids: list[str] = field(default_factory=list)  # content hashes this rank computed features for
+
+    @property
+    def engine_cache(self) -> Path:
+        """Exported graphs and compiled blobs: beside the feature cache, in the same cache folder."""
+        return self.cache.root.parent / "engines"
 
     @property
     def world(self) -> int:
@@ -145,7 +151,7 @@ def fit_features(ctx: RunContext, *, epochs: int, lr: float, augment: str, views
     # is written atomically, and OpenVINO checks its blobs on load and compiles again when one is damaged.
     backbone = FrozenBackbone(ctx.net.backbone, accelerator=ctx.accelerator, precision=ctx.precision,
                               channels_last=not ctx.spec.is_vit, engine=cfg.extract_engine,
-                              engine_cache=ctx.cache.root.parent / "engines")
+                              engine_cache=ctx.engine_cache)
     rows, labels, computed, total = {}, {}, 0, 0
     for split in ctx.decoded:
         rows[split], n = _split_features(ctx, backbone, split, "none", 0)
@@ -348,7 +354,7 @@ def _cached_batches(ctx: RunContext, prefix):
     # The chain runs on the extraction engines (checked against torch before use, else torch itself).
     engine = None if prefix.chain is None else FrozenBackbone(
         prefix.chain, accelerator=ctx.accelerator, precision=ctx.precision, engine=cfg.extract_engine,
-        engine_cache=ctx.cache.root.parent / "engines")
+        engine_cache=ctx.engine_cache)
     if cfg.augment == "none":
         views = _prefix_activations(ctx, prefix, "train", "none", 0, engine).unsqueeze(0)
     else:

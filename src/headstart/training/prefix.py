@@ -110,6 +110,7 @@ def find_frozen_prefix(body: nn.Module, trainable_prefixes: tuple[str, ...], sam
         with prefix.bypassed_modules(), torch.inference_mode():
             replayed = body(activation)
         ok = replayed.shape == expected.shape and torch.allclose(replayed, expected, rtol=1e-4, atol=1e-5)
+        prefix.chain = _verified_chain(body, bypassed, sample, activation) if ok else None
     except Exception as exc:  # any model whose forward does more than chain modules: not bypassable
         log.info("frozen prefix not cacheable (%s: %s); training on images", type(exc).__name__, exc)
         ok = False
@@ -117,7 +118,6 @@ def find_frozen_prefix(body: nn.Module, trainable_prefixes: tuple[str, ...], sam
         body.train(was_training)
     if not ok:
         return None
-    prefix.chain = _verified_chain(body, bypassed, sample, activation)
     log.info("caching the frozen prefix: %d modules bypassed, boundary %s, activation %s%s", len(bypassed), boundary,
              tuple(activation.shape[1:]), "" if prefix.chain is None else ", as a plain module chain")
     return prefix
@@ -125,15 +125,12 @@ def find_frozen_prefix(body: nn.Module, trainable_prefixes: tuple[str, ...], sam
 
 def _verified_chain(body: nn.Module, bypassed: list[str], sample: torch.Tensor, activation: torch.Tensor
                     ) -> nn.Sequential | None:
+    """The bypassed modules in a row, if that reproduces `activation` (body already in eval mode)."""
     chain = nn.Sequential(*[body.get_submodule(name) for name in bypassed])  # shares the modules: no copy
-    was_training = body.training
-    body.eval()
     try:
         with torch.inference_mode():
             got = chain(sample)
-        same = got.shape == activation.shape and torch.allclose(got, activation, rtol=1e-4, atol=1e-5)
     except Exception:  # the modules do not compose on their own (a forward with more than module calls)
-        same = False
-    finally:
-        body.train(was_training)
-    return chain.eval() if same else None
+        return None
+    same = got.shape == activation.shape and torch.allclose(got, activation, rtol=1e-4, atol=1e-5)
+    return chain if same else None
