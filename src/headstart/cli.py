@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from rich.table import Table
 from headstart.cli_data import cache_command, check_command, datasets_app
 from headstart.cli_support import Progress, console, friendly_errors, out, setup_logging
 
-__all__ = ["app", "main"]
+__all__ = ["app", "command", "main"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Transfer learning on images: train, evaluate and predict with pretrained backbones.")
@@ -436,6 +437,7 @@ app.add_typer(datasets_app, name="datasets")
 
 
 def main() -> None:
+    """The CLI; like any typer app it ends by raising SystemExit."""
     started = time.perf_counter()
     try:
         app()
@@ -446,5 +448,22 @@ def main() -> None:
         gc.freeze()
 
 
+def command() -> None:
+    """The `headstart` command: main(), and after a command that succeeded, an exit without the
+    interpreter's teardown. Teardown frees torch's and timm's objects and unloads their libraries one by
+    one (0.3-0.4 s measured after a training run), which the OS does at once. Nothing is lost: every file a
+    command writes is complete when it returns (written to a temporary name, then renamed), its log files
+    are closed and its worker processes have ended. A failed command exits the normal way."""
+    try:
+        main()
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            raise
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 if __name__ == "__main__":
-    main()
+    command()

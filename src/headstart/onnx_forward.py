@@ -43,6 +43,8 @@ ENGINES = ("auto", "torch", *COMPILED_ENGINES)
 # Relative to the features' scale: fp32 kernels in different orders differ by ~1e-6.
 _PARITY_TOLERANCE = 1e-3
 _OPSET = 17
+# Images per OpenVINO request: small enough that every stream stays busy to the end of a batch of 64.
+_OPENVINO_CHUNK = 4
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -190,13 +192,26 @@ def _openvino(graph: bytes, threads: int, cache_dir: Path | None) -> Runner:
     # f32 explicitly: on CPUs with bf16 units OpenVINO would otherwise run bf16, which is the torch path's job.
     # No pinning: with several processes on one machine (--devices N on the CPU) each would pin its threads to
     # the same cores; alone, it made no difference here (157 vs 158 images/s).
-    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+    # THROUGHPUT: one single-threaded stream per core, fed small chunks through an async queue, instead of one
+    # request whose threads meet at every layer: 1.2x the images/s here (lite0: 172 vs 145), and a core taken
+    # by other work (an import, another process) slows one stream instead of stalling both at each barrier.
+    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "THROUGHPUT",
               "ENABLE_CPU_PINNING": False}
     if cache_dir is not None:  # OpenVINO keys its compiled blobs by graph and settings: 0.2 s -> 0.07 s
         config["CACHE_DIR"] = str(cache_dir / "openvino")
     compiled = core.compile_model(core.read_model(io.BytesIO(graph)), "CPU", config)
-    request = compiled.create_infer_request()
-    return lambda x: request.infer({0: x})[0]  # outputs are copied out of the request (share_outputs=False)
+    queue = ov.AsyncInferQueue(compiled, 2 * compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    outputs: dict[int, np.ndarray] = {}
+    queue.set_callback(lambda request, start: outputs.__setitem__(start, request.get_output_tensor(0).data.copy()))
+
+    def run(x: np.ndarray) -> np.ndarray:
+        outputs.clear()
+        for start in range(0, len(x), _OPENVINO_CHUNK):
+            queue.start_async({0: x[start:start + _OPENVINO_CHUNK]}, userdata=start)
+        queue.wait_all()
+        return np.concatenate([outputs[start] for start in sorted(outputs)])
+
+    return run
 
 
 def _onnxruntime(graph: bytes, threads: int, cache_dir: Path | None) -> Runner:

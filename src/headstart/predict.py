@@ -125,14 +125,17 @@ def load(run_dir: str | os.PathLike, *, engine: str = "torch", device: str = "cp
     manifest = read_manifest(run_dir)
     weights = verify_weights(run_dir, manifest)
 
-    from safetensors.torch import load_file
+    from headstart.startup import paused_gc
 
-    from headstart.backbones.model import build_network
-    from headstart.backbones.registry import get_spec
+    with paused_gc():  # torch's and the backbone library's imports
+        from safetensors.torch import load_file
 
-    spec = get_spec(manifest["backbone"])
-    head = manifest["head"]
-    net = build_network(spec, head["num_classes"], pretrained=False, dropout=head["dropout"])
+        from headstart.backbones.model import build_network
+        from headstart.backbones.registry import get_spec
+
+        spec = get_spec(manifest["backbone"])
+        head = manifest["head"]
+        net = build_network(spec, head["num_classes"], pretrained=False, dropout=head["dropout"])
     net.load_state_dict(load_file(str(weights)), strict=True)
     net.eval().to(device)
     if not spec.is_vit:

@@ -14,6 +14,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,12 +24,16 @@ from headstart.artifact import atomic_write_text, read_manifest
 from headstart.device import one_torch_thread
 from headstart.report import html as H
 from headstart.report import plots
+from headstart.report.figures import FigureWorker
 
 __all__ = ["build_report"]
 
 log = logging.getLogger(__name__)
 
 GRID_IMAGES = 12
+
+# FigureWorker.draw: starts a plot function, returns a function that waits for the figure's path.
+Draw = Callable[..., Callable[[], Path]]
 
 
 @dataclass
@@ -160,11 +165,11 @@ def _model_section(manifest: dict) -> H.Section:
     return H.Section("model", "Model", H.kv_table(rows))
 
 
-def _curves_section(history: list[dict], out: Path) -> H.Section:
+def _curves_section(history: list[dict], out: Path, draw: Draw) -> H.Section:
     if not history:
         return H.Section("curves", "Training curves", H.note("history.csv is missing or empty"))
-    png = plots.plot_history(history, out / "curves.png")
-    return H.Section("curves", "Training curves", H.figure(png, "loss and accuracy per epoch"))
+    png = draw(plots.plot_history, history, out / "curves.png")
+    return H.Section("curves", "Training curves", lambda: H.figure(png(), "loss and accuracy per epoch"))
 
 
 _METRIC_ROWS = (("images", "n"), ("accuracy", "accuracy"), ("loss (NLL)", "loss"),
@@ -187,15 +192,17 @@ def _per_class_section(metrics: dict) -> H.Section:
     return H.Section("per-class", "Per-class metrics", "".join(body))
 
 
-def _confusion_section(metrics: dict, classes: list[str], out: Path) -> H.Section:
-    body = [H.figure(plots.plot_confusion_matrix(m["confusion_matrix"], classes, out / f"confusion_{s}.png",
-                                                 title=f"{s} split"), f"confusion matrix, {s}")
-            for s, m in metrics.items() if "confusion_matrix" in m]
-    return H.Section("confusion", "Confusion matrix", "".join(body) or H.note("metrics.json has no matrix"))
+def _confusion_section(metrics: dict, classes: list[str], out: Path, draw: Draw) -> H.Section:
+    pngs = [(s, draw(plots.plot_confusion_matrix, m["confusion_matrix"], classes, out / f"confusion_{s}.png",
+                     title=f"{s} split")) for s, m in metrics.items() if "confusion_matrix" in m]
+    if not pngs:
+        return H.Section("confusion", "Confusion matrix", H.note("metrics.json has no matrix"))
+    return H.Section("confusion", "Confusion matrix",
+                     lambda: "".join(H.figure(png(), f"confusion matrix, {s}") for s, png in pngs))
 
 
 def _calibration_section(metrics: dict, temperature: float, scored: _Scored | None, why: str,
-                         out: Path) -> H.Section:
+                         out: Path, draw: Draw) -> H.Section:
     from headstart.evaluate import softmax
 
     body = [H.para(f"Temperature T = {temperature:.4g}, fitted on val to minimise its NLL; probabilities "
@@ -207,17 +214,17 @@ def _calibration_section(metrics: dict, temperature: float, scored: _Scored | No
         return H.Section("calibration", "Calibration", "".join(body) + H.note(why))
     caveat = " (the split T was fitted on, so 'after' is optimistic)" if scored.split == "val" else ""
     probs = softmax(scored.logits, temperature)
-    png = plots.plot_reliability(scored.logits, scored.labels, temperature, out / "reliability.png",
-                                 title=f"Reliability, {scored.split}")
-    body.append(H.figure(png, "reliability diagram", f"{scored.split} split{caveat}"))
-    body.append(H.figure(plots.plot_confidence_histogram(
-        probs.max(axis=1), probs.argmax(axis=1) == scored.labels, out / "confidence.png",
-        title=f"Calibrated confidence, {scored.split}"), "confidence histogram"))
-    return H.Section("calibration", "Calibration", "".join(body))
+    reliability = draw(plots.plot_reliability, scored.logits, scored.labels, temperature, out / "reliability.png",
+                       title=f"Reliability, {scored.split}")
+    confidence = draw(plots.plot_confidence_histogram, probs.max(axis=1), probs.argmax(axis=1) == scored.labels,
+                      out / "confidence.png", title=f"Calibrated confidence, {scored.split}")
+    return H.Section("calibration", "Calibration", lambda: "".join(body) + H.figure(
+        reliability(), "reliability diagram", f"{scored.split} split{caveat}") + H.figure(
+        confidence(), "confidence histogram"))
 
 
 def _rejection_section(metrics: dict, threshold: float, temperature: float, scored: _Scored | None, why: str,
-                       out: Path) -> H.Section:
+                       out: Path, draw: Draw) -> H.Section:
     from headstart.evaluate import softmax
 
     rejection = {s: m["rejection"] for s, m in metrics.items() if "rejection" in m}
@@ -226,15 +233,13 @@ def _rejection_section(metrics: dict, threshold: float, temperature: float, scor
                    "'unsure'."),
             H.table(["split", "threshold", "rejected", "accuracy of accepted"], rows)]
     if scored is None:
-        body.append(H.note(why))
-    else:
-        png = plots.plot_coverage(softmax(scored.logits, temperature), scored.labels, threshold,
-                                  out / "coverage.png", title=f"Accuracy and coverage, {scored.split}")
-        body.append(H.figure(png, "accuracy against coverage"))
-    return H.Section("rejection", "Rejection", "".join(body))
+        return H.Section("rejection", "Rejection", "".join(body) + H.note(why))
+    png = draw(plots.plot_coverage, softmax(scored.logits, temperature), scored.labels, threshold,
+               out / "coverage.png", title=f"Accuracy and coverage, {scored.split}")
+    return H.Section("rejection", "Rejection", lambda: "".join(body) + H.figure(png(), "accuracy against coverage"))
 
 
-def _predictions_section(clf, scored: _Scored | None, why: str, out: Path) -> H.Section:
+def _predictions_section(clf, scored: _Scored | None, why: str, out: Path, draw: Draw) -> H.Section:
     from headstart.evaluate import softmax
     from headstart.report.explain import display_crop
 
@@ -242,33 +247,37 @@ def _predictions_section(clf, scored: _Scored | None, why: str, out: Path) -> H.
         return H.Section("predictions", "Predictions", H.note(why))
     chosen = _spread(list(range(len(scored.images))), GRID_IMAGES)
     probs = softmax(scored.logits[chosen], clf.temperature)
-    png = plots.plot_prediction_grid(
-        [display_crop(clf, scored.images[i]) for i in chosen],
+    png = draw(
+        plots.plot_prediction_grid, [display_crop(clf, scored.images[i]) for i in chosen],
         [clf.classes[scored.labels[i]] for i in chosen],
         [clf.classes[j] for j in probs.argmax(axis=1)], probs.max(axis=1), out / "predictions.png",
         title=f"Predictions on {scored.split} (calibrated confidence)")
-    return H.Section("predictions", "Predictions", H.figure(png, "a grid of predictions"))
+    return H.Section("predictions", "Predictions", lambda: H.figure(png(), "a grid of predictions"))
 
 
-def _top_losses_section(clf, scored: _Scored | None, why: str, n: int, out: Path) -> H.Section:
-    from headstart.report.explain import top_losses
+def _top_losses_section(clf, scored: _Scored | None, why: str, n: int, out: Path, draw: Draw) -> H.Section:
+    from headstart.report.explain import cam_panels, top_loss_captions, top_losses
 
     if scored is None:
         return H.Section("top-losses", "Top losses", H.note(why))
     items = list(zip(scored.paths, scored.labels.tolist()))
-    result = top_losses(clf, items, n, out=out / "top_losses.png", logits=scored.logits)
+    result = top_losses(clf, items, n, logits=scored.logits)
     body = [H.para(f"The {len(result.rows)} {scored.split} images with the highest loss; {result.wrong} of "
                    f"{len(items)} are misclassified. Grad-CAM shows where the model looked for its "
                    "prediction.")]
-    if result.plot:
-        body.append(H.figure(result.plot, "top losses with Grad-CAM"))
-    body.append(H.table([f"file (in {scored.root})", "true", "predicted", "confidence", "loss"],
-                        [(os.path.relpath(r["path"], scored.root), r["true"], r["pred"], r["confidence"],
-                          r["loss"]) for r in result.rows]))
-    return H.Section("top-losses", "Top losses", "".join(body))
+    png = None
+    if result.rows:  # the Grad-CAMs here (torch), their grid in the worker
+        png = draw(plots.plot_top_losses, *cam_panels(clf, result.images, [r["pred"] for r in result.rows]),
+                   *top_loss_captions(result.rows), out / "top_losses.png",
+                   title=f"Top {len(result.rows)} losses ({result.wrong} of {len(items)} misclassified)")
+    table = H.table([f"file (in {scored.root})", "true", "predicted", "confidence", "loss"],
+                    [(os.path.relpath(r["path"], scored.root), r["true"], r["pred"], r["confidence"], r["loss"])
+                     for r in result.rows])
+    return H.Section("top-losses", "Top losses", lambda: "".join(body) + (
+        H.figure(png(), "top losses with Grad-CAM") if png else "") + table)
 
 
-def _samples_section(clf, dataset, augment: str, why: str, out: Path) -> H.Section:
+def _samples_section(clf, dataset, augment: str, why: str, out: Path, draw: Draw) -> H.Section:
     import torch
 
     from headstart.backbones.registry import Preprocessing
@@ -290,19 +299,19 @@ def _samples_section(clf, dataset, augment: str, why: str, out: Path) -> H.Secti
             continue
     if not tensors:
         return H.Section("samples", title, H.note("no readable training images"))
-    png = plots.plot_image_grid(tensors, labels, out / "samples.png", mean=pre.mean, std=pre.std,
-                                title=f"Training samples, augmentation preset '{augment}'")
-    return H.Section("samples", title, H.figure(png, "augmented training samples"))
+    png = draw(plots.plot_image_grid, tensors, labels, out / "samples.png", mean=pre.mean, std=pre.std,
+               title=f"Training samples, augmentation preset '{augment}'")
+    return H.Section("samples", title, lambda: H.figure(png(), "augmented training samples"))
 
 
-def _filters_section(clf, out: Path) -> H.Section:
+def _filters_section(clf, out: Path, draw: Draw) -> H.Section:
     from headstart.report.explain import first_conv_weights
 
     weights = first_conv_weights(clf.net)
     if weights is None:
         return H.Section("filters", "First-layer filters", H.note("the network has no RGB convolution"))
-    png = plots.plot_conv_filters(weights, out / "filters.png")
-    return H.Section("filters", "First-layer filters", H.figure(png, "first convolution filters"))
+    png = draw(plots.plot_conv_filters, weights, out / "filters.png")
+    return H.Section("filters", "First-layer filters", lambda: H.figure(png(), "first convolution filters"))
 
 
 def _time_size_section(run: Path, summary: dict, history: list[dict], manifest: dict) -> H.Section:
@@ -324,12 +333,14 @@ def _time_size_section(run: Path, summary: dict, history: list[dict], manifest: 
 
 
 def build_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = None, *, split: str = "val",
-                 top_n: int = 8, classifier=None, plots_dir: str | os.PathLike | None = None) -> Path:
+                 top_n: int = 8, classifier=None, plots_dir: str | os.PathLike | None = None,
+                 figures: FigureWorker | None = None) -> Path:
     """Write RUN/report.html and return its path.
 
     data: the image folder when it moved since training (default: the root in split.json). split: whose
     images are scored for the image plots. classifier: an already loaded `headstart.load(run_dir)`.
-    plots_dir: also keep the PNGs there (they are always embedded in the page).
+    plots_dir: also keep the PNGs there (they are always embedded in the page). figures: a started
+    FigureWorker to draw in (training starts one early); by default one is started here and closed after.
     """
     from headstart.predict import load
 
@@ -339,38 +350,58 @@ def build_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
     metrics, summary = _json(run / "metrics.json"), _json(run / "summary.json")
     metrics = {s: metrics[s] for s in _ordered(metrics)}
     config, history = _json(run / "config.json"), _history(run / "history.csv")
-    clf = classifier or load(run)
-    with one_torch_thread(), tempfile.TemporaryDirectory(prefix="headstart-report-") as tmp:
-        dataset, why = _dataset(run, data, clf.classes, config)
-        scored = None
-        if dataset is not None:
-            scored = _score(clf, dataset, split, run_dir)
-            why = f"no readable images in the {split} split" if scored is None else ""
-        out = Path(plots_dir) if plots_dir else Path(tmp)
-        sections = [
-            _dataset_section(summary, clf.classes),
-            _model_section(manifest),
-            H.Section("config", "Configuration",
-                      H.kv_table(config, columns=2) if config else H.note("config.json is missing")),
-            _curves_section(history, out),
-            _metrics_section(metrics),
-            _per_class_section(metrics),
-            _confusion_section(metrics, clf.classes, out),
-            _calibration_section(metrics, clf.temperature, scored, why, out),
-            _rejection_section(metrics, clf.threshold, clf.temperature, scored, why, out),
-            _predictions_section(clf, scored, why, out),
-            _top_losses_section(clf, scored, why, top_n, out),
-            _samples_section(clf, dataset, config.get("augment") or "none", why, out),
-            _filters_section(clf, out),
-            _time_size_section(run, summary, history, manifest),
-        ]
-        headline = [(f"{m['accuracy']:.1%}", f"{s} accuracy") for s, m in metrics.items() if "accuracy" in m]
-        headline += [(str(manifest.get("backbone")), str(manifest.get("mode", ""))),
-                     (f"{summary.get('seconds', 0):.0f} s", "training time")]
-        lead = H.cards(headline)
-        page = H.page(f"headstart run: {run.resolve().name}", sections, lead=lead,
-                      subtitle=f"{run.resolve()} · {manifest.get('created', '')}")
+    worker = figures or FigureWorker.start()  # before loading the model: its start-up overlaps torch's import
+    try:
+        clf = classifier or load(run)
+        with one_torch_thread(), tempfile.TemporaryDirectory(prefix="headstart-report-") as tmp:
+            page = _page(run, data, split, top_n, clf, manifest, metrics, summary, config, history,
+                         Path(plots_dir) if plots_dir else Path(tmp), worker.draw)
+    finally:
+        if figures is None:
+            worker.close()
     path = run / "report.html"
     atomic_write_text(path, page)
     log.info("report written to %s in %.1fs", path, time.perf_counter() - started)
     return path
+
+
+def _page(run: Path, data, split: str, top_n: int, clf, manifest: dict, metrics: dict, summary: dict,
+          config: dict, history: list[dict], out: Path, draw: Draw) -> str:
+    dataset, why = _dataset(run, data, clf.classes, config)
+    scored = None
+    if dataset is not None:
+        scored = _score(clf, dataset, split, run)
+        why = f"no readable images in the {split} split" if scored is None else ""
+    # Every figure but the top losses goes to the worker first; this process then computes the top losses'
+    # Grad-CAMs meanwhile, and writing the page waits for the worker's figures.
+    drawn = {
+        "curves": _curves_section(history, out, draw),
+        "confusion": _confusion_section(metrics, clf.classes, out, draw),
+        "calibration": _calibration_section(metrics, clf.temperature, scored, why, out, draw),
+        "rejection": _rejection_section(metrics, clf.threshold, clf.temperature, scored, why, out, draw),
+        "predictions": _predictions_section(clf, scored, why, out, draw),
+        "samples": _samples_section(clf, dataset, config.get("augment") or "none", why, out, draw),
+        "filters": _filters_section(clf, out, draw),
+    }
+    sections = [
+        _dataset_section(summary, clf.classes),
+        _model_section(manifest),
+        H.Section("config", "Configuration",
+                  H.kv_table(config, columns=2) if config else H.note("config.json is missing")),
+        drawn["curves"],
+        _metrics_section(metrics),
+        _per_class_section(metrics),
+        drawn["confusion"],
+        drawn["calibration"],
+        drawn["rejection"],
+        drawn["predictions"],
+        _top_losses_section(clf, scored, why, top_n, out, draw),
+        drawn["samples"],
+        drawn["filters"],
+        _time_size_section(run, summary, history, manifest),
+    ]
+    headline = [(f"{m['accuracy']:.1%}", f"{s} accuracy") for s, m in metrics.items() if "accuracy" in m]
+    headline += [(str(manifest.get("backbone")), str(manifest.get("mode", ""))),
+                 (f"{summary.get('seconds', 0):.0f} s", "training time")]
+    return H.page(f"headstart run: {run.resolve().name}", sections, lead=H.cards(headline),
+                  subtitle=f"{run.resolve()} · {manifest.get('created', '')}")

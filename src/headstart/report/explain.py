@@ -30,12 +30,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TopLosses",
+    "cam_panels",
     "display_crop",
     "explain_images",
     "first_conv_weights",
     "gradcam",
     "overlay",
     "target_layer",
+    "top_loss_captions",
     "top_losses",
 ]
 
@@ -126,11 +128,14 @@ def gradcam(classifier: Classifier, images: Sequence[Image.Image],
     Runs in fp32 with gradients on, whatever the classifier's inference settings.
     """
     import torch
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     from headstart.backbones.registry import Preprocessing, get_spec
     from headstart.data.transforms import eval_transform
+    from headstart.startup import paused_gc
+
+    with paused_gc():  # the package imports scikit-learn and OpenCV: 1.1 vs 1.4 s
+        from pytorch_grad_cam import GradCAM
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     if not images:
         return []
@@ -266,6 +271,21 @@ class TopLosses:
     rows: list[dict] = field(default_factory=list)
     plot: Path | None = None
     wrong: int = 0  # how many of all the scored images were misclassified
+    images: list = field(default_factory=list, repr=False)  # the rows' images, as opened
+
+
+def cam_panels(classifier: Classifier, images: Sequence[Image.Image], targets: Sequence[TargetClass]
+               ) -> tuple[list[Image.Image], list[Image.Image]]:
+    """The two panels of each case in a top-losses grid: the image as the network sees it (its display crop)
+    and the Grad-CAM overlay for its target class."""
+    crops = [display_crop(classifier, image) for image in images]
+    return crops, [overlay(c, m) for c, m in zip(crops, gradcam(classifier, list(images), list(targets)))]
+
+
+def top_loss_captions(rows: Sequence[dict]) -> tuple[list[str], list[str], list[float], list[float]]:
+    """plot_top_losses's true, pred, confidence and loss arguments for TopLosses rows."""
+    return ([r["true"] for r in rows], [r["pred"] for r in rows], [r["confidence"] for r in rows],
+            [r["loss"] for r in rows])
 
 
 def top_losses(classifier: Classifier, items: Sequence[tuple[str | os.PathLike, int | str]], n: int = 8, *,
@@ -308,17 +328,13 @@ def top_losses(classifier: Classifier, items: Sequence[tuple[str | os.PathLike, 
             shown.append((i, open_image(paths[i])))
         except ImageLoadError as exc:  # removed or changed since the logits were computed
             log.warning("top losses: skipping %s: %s", paths[i], exc.reason)
-    for i, _ in shown:
+    for i, image in shown:
         result.rows.append({"path": paths[i], "true": classifier.classes[y[i]],
                             "pred": classifier.classes[pred[i]], "confidence": float(calibrated[i, pred[i]]),
                             "loss": float(loss[i]), "correct": bool(pred[i] == y[i])})
+        result.images.append(image)
     if out is not None and shown:
-        crops = [display_crop(classifier, image) for _, image in shown]
-        cams = gradcam(classifier, [image for _, image in shown], [int(pred[i]) for i, _ in shown])
-        result.plot = plot_top_losses(
-            crops, [overlay(c, m) for c, m in zip(crops, cams)], [r["true"] for r in result.rows],
-            [r["pred"] for r in result.rows], [r["confidence"] for r in result.rows],
-            [r["loss"] for r in result.rows], out,
-            title=f"Top {len(shown)} losses ({result.wrong} of {len(y)} misclassified)",
-        )
+        panels = cam_panels(classifier, result.images, [int(pred[i]) for i, _ in shown])
+        result.plot = plot_top_losses(*panels, *top_loss_captions(result.rows), out,
+                                      title=f"Top {len(shown)} losses ({result.wrong} of {len(y)} misclassified)")
     return result

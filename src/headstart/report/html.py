@@ -10,7 +10,7 @@ import base64
 import html
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,11 +55,15 @@ figcaption { color: var(--muted); font-size: 13px; margin-top: 4px; }
 
 @dataclass
 class Section:
-    """One <section>: `id` is its anchor, `body` is HTML built with this module's helpers."""
+    """One <section>: `id` is its anchor, `body` is HTML built with this module's helpers, or a function
+    returning it when the section waits for figures still being drawn (called once, as the page is written)."""
 
     id: str
     title: str
-    body: str
+    body: str | Callable[[], str]
+
+    def html(self) -> str:
+        return self.body() if callable(self.body) else self.body
 
 
 def esc(value: object) -> str:
@@ -131,7 +135,7 @@ def page(title: str, sections: Sequence[Section], *, subtitle: str = "", lead: s
     """The whole document. `lead` is HTML shown under the title (e.g. `cards`)."""
     nav = "".join(f'<a href="#{esc(s.id)}">{esc(s.title)}</a>' for s in sections)
     body = "\n".join(
-        f'<section id="{esc(s.id)}">\n<h2>{esc(s.title)}</h2>\n{s.body}\n</section>' for s in sections
+        f'<section id="{esc(s.id)}">\n<h2>{esc(s.title)}</h2>\n{s.html()}\n</section>' for s in sections
     )
     return f"""<!DOCTYPE html>
 <html lang="en">

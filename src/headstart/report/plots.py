@@ -26,6 +26,7 @@ __all__ = [
     "plot_reliability",
     "plot_top_losses",
     "to_display",
+    "warm_up",
 ]
 
 CORRECT, WRONG = "#1a7f37", "#cf222e"  # green / red, readable on white and for most colour-blind readers
@@ -43,6 +44,14 @@ def _canvas(figsize: tuple[float, float]):
     fig = Figure(figsize=figsize, dpi=DPI)
     FigureCanvasAgg(fig)
     return fig
+
+
+def warm_up() -> None:
+    """Import matplotlib and draw some text once (loading the font cache), so that the first real figure
+    costs only its own drawing: for a process that draws figures later (report/figures.py)."""
+    fig = _canvas((1, 1))
+    fig.text(0.5, 0.5, "headstart")
+    fig.canvas.draw()
 
 
 def _figure(figsize: tuple[float, float], **subplots):

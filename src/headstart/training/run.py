@@ -109,13 +109,14 @@ def _save_logits(run_dir: Path, decoded: dict, logits: dict) -> None:
     atomic_write_bytes(run_dir / "logits.npz", buffer.getvalue())
 
 
-def _write_report(run_dir: Path, data: str) -> None:
-    """report.html for every run; a failed report is logged, never a failed run (the model is already saved)."""
+def _write_report(run_dir: Path, data: str, figures) -> None:
+    """report.html for every run; a failed report is logged, never a failed run (the model is already saved).
+    figures: the FigureWorker started with the run, or None."""
     try:
         from headstart.predict import load
         from headstart.report.build import build_report
 
-        build_report(run_dir, data=data, classifier=load(run_dir))
+        build_report(run_dir, data=data, classifier=load(run_dir), figures=figures)
     except Exception as exc:  # the report is a by-product: keep the trained model whatever goes wrong here
         log.warning("could not write report.html: %s: %s (run `headstart report %s` to retry)",
                     type(exc).__name__, exc, run_dir)
@@ -212,17 +213,37 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
     # extraction (features), by the DataLoader's workers every epoch (finetune). Memory stays flat.
     keep_images = sum(map(len, dataset.splits.values())) <= KEEP_DECODED_IMAGES
     decoding = _decode_in_background(dataset, preprocessing, keep_images, progress)
+    # The report's figure worker starts now too, for the same reason (its matplotlib import, ~0.5 s). With
+    # several processes, rank 0 starts its own when it writes the report.
+    figures = None
+    if cfg.report and cfg.devices * cfg.num_nodes == 1:
+        from headstart.report.figures import FigureWorker
 
-    import torch
+        figures = FigureWorker.start()
+    try:
+        return _fit_and_write(cfg, spec, preprocessing, dataset, excluded, warnings, decoding, figures,
+                              resume=resume, progress=progress, on_epoch=on_epoch, started=started)
+    finally:
+        if figures is not None:
+            figures.close()
 
-    from headstart.backbones.model import build_network, count_parameters
-    from headstart.device import resolve_accelerator, resolve_precision
-    from headstart.evaluate import classification_metrics, fit_temperature
-    from headstart.features import FeatureCache
-    from headstart.training.checkpoint import InterruptGuard, load_resume, save_checkpoint, save_model, save_resume
-    from headstart.training.distributed import any_rank, make_fabric
-    from headstart.training.errors import TrainingInterrupted
-    from headstart.training.modes import SATURATED_ACCURACY, RunContext, fit_features, fit_finetune
+
+def _fit_and_write(cfg: TrainConfig, spec, preprocessing, dataset, excluded: set, warnings: list, decoding: Future,
+                   figures, *, resume, progress: ProgressFn | None, on_epoch, started: float) -> RunResult:
+    """train() once the data is settled and decoding: the network, the mode's fit, metrics, the run directory."""
+    from headstart.startup import paused_gc
+
+    with paused_gc():  # torch's and Lightning's imports (make_fabric's), timm's (build_network's)
+        import torch
+
+        from headstart.backbones.model import build_network, count_parameters
+        from headstart.device import resolve_accelerator, resolve_precision
+        from headstart.evaluate import classification_metrics, fit_temperature
+        from headstart.features import FeatureCache
+        from headstart.training.checkpoint import InterruptGuard, load_resume, save_checkpoint, save_model, save_resume
+        from headstart.training.distributed import any_rank, make_fabric
+        from headstart.training.errors import TrainingInterrupted
+        from headstart.training.modes import SATURATED_ACCURACY, RunContext, fit_features, fit_finetune
 
     if cfg.gradual_unfreeze and cfg.devices * cfg.num_nodes > 1:
         raise ConfigError("gradual_unfreeze changes which parameters train mid-run, which DDP cannot follow: "
@@ -236,8 +257,9 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
         raise ConfigError("sync_bn synchronises BatchNorm across GPUs (torch's SyncBatchNorm needs CUDA): "
                           "leave it off on the CPU")
     precision = resolve_precision(cfg.precision, accelerator)
-    fabric = make_fabric(accelerator=accelerator, precision=precision, devices=cfg.devices,
-                         num_nodes=cfg.num_nodes, strategy=cfg.strategy)
+    with paused_gc():
+        fabric = make_fabric(accelerator=accelerator, precision=precision, devices=cfg.devices,
+                             num_nodes=cfg.num_nodes, strategy=cfg.strategy)
     if os.environ.get("LT_CLI_USED") != "1":  # `fabric run` has started every process already
         fabric.launch()  # with several local processes, this starts the others: each runs this same function
     rank0 = fabric.global_rank == 0
@@ -274,7 +296,8 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
             if resume is None:
                 atomic_write_json(run_dir / "split.json", dataset.split_record(cfg.seed, cfg.val_fraction))
         torch.manual_seed(cfg.seed)
-        net = build_network(spec, len(dataset.classes), weights=cfg.weights, dropout=cfg.dropout)
+        with paused_gc():
+            net = build_network(spec, len(dataset.classes), weights=cfg.weights, dropout=cfg.dropout)
         decoded = decoding.result()
         _refuse_leakage(decoded, cfg.data, run_dir if resume is None and rank0 else None)
         skipped = [f for d in decoded.values() for f in d.failures]
@@ -355,7 +378,7 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
                 }
                 atomic_write_json(run_dir / "summary.json", summary)
                 if cfg.report:
-                    _write_report(run_dir, cfg.data)
+                    _write_report(run_dir, cfg.data, figures)
                 for leftover in ("checkpoint.safetensors", "resume.pt"):
                     (run_dir / leftover).unlink(missing_ok=True)
             except Exception as exc:  # re-raised below, after the other ranks have heard of it
