@@ -27,7 +27,7 @@ def _backbone(name: str = "mobilenet_v2") -> nn.Module:
 def test_compiled_engine_features_equal_torch(engine):
     pytest.importorskip(engine)
     backbone = _backbone()
-    images = torch.randn(5, 3, 64, 64)
+    images = torch.randn(11, 3, 64, 64)  # OpenVINO runs it as 3 chunks, the last one short, put back in order
     frozen = FrozenBackbone(backbone, engine=engine)
     got = frozen(images)
     assert frozen.engine == engine

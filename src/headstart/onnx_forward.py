@@ -191,25 +191,31 @@ def _openvino(graph: bytes, threads: int, cache_dir: Path | None) -> Runner:
     core = ov.Core()
     # f32 explicitly: on CPUs with bf16 units OpenVINO would otherwise run bf16, which is the torch path's job.
     # No pinning: with several processes on one machine (--devices N on the CPU) each would pin its threads to
-    # the same cores; alone, it made no difference here (157 vs 158 images/s).
-    # THROUGHPUT: one single-threaded stream per core, fed small chunks through an async queue, instead of one
-    # request whose threads meet at every layer: 1.2x the images/s here (lite0: 172 vs 145), and a core taken
-    # by other work (an import, another process) slows one stream instead of stalling both at each barrier.
+    # the same cores; alone, it made no difference here (157 vs 158 images/s, with the LATENCY hint).
+    # THROUGHPUT: OpenVINO runs several streams with a share of the threads each (here, 2 streams of 1 thread on
+    # 2 cores), fed small chunks through an async queue, instead of one request whose threads meet at every
+    # layer: 1.2x the images/s here (lite0: 172 vs 145), and a core taken by other work (an import, another
+    # process) slows one stream instead of stalling all of them at each barrier.
     config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "THROUGHPUT",
               "ENABLE_CPU_PINNING": False}
     if cache_dir is not None:  # OpenVINO keys its compiled blobs by graph and settings: 0.2 s -> 0.07 s
         config["CACHE_DIR"] = str(cache_dir / "openvino")
     compiled = core.compile_model(core.read_model(io.BytesIO(graph)), "CPU", config)
+    # Twice the requests the streams can run at once, so each stream has its next chunk waiting.
     queue = ov.AsyncInferQueue(compiled, 2 * compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     outputs: dict[int, np.ndarray] = {}
     queue.set_callback(lambda request, start: outputs.__setitem__(start, request.get_output_tensor(0).data.copy()))
 
     def run(x: np.ndarray) -> np.ndarray:
+        """One batch at a time (the chunks share `outputs`): extraction calls it from one thread."""
         outputs.clear()
-        for start in range(0, len(x), _OPENVINO_CHUNK):
+        starts = range(0, len(x), _OPENVINO_CHUNK)
+        for start in starts:
             queue.start_async({0: x[start:start + _OPENVINO_CHUNK]}, userdata=start)
         queue.wait_all()
-        return np.concatenate([outputs[start] for start in sorted(outputs)])
+        if sorted(outputs) != list(starts):
+            raise RuntimeError(f"OpenVINO answered {len(outputs)} of {len(starts)} chunks")
+        return np.concatenate([outputs[start] for start in starts])
 
     return run
 

@@ -9,20 +9,32 @@ collector while importing frees nothing later.
 from __future__ import annotations
 
 import gc
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 __all__ = ["paused_gc"]
 
+_lock = threading.Lock()
+_depth = 0  # blocks open now, in any thread
+_was_enabled = True  # the collector's state when the outermost block opened
+
 
 @contextmanager
 def paused_gc() -> Iterator[None]:
     """The cyclic garbage collector paused inside the block (reference counting still frees memory), and
-    restored as it was after it: a caller that had disabled it keeps it disabled."""
-    was_enabled = gc.isenabled()
-    gc.disable()
+    restored as it was when the last open block closes: a caller that had disabled it keeps it disabled, and
+    blocks that overlap in several threads (a server loading models) cannot leave it off."""
+    global _depth, _was_enabled
+    with _lock:
+        if _depth == 0:
+            _was_enabled = gc.isenabled()
+            gc.disable()
+        _depth += 1
     try:
         yield
     finally:
-        if was_enabled:
-            gc.enable()
+        with _lock:
+            _depth -= 1
+            if _depth == 0 and _was_enabled:
+                gc.enable()

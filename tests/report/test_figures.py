@@ -43,6 +43,18 @@ def test_a_plot_error_is_raised_here_with_its_own_type(worker, tmp_path):
     assert worker.draw(os.getpid)() != os.getpid()  # the worker is still there for the next figure
 
 
+def test_an_argument_that_cannot_be_sent_is_drawn_here_and_the_worker_stays(worker):
+    assert worker.draw(len, [lambda: 0])() == 1  # a lambda does not pickle
+    assert worker.draw(os.getpid)() != os.getpid()
+
+
+def test_settle_waits_for_every_figure(worker, tmp_path):
+    for i in range(3):
+        worker.draw(plots.plot_confusion_matrix, [[i, 1], [0, 4]], ["cat", "dog"], tmp_path / f"cm{i}.png")
+    worker.settle()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cm0.png", "cm1.png", "cm2.png"]
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGSTOP")
 def test_a_dead_worker_costs_only_speed(worker):
     worker._process.send_signal(signal.SIGSTOP)  # the request below stays unread in the pipe

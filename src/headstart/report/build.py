@@ -354,8 +354,11 @@ def build_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
     try:
         clf = classifier or load(run)
         with one_torch_thread(), tempfile.TemporaryDirectory(prefix="headstart-report-") as tmp:
-            page = _page(run, data, split, top_n, clf, manifest, metrics, summary, config, history,
-                         Path(plots_dir) if plots_dir else Path(tmp), worker.draw)
+            try:
+                page = _page(run, data, split, top_n, clf, manifest, metrics, summary, config, history,
+                             Path(plots_dir) if plots_dir else Path(tmp), worker.draw)
+            finally:  # after a failure too: the worker must be done writing before its folder is removed
+                worker.settle()
     finally:
         if figures is None:
             worker.close()

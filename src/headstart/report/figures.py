@@ -46,6 +46,7 @@ class FigureWorker:
 
     def __init__(self, process: subprocess.Popen | None = None):
         self._process = process
+        self._lost: str | None = None if process else "no worker"  # why the worker can answer no more
         self._sent = 0  # requests written, numbered from 0; replies come back in the same order
         self._replies: list[tuple[bool, object]] = []
 
@@ -73,37 +74,50 @@ class FigureWorker:
             done, value = self._reply(number)
             if done:
                 return value
-            # The worker died, or the plot failed there: an error of the plot itself is raised again here,
+            # The worker is gone, or the plot failed there: an error of the plot itself is raised again here,
             # with this process's traceback.
             log.debug("figure worker: %s; drawing %s here", value, function.__name__)
             return function(*args, **kwargs)
 
         return result
 
+    def settle(self) -> None:
+        """Wait until the worker has answered every request: after this, it writes no more files."""
+        if self._sent:
+            self._reply(self._sent - 1)
+
     def _send(self, function: Callable, args: tuple, kwargs: dict) -> int | None:
-        if self._process is None:
+        if self._lost:
+            return None
+        try:  # the whole request first: a failure here must not leave half a request in the pipe
+            request = pickle.dumps((function, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # an argument that cannot be pickled: this figure is drawn here
+            log.debug("figure worker: cannot send %s (%s: %s)", function.__name__, type(exc).__name__, exc)
             return None
         try:
-            pickle.dump((function, args, kwargs), self._process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            self._process.stdin.write(request)
             self._process.stdin.flush()
-        except (OSError, pickle.PicklingError, TypeError, AttributeError) as exc:
-            log.debug("figure worker unavailable (%s: %s)", type(exc).__name__, exc)
-            self.close()
+        except OSError as exc:  # the worker has died
+            self._lost = f"the worker stopped ({type(exc).__name__}: {exc})"
             return None
         self._sent += 1
         return self._sent - 1
 
     def _reply(self, number: int) -> tuple[bool, object]:
         while len(self._replies) <= number:
+            if self._lost:
+                self._replies.append((False, self._lost))
+                continue
             try:
                 self._replies.append(pickle.load(self._process.stdout))
-            except Exception as exc:  # EOF, garbage, or closed: every later reply fails the same way
-                self._replies.append((False, f"the worker stopped ({type(exc).__name__}: {exc})"))
+            except Exception as exc:  # EOF or garbage: nothing read after this could be trusted
+                self._lost = f"the worker stopped ({type(exc).__name__}: {exc})"
         return self._replies[number]
 
     def close(self) -> None:
-        """End the worker (it exits when its input closes) and wait for it."""
+        """End the worker (it exits when its input closes) and wait for it. Later figures are drawn here."""
         process, self._process = self._process, None
+        self._lost = self._lost or "closed"
         if process is None:
             return
         try:
