@@ -55,7 +55,7 @@ def lite_run(data, tmp_path_factory) -> Path:
     """A real (trained) efficientnet_lite0 run at 64 px, exported once for the tests that share it."""
     run_dir = tmp_path_factory.mktemp("lite") / "run"
     headstart.train(data, backbone="efficientnet_lite0", mode="features", epochs=2, image_size=64,
-                    out=str(run_dir))
+                    out=str(run_dir), report=False)
     export_onnx(run_dir)
     return run_dir
 
@@ -207,7 +207,7 @@ def test_int8_export_is_static_qdq_and_smaller(lite_run, reuse_lite_graph, data,
 def test_real_demo_run_parity(tmp_path):
     """efficientnet_lite0 with its ImageNet weights at its native 224, trained on the bundled demo set."""
     result = headstart.train(DEMO_DATA, backbone="efficientnet_lite0", mode="features", epochs=3,
-                             out=str(tmp_path / "demo"))
+                             out=str(tmp_path / "demo"), report=False)
     exported = export_onnx(result.run_dir)
     assert_parity(exported.parity, n=60)
     assert exported.parity["onnx_accuracy"] == exported.parity["torch_accuracy"] >= 0.8
