@@ -220,9 +220,9 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
     # extraction (features), by the DataLoader's workers every epoch (finetune). Memory stays flat.
     keep_images = sum(map(len, dataset.splits.values())) <= KEEP_DECODED_IMAGES
     decoding = _decode_in_background(dataset, preprocessing, keep_images, progress)
-    # The report's figure worker starts now too, for the same reason (its matplotlib import, ~0.5 s), where the
-    # run is short enough for that to count: fine-tuning, and several processes (rank 0), start one with the
-    # report instead of holding it idle for the whole fit.
+    # The report's figure worker starts now too, for the same reason (its matplotlib import, ~0.5 s), in a
+    # features run on one process, where half a second counts. Fine-tuning (long enough not to notice) and
+    # several processes (rank 0) start one with the report instead of holding it idle during the fit.
     figures = None
     if cfg.report and cfg.mode != "finetune" and cfg.devices * cfg.num_nodes == 1:
         from headstart.report.figures import FigureWorker
