@@ -268,8 +268,7 @@ def _top_losses_section(clf, scored: _Scored | None, why: str, n: int, out: Path
     png = None
     if result.rows:  # the Grad-CAMs here (torch), their grid in the worker
         png = draw(plots.plot_top_losses, *cam_panels(clf, result.images, [r["pred"] for r in result.rows]),
-                   *top_loss_captions(result.rows), out / "top_losses.png",
-                   title=f"Top {len(result.rows)} losses ({result.wrong} of {len(items)} misclassified)")
+                   *top_loss_captions(result.rows), out / "top_losses.png", title=result.title)
     table = H.table([f"file (in {scored.root})", "true", "predicted", "confidence", "loss"],
                     [(os.path.relpath(r["path"], scored.root), r["true"], r["pred"], r["confidence"], r["loss"])
                      for r in result.rows])

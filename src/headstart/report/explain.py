@@ -282,6 +282,12 @@ class TopLosses:
     plot: Path | None = None
     wrong: int = 0  # how many of all the scored images were misclassified
     images: list = field(default_factory=list, repr=False)  # the rows' images, as opened
+    scored: int = 0  # how many images were ranked
+
+    @property
+    def title(self) -> str:
+        """The top-losses grid's title."""
+        return f"Top {len(self.rows)} losses ({self.wrong} of {self.scored} misclassified)"
 
 
 def cam_panels(classifier: Classifier, images: Sequence[Image.Image], targets: Sequence[TargetClass]
@@ -331,7 +337,7 @@ def top_losses(classifier: Classifier, items: Sequence[tuple[str | os.PathLike, 
     loss = -np.log(np.clip(raw[np.arange(len(y)), y], 1e-12, None))
     pred = calibrated.argmax(axis=1)
     order = np.argsort(-loss, kind="stable")[:n]
-    result = TopLosses(wrong=int((pred != y).sum()))
+    result = TopLosses(wrong=int((pred != y).sum()), scored=len(y))
     shown = []
     for i in order:
         try:
@@ -345,6 +351,5 @@ def top_losses(classifier: Classifier, items: Sequence[tuple[str | os.PathLike, 
         result.images.append(image)
     if out is not None and shown:
         panels = cam_panels(classifier, result.images, [int(pred[i]) for i, _ in shown])
-        result.plot = plot_top_losses(*panels, *top_loss_captions(result.rows), out,
-                                      title=f"Top {len(shown)} losses ({result.wrong} of {len(y)} misclassified)")
+        result.plot = plot_top_losses(*panels, *top_loss_captions(result.rows), out, title=result.title)
     return result
