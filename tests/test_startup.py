@@ -2,6 +2,7 @@
 keeps its output and its exit code."""
 
 import gc
+import json
 import os
 import subprocess
 import sys
@@ -82,3 +83,82 @@ def test_the_installed_script_runs_the_fast_exit():
 
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "headstart"]
     assert script.value == "headstart.cli:command"
+
+
+_DEFERRAL_SCRIPT = r'''
+import json, logging, sys
+from headstart.startup import import_deferring
+
+sys.path.insert(0, sys.argv[1])
+seen = {}
+
+def load_user():
+    import hs_user
+    return hs_user
+
+user = import_deferring(load_user, ("hs_heavy", "hs_heavy.sub"), "hs_user")
+seen["heavy imported by the deferred import"] = "hs_heavy" in sys.modules
+seen["compute"] = user.compute(2)  # the call imports the real module
+seen["heavy imported by the call"] = "hs_heavy" in sys.modules
+seen["thing"] = user.Thing().name
+import hs_heavy.sub
+seen["later import is real"] = type(sys.modules["hs_heavy.sub"]).__name__ == "module"
+
+def load_bad():
+    import hs_bad
+    return hs_bad
+
+bad = import_deferring(load_bad, ("hs_other",), "hs_bad")
+seen["bad value"] = bad.VALUE
+seen["its first module, imported again"] = bad.first.VALUE
+seen["bad fell back to a real import"] = type(sys.modules["hs_other"]).__name__ == "module"
+print(json.dumps(seen))
+'''
+
+
+def test_deferred_imports_resolve_on_call_and_fall_back_when_used_at_import(tmp_path):
+    """A package's `from heavy import f` does not import heavy; calling f does. A package that uses a deferred
+    name while importing (here `VALUE + 1`) is imported again the plain way. Later imports get real modules."""
+    (tmp_path / "hs_heavy").mkdir()
+    (tmp_path / "hs_heavy" / "__init__.py").write_text("def compute(x):\n    return x * 10\n")
+    (tmp_path / "hs_heavy" / "sub.py").write_text("class Thing:\n    name = 'real thing'\n")
+    (tmp_path / "hs_user.py").write_text("from hs_heavy import compute\nfrom hs_heavy.sub import Thing\n")
+    (tmp_path / "hs_other.py").write_text("VALUE = 41\n")
+    # hs_bad.first imports fine with a stand-in, then hs_bad itself fails: both are imported again for real.
+    (tmp_path / "hs_bad").mkdir()
+    (tmp_path / "hs_bad" / "first.py").write_text("from hs_other import VALUE\n")
+    (tmp_path / "hs_bad" / "__init__.py").write_text("from hs_bad import first\nVALUE = first.VALUE + 1\n")
+    done = subprocess.run([sys.executable, "-c", _DEFERRAL_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "heavy imported by the deferred import": False, "compute": 20, "heavy imported by the call": True,
+        "thing": "real thing", "later import is real": True, "bad value": 42, "its first module, imported again": 41, "bad fell back to a real import": True}
+
+
+def test_a_module_already_imported_is_not_deferred():
+    from headstart.startup import deferred_imports
+
+    with deferred_imports("json", "hs_never_imported"):
+        assert sys.modules["json"] is json
+        assert type(sys.modules["hs_never_imported"]).__name__ == "_DeferredModule"
+    assert "hs_never_imported" not in sys.modules
+
+
+def test_freeze_imports_freezes_what_a_paused_block_created_and_only_when_asked():
+    script = (
+        "import gc, json\n"
+        "from headstart.startup import freeze_imports, paused_gc\n"
+        "with paused_gc():\n"
+        "    kept = [[i] for i in range(1000)]\n"
+        "library = gc.get_freeze_count()\n"
+        "freeze_imports()\n"
+        "with paused_gc():\n"
+        "    with paused_gc():\n"
+        "        more = [[i] for i in range(1000)]\n"
+        "    inner = gc.get_freeze_count()\n"
+        "print(json.dumps([library, inner, gc.get_freeze_count() >= 1000, gc.isenabled()]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [0, 0, True, True]
