@@ -83,7 +83,7 @@ def test_an_interrupted_extraction_resumes_from_its_written_shards(synthetic_dat
 
 
 def test_a_large_set_is_decoded_again_in_chunks_with_the_same_result(synthetic_data, tmp_path, monkeypatch):
-    from headstart.data import loading
+    from headstart.data.background import DecodeJob
     from headstart.training import run as run_module
 
     settings = dict(image_size=64, epochs=2, report=False)
@@ -91,18 +91,17 @@ def test_a_large_set_is_decoded_again_in_chunks_with_the_same_result(synthetic_d
     kept = headstart.train(synthetic_data, out=str(tmp_path / "kept"), **settings)
 
     decoded_without_images = []
-    original = loading.decode_split
+    original = DecodeJob.result
 
-    def spy(*args, **kwargs):
-        out = original(*args, **kwargs)
-        if kwargs.get("keep_images") is False:
-            decoded_without_images.append(out.images is None)
+    def spy(self):
+        out = original(self)
+        decoded_without_images.extend(d.images is None for d in out.values())
         return out
 
     monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "cache-streamed"))
     monkeypatch.setattr(run_module, "KEEP_DECODED_IMAGES", 0)
     monkeypatch.setattr(features, "SHARD_ROWS", 8)
-    monkeypatch.setattr(loading, "decode_split", spy)  # train() imports it from the module when called
+    monkeypatch.setattr(DecodeJob, "result", spy)
 
     streamed = headstart.train(synthetic_data, out=str(tmp_path / "streamed"), **settings)
     assert decoded_without_images and all(decoded_without_images)

@@ -133,7 +133,8 @@ def test_deferred_imports_resolve_on_call_and_fall_back_when_used_at_import(tmp_
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {
         "heavy imported by the deferred import": False, "compute": 20, "heavy imported by the call": True,
-        "thing": "real thing", "later import is real": True, "bad value": 42, "its first module, imported again": 41, "bad fell back to a real import": True}
+        "thing": "real thing", "later import is real": True, "bad value": 42, "its first module, imported again": 41,
+        "bad fell back to a real import": True}
 
 
 def test_a_module_already_imported_is_not_deferred():

@@ -10,13 +10,14 @@ import time
 import numpy as np
 import pytest
 
-from headstart.report import figures, plots
+from headstart import child
+from headstart.report import plots
 from headstart.report.figures import FigureWorker
 
 
 @pytest.fixture
 def worker(monkeypatch):
-    monkeypatch.setattr(figures, "_usable_cores", lambda: 2)  # a worker even where the test runner has one core
+    monkeypatch.setattr(child, "usable_cores", lambda: 2)  # a worker even where the test runner has one core
     with FigureWorker.start() as started:
         yield started
 
@@ -66,7 +67,7 @@ def test_a_dead_worker_costs_only_speed(worker):
 
 
 def test_without_a_spare_core_figures_are_drawn_here(monkeypatch):
-    monkeypatch.setattr(figures, "_usable_cores", lambda: 1)
+    monkeypatch.setattr(child, "usable_cores", lambda: 1)
     with FigureWorker.start() as here:
         assert here._process is None
         assert here.draw(os.getpid)() == os.getpid()
@@ -79,8 +80,9 @@ def test_the_worker_does_not_rerun_an_unguarded_script(tmp_path):
     script = tmp_path / "unguarded.py"
     script.write_text(textwrap.dedent(f"""
         import os
+        from headstart import child
         from headstart.report import figures
-        figures._usable_cores = lambda: 2
+        child.usable_cores = lambda: 2
         with open({str(marks)!r}, "a") as f:
             f.write("ran\\n")
         with figures.FigureWorker.start() as worker:
@@ -96,19 +98,20 @@ def test_the_worker_does_not_rerun_an_unguarded_script(tmp_path):
 def test_the_worker_exits_when_its_parent_is_killed():
     code = textwrap.dedent("""
         import os, signal
+        from headstart import child
         from headstart.report import figures
-        figures._usable_cores = lambda: 2
+        child.usable_cores = lambda: 2
         worker = figures.FigureWorker.start()
         print(worker.draw(os.getpid)(), flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL
-    child = int(proc.stdout.strip())
+    worker_pid = int(proc.stdout.strip())
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _alive(child):
+    while time.monotonic() < deadline and _alive(worker_pid):
         time.sleep(0.1)
-    assert not _alive(child)
+    assert not _alive(worker_pid)
 
 
 def _alive(pid: int) -> bool:

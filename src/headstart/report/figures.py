@@ -20,23 +20,16 @@ import logging
 import os
 import pickle
 import queue
-import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from headstart.child import child_pipes, start_child
+
 __all__ = ["FigureWorker"]
 
 log = logging.getLogger(__name__)
-
-
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS and Windows have no affinity call
-        return os.cpu_count() or 1
 
 
 class FigureWorker:
@@ -52,15 +45,7 @@ class FigureWorker:
 
     @classmethod
     def start(cls) -> FigureWorker:
-        if _usable_cores() < 2:
-            return cls(None)
-        code = f"import sys; sys.path[:] = {sys.path!r}; from headstart.report.figures import serve; serve()"
-        try:
-            process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        except OSError as exc:  # no interpreter to start (embedded Python, a sandbox): draw here
-            log.debug("no figure worker (%s); figures are drawn in this process", exc)
-            return cls(None)
-        return cls(process)
+        return cls(start_child(__name__, "serve"))
 
     def draw(self, function: Callable[..., Path], *args, **kwargs) -> Callable[[], Path]:
         """Start `function(*args, **kwargs)`: a module-level plotting function (it is sent by name) with
@@ -139,11 +124,7 @@ class FigureWorker:
 def serve() -> None:
     """The worker's loop: draw each request from stdin, reply on stdout, in order, until stdin closes (the
     parent closed it, or died). Requests are read on a thread so that the parent never waits to send."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it then closes stdin
-    # Replies get their own copy of stdout; stdout itself then goes to stderr, so that a stray print (from
-    # Python or a C library) cannot corrupt them.
-    requests, replies = sys.stdin.buffer, os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    requests, replies = child_pipes()
     pending: queue.SimpleQueue = queue.SimpleQueue()
 
     def read() -> None:

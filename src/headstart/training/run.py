@@ -9,11 +9,8 @@ import logging
 import os
 import re
 import shutil
-import sys
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,38 +120,6 @@ def _write_report(run_dir: Path, data: str, figures) -> None:
                     type(exc).__name__, exc, run_dir)
 
 
-def _decode_in_background(dataset, preprocessing, keep_images: bool, progress: ProgressFn | None) -> Future:
-    """Every split decoded on a background thread (decode_split's own pool does the work): a Future of
-    {split: DecodedSplit}."""
-    from headstart.data.loading import decode_split
-
-    def decode_all() -> dict:
-        # At a lower priority, which the pool's threads inherit from this one (Linux): the imports running
-        # meanwhile are one thread that the run waits for, so they get a core when they want one, and decoding
-        # takes every cycle they leave. Whole runs without the report, median of 3 alternating: pss-fe 8.0 vs
-        # 8.2 s, hymenoptera 8.7 vs 9.0 s (one decoding thread instead: 7.8 and 9.0 s).
-        if sys.platform == "linux":
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-        return {split: decode_split(items, short_side=preprocessing.resize_size,
-                                    interpolation=preprocessing.interpolation, keep_images=keep_images,
-                                    progress=(lambda d, t, s=split: progress(f"decode {s}", d, t)) if progress
-                                    else None)
-                for split, items in dataset.splits.items()}
-
-    future: Future = Future()
-
-    def work() -> None:
-        try:
-            future.set_result(decode_all())
-        except BaseException as exc:  # re-raised in the caller by future.result()
-            future.set_exception(exc)
-
-    # A daemon thread: when the run fails before it needs the images (a bad --out, a missing resume.pt),
-    # the process exits at once instead of waiting for a large set to finish decoding.
-    threading.Thread(target=work, name="headstart-decode", daemon=True).start()
-    return future
-
-
 def _history_csv(history: list[dict]) -> str:
     if not history:
         return ""
@@ -197,13 +162,13 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
     cfg = config.resolved()
 
     from headstart.backbones.registry import get_spec
+    from headstart.data.background import DecodeJob
     from headstart.data.check import check_dataset
     from headstart.data.exclusions import load_exclusions
     from headstart.data.folders import DataError, discover
 
-    # What to train on needs no torch: settle it first, and start decoding before torch, timm and Fabric are
-    # imported. PIL decodes outside the GIL, so decoding uses the cores that the imports (one thread, ~4 s)
-    # leave idle.
+    # What to train on needs no torch: settle it first, and start decoding (in a helper process) before torch,
+    # timm and Fabric are imported, on the core that the imports (one thread, ~3 s) leave idle.
     spec = get_spec(cfg.backbone)
     preprocessing = spec.preprocessing if cfg.image_size is None else spec.preprocessing.with_crop(cfg.image_size)
     excluded = load_exclusions(cfg.exclude, cfg.data) if cfg.exclude else set()
@@ -219,7 +184,8 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
     # A large set is checked and hashed now, then decoded again where it is used: chunk by chunk during
     # extraction (features), by the DataLoader's workers every epoch (finetune). Memory stays flat.
     keep_images = sum(map(len, dataset.splits.values())) <= KEEP_DECODED_IMAGES
-    decoding = _decode_in_background(dataset, preprocessing, keep_images, progress)
+    decoding = DecodeJob.start(dataset.splits, short_side=preprocessing.resize_size,
+                               interpolation=preprocessing.interpolation, keep_images=keep_images, progress=progress)
     # The report's figure worker starts now too, for the same reason (its matplotlib import, ~0.5 s), in a
     # features run on one process, where half a second counts. Fine-tuning (long enough not to notice) and
     # several processes (rank 0) start one with the report instead of holding it idle during the fit.
@@ -232,11 +198,12 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
         return _fit_and_write(cfg, spec, preprocessing, dataset, excluded, warnings, decoding, figures,
                               resume=resume, progress=progress, on_epoch=on_epoch, started=started)
     finally:
+        decoding.close()
         if figures is not None:
             figures.close()
 
 
-def _fit_and_write(cfg: TrainConfig, spec, preprocessing, dataset, excluded: set, warnings: list, decoding: Future,
+def _fit_and_write(cfg: TrainConfig, spec, preprocessing, dataset, excluded: set, warnings: list, decoding,
                    figures, *, resume, progress: ProgressFn | None, on_epoch, started: float) -> RunResult:
     """train() once the data is settled and decoding: the network, the mode's fit, metrics, the run directory."""
     from headstart.startup import paused_gc

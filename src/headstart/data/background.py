@@ -1,0 +1,227 @@
+"""Every split decoded in the background while training starts up: `DecodeJob.start(...)`, then `.result()`.
+
+Training imports torch, Lightning and timm first, ~3 s of one thread. Decoding on threads of this process
+meanwhile (PIL releases the GIL while it decodes) still slowed those imports by ~0.6 s: every time the
+importing thread let go of the GIL for a file read, a decoding thread took it, and the import waited for its
+turn back. So the work goes to a helper process (headstart.child) at a lower priority, which shares no GIL.
+The pixels come back through an unnamed temporary file that both processes hold open (in /dev/shm where
+there is one), read once when training asks for them: 0.03 s for pizza_steak_sushi's 300 images, where
+unpickling them from a pipe took 0.25 s. Where no helper process can run, a thread does the same work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mmap
+import os
+import pickle
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+
+from PIL import Image
+
+from headstart.child import child_pipes, start_child
+from headstart.data.loading import DecodedSplit, decode_split
+
+__all__ = ["DecodeJob"]
+
+log = logging.getLogger(__name__)
+
+Items = list[tuple[str, int]]
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+
+_PROGRESS_EVERY = 0.1  # seconds between the child's progress messages
+
+
+class DecodeJob:
+    """The splits decoded in a helper process where one can run, else on a thread. result() returns
+    {split: DecodedSplit} (or raises what decoding raised); close() stops the work if it is still running."""
+
+    def __init__(self, splits: dict[str, Items], short_side: int | None, interpolation: str, keep_images: bool,
+                 progress: Progress | None):
+        self._args = (splits, short_side, interpolation, keep_images)
+        self._progress = progress
+        self._process = None
+        self._pixels = None  # the shared temporary file the child writes pixels into
+        self._reply: tuple | None = None  # the child's last message
+        self._reader: threading.Thread | None = None
+        self._future: Future | None = None
+
+    @classmethod
+    def start(cls, splits: dict[str, Items], *, short_side: int | None, interpolation: str = "bilinear",
+              keep_images: bool = True, progress: Progress | None = None) -> DecodeJob:
+        job = cls(splits, short_side, interpolation, keep_images, progress)
+        if not job._start_process():
+            job._start_thread()
+        return job
+
+    def result(self) -> dict[str, DecodedSplit]:
+        if self._future is None:
+            self._reader.join()
+            reply, self._reply = self._reply, None
+            try:
+                decoded = self._collect(reply)
+            finally:
+                self.close()
+            if decoded is not None:
+                self._future = Future()
+                self._future.set_result(decoded)
+            else:  # the helper failed or died: decode here, where an error raises with its own traceback
+                log.debug("the decoding process ended with %r; decoding in this process", reply and reply[0])
+                self._start_thread()
+        return self._future.result()
+
+    def close(self) -> None:
+        """End the helper process (if still decoding) and free the shared pixels. Idempotent."""
+        process, self._process = self._process, None
+        if process is not None:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            process.stdout.close()
+        pixels, self._pixels = self._pixels, None
+        if pixels is not None:
+            pixels.close()
+
+    def _start_process(self) -> bool:
+        if os.name != "posix":  # the pixels file is passed as an inherited descriptor
+            return False
+        try:
+            # Held open until close(): nameless from the start, it is freed with the last descriptor even if both
+            # processes die.
+            self._pixels = tempfile.TemporaryFile(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)  # noqa: SIM115
+        except OSError:
+            return False
+        self._process = start_child(__name__, "serve", pass_fds=(self._pixels.fileno(),))
+        if self._process is None:
+            self.close()
+            return False
+        request = (*self._args, self._pixels.fileno(), self._progress is not None)
+        try:
+            self._process.stdin.write(pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL))
+            self._process.stdin.close()
+        except OSError:
+            self.close()
+            return False
+        self._reader = threading.Thread(target=self._read, name="headstart-decode-replies", daemon=True)
+        self._reader.start()
+        return True
+
+    def _read(self) -> None:
+        """The reader thread: progress goes to the callback; the last message (done, error) is kept."""
+        while True:
+            try:
+                message = pickle.load(self._process.stdout)
+            except Exception:  # EOF (the child died or was killed) or garbage: whatever came last stands
+                return
+            if message[0] == "progress":
+                self._progress(*message[1:])
+            else:
+                self._reply = message
+                return
+
+    def _collect(self, reply: tuple | None) -> dict[str, DecodedSplit] | None:
+        if reply is None or reply[0] != "done":
+            return None
+        splits, size = reply[1], reply[2]
+        (_, short_side, interpolation, _) = self._args
+        mapped = mmap.mmap(self._pixels.fileno(), size, access=mmap.ACCESS_READ) if size else None
+        try:
+            with memoryview(mapped if mapped is not None else b"") as view:
+                decoded = {}
+                for split, (paths, labels, hashes, failures, layout) in splits.items():
+                    images = None if layout is None else [  # frombytes copies: the file can be closed after
+                        Image.frombytes(mode, image_size, view[offset:offset + length])
+                        for offset, length, mode, image_size in layout]
+                    decoded[split] = DecodedSplit(paths, labels, images, hashes, failures, short_side=short_side,
+                                                  interpolation=interpolation)
+            return decoded
+        finally:
+            if mapped is not None:
+                mapped.close()
+
+    def _start_thread(self) -> None:
+        """The same work on a daemon thread: when the run fails before it needs the images (a bad --out), the
+        process exits at once instead of waiting for a large set to finish decoding."""
+        self._future = future = Future()
+        splits, short_side, interpolation, keep_images = self._args
+
+        def work() -> None:
+            try:
+                _lower_priority()  # the pool's threads inherit it (Linux)
+                future.set_result(_decode_all(splits, short_side, interpolation, keep_images, self._progress))
+            except BaseException as exc:  # re-raised in the caller by future.result()
+                future.set_exception(exc)
+
+        threading.Thread(target=work, name="headstart-decode", daemon=True).start()
+
+
+def _lower_priority() -> None:
+    """This thread (Linux: a thread is a process to the scheduler) or process at nice 10: the imports that run
+    meanwhile are what the run waits for, so they get a core when they want one, and decoding takes every
+    cycle they leave."""
+    if sys.platform == "linux":
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
+def _decode_all(splits: dict[str, Items], short_side: int | None, interpolation: str, keep_images: bool,
+                progress: Progress | None) -> dict[str, DecodedSplit]:
+    return {split: decode_split(items, short_side=short_side, interpolation=interpolation, keep_images=keep_images,
+                                progress=(lambda d, t, s=split: progress(f"decode {s}", d, t)) if progress
+                                else None)
+            for split, items in splits.items()}
+
+
+def _throttled(send: Callable[[tuple], None], what: str) -> Callable[[int, int], None]:
+    """decode_split's progress callback in the helper: a message at most every 0.1 s, and for the last image."""
+    sent = 0.0
+
+    def progress(done: int, total: int) -> None:
+        nonlocal sent
+        if done == total or time.monotonic() - sent >= _PROGRESS_EVERY:
+            sent = time.monotonic()
+            send(("progress", what, done, total))
+
+    return progress
+
+
+def serve() -> None:
+    """The helper process: decode the request's splits, write their pixels to the shared file, reply with
+    everything else: per split (paths, labels, hashes, failures, layout), layout giving each image's (offset,
+    length, mode, size) in the file, or None when the images are not kept."""
+    requests, replies = child_pipes()
+    _lower_priority()
+
+    def send(message: tuple) -> None:
+        pickle.dump(message, replies, protocol=pickle.HIGHEST_PROTOCOL)
+        replies.flush()
+
+    try:
+        splits, short_side, interpolation, keep_images, fd, want_progress = pickle.load(requests)
+        with os.fdopen(fd, "wb") as pixels:
+            size, result = 0, {}
+            for split, items in splits.items():
+                decoded = decode_split(items, short_side=short_side, interpolation=interpolation,
+                                       keep_images=keep_images,
+                                       progress=_throttled(send, f"decode {split}") if want_progress else None)
+                layout = None
+                if decoded.images is not None:
+                    layout = []
+                    for img in decoded.images:
+                        data = img.tobytes()
+                        pixels.write(data)
+                        layout.append((size, len(data), img.mode, img.size))
+                        size += len(data)
+                result[split] = (decoded.paths, decoded.labels, decoded.hashes, decoded.failures, layout)
+        send(("done", result, size))
+    except BrokenPipeError:  # the parent is gone
+        pass
+    except Exception as exc:  # the parent decodes again itself, and meets the error with its own traceback
+        with contextlib.suppress(OSError):
+            send(("error", f"{type(exc).__name__}: {exc}"))
+    os._exit(0)  # nothing to tear down: every reply is flushed

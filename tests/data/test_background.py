@@ -1,0 +1,84 @@
+"""DecodeJob: the splits decoded in a helper process give what decoding here gives (images, hashes, failures);
+progress arrives; a helper that dies or cannot start costs only speed; close() ends a running helper."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from conftest import make_synthetic_dataset
+from headstart import child
+from headstart.data import background
+from headstart.data.background import DecodeJob
+from headstart.data.folders import discover
+from headstart.data.loading import decode_split
+
+
+@pytest.fixture
+def splits(tmp_path) -> dict[str, list[tuple[str, int]]]:
+    root = make_synthetic_dataset(tmp_path / "data", per_split={"train": 5, "val": 2, "test": 2}, size=40)
+    (root / "train" / "red" / "broken.jpg").write_bytes(b"not a jpeg")
+    return discover(root).splits
+
+
+@pytest.fixture(autouse=True)
+def two_cores(monkeypatch):
+    monkeypatch.setattr(child, "usable_cores", lambda: 2)  # a helper even where the test runner has one core
+
+
+def _expected(splits, keep_images=True):
+    return {s: decode_split(items, short_side=32, interpolation="bicubic", keep_images=keep_images)
+            for s, items in splits.items()}
+
+
+def _same(got, expected):
+    assert got.keys() == expected.keys()
+    for split, want in expected.items():
+        have = got[split]
+        assert (have.paths, have.labels, have.hashes, have.failures) == (want.paths, want.labels, want.hashes,
+                                                                          want.failures)
+        assert (have.short_side, have.interpolation) == (32, "bicubic")
+        if want.images is None:
+            assert have.images is None
+        else:
+            assert [(i.mode, i.size, i.tobytes()) for i in have.images] == [
+                (i.mode, i.size, i.tobytes()) for i in want.images]
+
+
+@pytest.mark.parametrize("keep_images", [True, False])
+def test_the_helper_process_decodes_what_this_process_would(splits, keep_images):
+    seen = []
+    job = DecodeJob.start(splits, short_side=32, interpolation="bicubic", keep_images=keep_images,
+                          progress=lambda what, done, total: seen.append((what, done, total)))
+    helper = job._process
+    assert helper is not None and helper.pid != os.getpid()
+    _same(job.result(), _expected(splits, keep_images))
+    assert any("broken.jpg" in path for path, _ in job.result()["train"].failures)
+    for split, items in splits.items():  # the last image of every split is always reported
+        assert (f"decode {split}", len(items), len(items)) in seen
+    assert job._process is None and helper.poll() is not None  # ended and reaped once the result is in
+
+
+def test_a_helper_that_dies_costs_only_speed(splits):
+    job = DecodeJob.start(splits, short_side=32, interpolation="bicubic")
+    job._process.kill()
+    _same(job.result(), _expected(splits))
+
+
+def test_without_a_second_core_a_thread_decodes(splits, monkeypatch):
+    monkeypatch.setattr(child, "usable_cores", lambda: 1)
+    job = DecodeJob.start(splits, short_side=32, interpolation="bicubic")
+    assert job._process is None
+    _same(job.result(), _expected(splits))
+
+
+def test_close_ends_a_helper_that_is_still_decoding(splits, monkeypatch):
+    monkeypatch.setattr(background, "_PROGRESS_EVERY", 0.0)
+    slow = {"train": splits["train"] * 200}  # long enough to be running when close() comes
+    job = DecodeJob.start(slow, short_side=32, interpolation="bicubic", progress=lambda *a: time.sleep(0.01))
+    helper = job._process
+    job.close()
+    assert helper.poll() is not None
+    job.close()  # again: nothing left to do
