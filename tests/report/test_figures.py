@@ -22,10 +22,11 @@ def worker(monkeypatch):
         yield started
 
 
-def test_figures_are_drawn_in_another_process(worker, tmp_path):
-    pid = worker.draw(os.getpid)
+def test_figures_are_drawn_in_other_processes(worker, tmp_path):
+    pids = [worker.draw(os.getpid) for _ in range(4)]
     path = worker.draw(plots.plot_confusion_matrix, [[3, 1], [0, 4]], ["cat", "dog"], tmp_path / "cm.png")
-    assert pid() != os.getpid()
+    assert os.getpid() not in {pid() for pid in pids}
+    assert len({pid() for pid in pids}) == 2  # shared by the two workers
     assert path() == tmp_path / "cm.png"
     assert (tmp_path / "cm.png").read_bytes().startswith(b"\x89PNG")
 
@@ -58,10 +59,13 @@ def test_settle_waits_for_every_figure(worker, tmp_path):
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGSTOP")
 def test_a_dead_worker_costs_only_speed(worker):
-    worker._process.send_signal(signal.SIGSTOP)  # the request below stays unread in the pipe
+    processes = [channel.process for channel in worker._channels]
+    for process in processes:
+        process.send_signal(signal.SIGSTOP)  # the request below stays unread in the pipe
     pending = worker.draw(os.getpid)
-    worker._process.kill()
-    worker._process.wait()
+    for process in processes:
+        process.kill()
+        process.wait()
     assert pending() == os.getpid()  # drawn here instead
     assert worker.draw(os.getpid)() == os.getpid()
 
@@ -69,7 +73,7 @@ def test_a_dead_worker_costs_only_speed(worker):
 def test_without_a_spare_core_figures_are_drawn_here(monkeypatch):
     monkeypatch.setattr(child, "usable_cores", lambda: 1)
     with FigureWorker.start() as here:
-        assert here._process is None
+        assert here._channels == []
         assert here.draw(os.getpid)() == os.getpid()
 
 

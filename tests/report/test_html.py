@@ -161,3 +161,41 @@ def test_report_reuses_the_logits_saved_by_training(run, monkeypatch):
                         original(self, images, *a, **k))
     build_report(run_dir)
     assert not [n for n in calls if n > 8], f"the report rescored a whole split: {calls}"
+
+
+def test_with_the_saved_logits_only_the_shown_images_are_opened(run, monkeypatch):
+    from headstart.data import images
+    from headstart.report import build
+
+    run_dir, clf, _ = run
+    val = {p for p, _ in discover_split(run_dir, "val")}
+    opened = []
+    original = images.open_image
+    monkeypatch.setattr(images, "open_image", lambda source, *a, **k: opened.append(str(source)) or
+                        original(source, *a, **k))
+    monkeypatch.setattr(build, "GRID_IMAGES", 3)
+    build_report(run_dir, classifier=clf, top_n=2)
+    assert 0 < len([p for p in opened if p in val]) <= 5 < len(val)
+
+
+def test_a_val_image_unreadable_since_training_is_left_out_of_the_grid(run, tmp_path, caplog):
+    """The saved logits still stand; the grid skips the file that cannot be opened any more, and says so."""
+    run_dir, clf, _ = run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    data = tmp_path / "data"
+    shutil.copytree(json.loads((run_dir / "split.json").read_text())["root"], data)
+    broken = sorted((data / "val").rglob("*.jpg"))[0]
+    broken.write_bytes(b"no longer a jpeg")
+    with caplog.at_level("WARNING", logger="headstart"):
+        page = build_report(copy, data=data, classifier=clf).read_text(encoding="utf-8")
+    assert any(broken.name in r.getMessage() for r in caplog.records if "skipping" in r.getMessage())
+    predictions = page.split('id="predictions"')[1].split("</section>")[0]
+    assert "<img" in predictions
+
+
+def discover_split(run_dir, split):
+    from headstart.data.folders import discover
+
+    return discover(json.loads((run_dir / "split.json").read_text())["root"],
+                    split_file=run_dir / "split.json").splits[split]

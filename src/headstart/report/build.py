@@ -38,14 +38,23 @@ Draw = Callable[..., Callable[[], Path]]
 
 @dataclass
 class _Scored:
-    """The readable images of one split with labels (indices into the model's classes) and logits."""
+    """The readable images of one split with labels (indices into the model's classes) and logits. Images
+    are opened when first asked for: the stored logits spare opening the others."""
 
     split: str
     root: str
     paths: list[str]
-    images: list
     labels: np.ndarray
     logits: np.ndarray
+    opened: dict[int, object]
+
+    def image(self, i: int):
+        """The i-th image (raises ImageLoadError when it has become unreadable since it was scored)."""
+        from headstart.data.images import open_image
+
+        if i not in self.opened:
+            self.opened[i] = open_image(self.paths[i])
+        return self.opened[i]
 
 
 def _json(path: Path) -> dict:
@@ -97,35 +106,39 @@ def _dataset(run: Path, data, classes: list[str], config: dict):
     return dataset, None
 
 
-def _stored_logits(run_dir, split: str, paths: list[str]) -> np.ndarray | None:
-    """The logits training saved for exactly these files (logits.npz), or None."""
+def _stored_logits(run_dir, split: str) -> tuple[list[str], np.ndarray] | None:
+    """(paths, logits) that training saved for this split (logits.npz), or None."""
     stored = Path(run_dir) / "logits.npz"
     if not stored.is_file():
         return None
     with np.load(stored, allow_pickle=False) as saved:
-        if f"paths_{split}" not in saved or saved[f"paths_{split}"].tolist() != paths:
+        if f"paths_{split}" not in saved:
             return None
-        return saved[f"logits_{split}"]
+        return saved[f"paths_{split}"].tolist(), saved[f"logits_{split}"]
 
 
 def _score(clf, dataset, split: str, run_dir=None) -> _Scored | None:
     from headstart.data.images import ImageLoadError, open_image
 
-    paths, images, labels = [], [], []
-    for path, y in dataset.splits.get(split, []):
+    label_of = {path: clf.classes.index(dataset.classes[y]) for path, y in dataset.splits.get(split, [])}
+    stored = _stored_logits(run_dir, split) if run_dir is not None else None
+    # Training's logits stand while every file it scored is still in the split (those it could not read are
+    # not among them): then no image is opened here.
+    if stored is not None and stored[0] and all(path in label_of for path in stored[0]):
+        paths, logits = stored
+        return _Scored(split, dataset.root, paths, np.asarray([label_of[p] for p in paths]), logits, {})
+    paths, images = [], []
+    for path in label_of:
         try:
             images.append(open_image(path))
         except ImageLoadError as exc:
             log.warning("report: skipping %s: %s", path, exc.reason)
             continue
         paths.append(path)
-        labels.append(clf.classes.index(dataset.classes[y]))
     if not images:
         return None
-    logits = _stored_logits(run_dir, split, paths) if run_dir is not None else None
-    if logits is None:
-        logits = clf.logits(images)
-    return _Scored(split, dataset.root, paths, images, np.asarray(labels), logits)
+    return _Scored(split, dataset.root, paths, np.asarray([label_of[p] for p in paths]), clf.logits(images),
+                   dict(enumerate(images)))
 
 
 def _dataset_section(summary: dict, classes: list[str]) -> H.Section:
@@ -240,16 +253,24 @@ def _rejection_section(metrics: dict, threshold: float, temperature: float, scor
 
 
 def _predictions_section(clf, scored: _Scored | None, why: str, out: Path, draw: Draw) -> H.Section:
+    from headstart.data.images import ImageLoadError
     from headstart.evaluate import softmax
     from headstart.report.explain import display_crop
 
     if scored is None:
         return H.Section("predictions", "Predictions", H.note(why))
-    chosen = _spread(list(range(len(scored.images))), GRID_IMAGES)
+    chosen, images = [], []
+    for i in _spread(list(range(len(scored.paths))), GRID_IMAGES):
+        try:
+            images.append(display_crop(clf, scored.image(i)))
+            chosen.append(i)
+        except ImageLoadError as exc:  # changed since training scored it
+            log.warning("report: skipping %s: %s", scored.paths[i], exc.reason)
+    if not chosen:
+        return H.Section("predictions", "Predictions", H.note(f"no readable images in the {scored.split} split"))
     probs = softmax(scored.logits[chosen], clf.temperature)
     png = draw(
-        plots.plot_prediction_grid, [display_crop(clf, scored.images[i]) for i in chosen],
-        [clf.classes[scored.labels[i]] for i in chosen],
+        plots.plot_prediction_grid, images, [clf.classes[scored.labels[i]] for i in chosen],
         [clf.classes[j] for j in probs.argmax(axis=1)], probs.max(axis=1), out / "predictions.png",
         title=f"Predictions on {scored.split} (calibrated confidence)")
     return H.Section("predictions", "Predictions", lambda: H.figure(png(), "a grid of predictions"))

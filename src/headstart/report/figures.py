@@ -31,78 +31,49 @@ __all__ = ["FigureWorker"]
 
 log = logging.getLogger(__name__)
 
+# Worker processes: two share a report's ~1.5 s of drawing while this process computes the Grad-CAMs.
+WORKERS = 2
 
-class FigureWorker:
-    """`draw(plot_function, *args)` starts a figure in the worker process and returns a function that waits
-    for its path. `FigureWorker.start()` has a worker only where there is a core to spare for it; without
-    one, `draw` draws in this process at once. Close it (or use it as a context manager) when done."""
 
-    def __init__(self, process: subprocess.Popen | None = None):
-        self._process = process
-        self._lost: str | None = None if process else "no worker"  # why the worker can answer no more
-        self._sent = 0  # requests written, numbered from 0; replies come back in the same order
+class _Channel:
+    """One worker process: requests numbered from 0 in the order written, replies read back in that order."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.process: subprocess.Popen | None = process
+        self.lost: str | None = None  # why the worker can answer no more
+        self.sent = 0
         self._replies: list[tuple[bool, object]] = []
 
-    @classmethod
-    def start(cls) -> FigureWorker:
-        return cls(start_child(__name__, "serve"))
-
-    def draw(self, function: Callable[..., Path], *args, **kwargs) -> Callable[[], Path]:
-        """Start `function(*args, **kwargs)`: a module-level plotting function (it is sent by name) with
-        picklable arguments. The returned function waits for the figure and returns its path."""
-        number = self._send(function, args, kwargs)
-        if number is None:
-            path = function(*args, **kwargs)
-            return lambda: path
-
-        def result() -> Path:
-            done, value = self._reply(number)
-            if done:
-                return value
-            # The worker is gone, or the plot failed there: an error of the plot itself is raised again here,
-            # with this process's traceback.
-            log.debug("figure worker: %s; drawing %s here", value, function.__name__)
-            return function(*args, **kwargs)
-
-        return result
-
-    def settle(self) -> None:
-        """Wait until the worker has answered every request: after this, it writes no more files."""
-        if self._sent:
-            self._reply(self._sent - 1)
-
-    def _send(self, function: Callable, args: tuple, kwargs: dict) -> int | None:
-        if self._lost:
-            return None
-        try:  # the whole request first: a failure here must not leave half a request in the pipe
-            request = pickle.dumps((function, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:  # an argument that cannot be pickled: this figure is drawn here
-            log.debug("figure worker: cannot send %s (%s: %s)", function.__name__, type(exc).__name__, exc)
+    def send(self, request: bytes) -> int | None:
+        if self.lost:
             return None
         try:
-            self._process.stdin.write(request)
-            self._process.stdin.flush()
+            self.process.stdin.write(request)
+            self.process.stdin.flush()
         except OSError as exc:  # the worker has died
-            self._lost = f"the worker stopped ({type(exc).__name__}: {exc})"
+            self.lost = f"the worker stopped ({type(exc).__name__}: {exc})"
             return None
-        self._sent += 1
-        return self._sent - 1
+        self.sent += 1
+        return self.sent - 1
 
-    def _reply(self, number: int) -> tuple[bool, object]:
+    def reply(self, number: int) -> tuple[bool, object]:
         while len(self._replies) <= number:
-            if self._lost:
-                self._replies.append((False, self._lost))
+            if self.lost:
+                self._replies.append((False, self.lost))
                 continue
             try:
-                self._replies.append(pickle.load(self._process.stdout))
+                self._replies.append(pickle.load(self.process.stdout))
             except Exception as exc:  # EOF or garbage: nothing read after this could be trusted
-                self._lost = f"the worker stopped ({type(exc).__name__}: {exc})"
+                self.lost = f"the worker stopped ({type(exc).__name__}: {exc})"
         return self._replies[number]
 
+    def settle(self) -> None:
+        if self.sent:
+            self.reply(self.sent - 1)
+
     def close(self) -> None:
-        """End the worker (it exits when its input closes) and wait for it. Later figures are drawn here."""
-        process, self._process = self._process, None
-        self._lost = self._lost or "closed"
+        process, self.process = self.process, None
+        self.lost = self.lost or "closed"
         if process is None:
             return
         try:
@@ -113,6 +84,59 @@ class FigureWorker:
             process.wait()
         finally:
             process.stdout.close()
+
+
+class FigureWorker:
+    """`draw(plot_function, *args)` starts a figure in a worker process and returns a function that waits
+    for its path. `FigureWorker.start()` has workers only where there is a core to spare; without one, `draw`
+    draws in this process at once. Close it (or use it as a context manager) when done."""
+
+    def __init__(self, processes: list[subprocess.Popen] = ()):
+        self._channels = [_Channel(p) for p in processes]
+
+    @classmethod
+    def start(cls, workers: int = WORKERS) -> FigureWorker:
+        started = [start_child(__name__, "serve") for _ in range(workers)]
+        return cls([p for p in started if p is not None])
+
+    def draw(self, function: Callable[..., Path], *args, **kwargs) -> Callable[[], Path]:
+        """Start `function(*args, **kwargs)`: a module-level plotting function (it is sent by name) with
+        picklable arguments, on the worker with the fewest figures so far. The returned function waits for the
+        figure and returns its path."""
+        channels = [c for c in self._channels if not c.lost]
+        sent = None
+        if channels:
+            try:  # the whole request first: a failure here must not leave half a request in a pipe
+                request = pickle.dumps((function, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:  # an argument that cannot be pickled: this figure is drawn here
+                log.debug("figure worker: cannot send %s (%s: %s)", function.__name__, type(exc).__name__, exc)
+            else:
+                channel = min(channels, key=lambda c: c.sent)
+                sent = channel.send(request)
+        if sent is None:
+            path = function(*args, **kwargs)
+            return lambda: path
+
+        def result() -> Path:
+            done, value = channel.reply(sent)
+            if done:
+                return value
+            # The worker is gone, or the plot failed there: an error of the plot itself is raised again here,
+            # with this process's traceback.
+            log.debug("figure worker: %s; drawing %s here", value, function.__name__)
+            return function(*args, **kwargs)
+
+        return result
+
+    def settle(self) -> None:
+        """Wait until the workers have answered every request: after this, they write no more files."""
+        for channel in self._channels:
+            channel.settle()
+
+    def close(self) -> None:
+        """End the workers (each exits when its input closes) and wait for them. Later figures are drawn here."""
+        for channel in self._channels:
+            channel.close()
 
     def __enter__(self) -> FigureWorker:
         return self
