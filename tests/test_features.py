@@ -44,6 +44,32 @@ def test_rows_round_trip_through_fp16_memory_mapped_shards(tmp_path):
     assert x.dtype == torch.float32 and int(y) == 0
 
 
+def test_batches_read_whole_match_rows_read_one_by_one_across_shards_and_views(tmp_path):
+    from torch.utils.data import DataLoader
+
+    cache = FeatureCache(tmp_path)
+    hashes, values = _hashes(10), torch.randn(10, 6)
+    for start in range(0, 10, 3):  # four shards
+        cache.write("k", hashes[start:start + 3], values[start:start + 3])
+    view = cache.rows("k", hashes[::-1], labels=list(range(10)))
+    other = cache.rows("k", hashes[2:7], labels=[7] * 5)
+    joined = features.FeatureRows.concat([view, other])
+    assert len(joined) == 15
+    torch.testing.assert_close(_table(joined), torch.cat([_table(view), _table(other)]))
+
+    class OneByOne(torch.utils.data.Dataset):
+        __len__, __getitem__ = joined.__len__, joined.__getitem__
+
+    def batches(dataset, **collate):
+        return list(DataLoader(dataset, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0),
+                               **collate))
+
+    whole, single = batches(joined, collate_fn=features.FeatureRows.collate), batches(OneByOne())
+    assert [len(y) for _, y in whole] == [4, 4, 4, 3]
+    for (x, y), (x1, y1) in zip(whole, single, strict=True):
+        assert torch.equal(x, x1) and torch.equal(y, y1)
+
+
 def test_values_beyond_fp16_stay_finite(tmp_path):
     cache = FeatureCache(tmp_path)
     cache.write("k", ["a"], torch.tensor([[1e6, -3.0]]))

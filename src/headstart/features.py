@@ -207,12 +207,25 @@ def _allow_open_files() -> None:
 
 
 class FeatureRows(Dataset):
-    """Rows of the feature cache for one split: (features, label) items read from memory-mapped shards."""
+    """Rows of the feature cache for one split: (features, label) items read from memory-mapped shards.
+
+    A DataLoader reads a whole batch at once through `__getitems__` (one gather per shard instead of a copy and
+    a stack per row: 30 epochs on pizza_steak_sushi's features spent 0.25 s reading rows one by one); give it
+    `collate_fn=FeatureRows.collate`, which keeps the batch as it comes."""
 
     def __init__(self, arrays: list[np.ndarray], shards: np.ndarray, rows: np.ndarray,
                  labels: Sequence[int] | None = None):
         self.arrays, self.shards, self.rows = arrays, shards, rows
         self.labels = torch.as_tensor(list(labels) if labels is not None else [-1] * len(rows), dtype=torch.long)
+
+    @classmethod
+    def concat(cls, parts: Sequence[FeatureRows]) -> FeatureRows:
+        """The rows of every part, in order (a split's feature views, one after the other)."""
+        offsets = np.cumsum([0] + [len(p.arrays) for p in parts[:-1]])
+        shards = np.concatenate([p.shards + offset for p, offset in zip(parts, offsets)])
+        joined = cls([a for p in parts for a in p.arrays], shards, np.concatenate([p.rows for p in parts]))
+        joined.labels = torch.cat([p.labels for p in parts])
+        return joined
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -220,4 +233,17 @@ class FeatureRows(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         row = self.arrays[self.shards[i]][self.rows[i]]
         return torch.from_numpy(np.array(row, dtype=np.float32)), self.labels[i]  # a copy: the map is read-only
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        indices = np.asarray(indices, dtype=np.int64)
+        shards, rows = self.shards[indices], self.rows[indices]
+        batch = np.empty((len(indices), *self.arrays[0].shape[1:]), dtype=np.float32)
+        for shard in np.unique(shards):
+            chosen = shards == shard
+            batch[chosen] = self.arrays[shard][rows[chosen]]
+        return torch.from_numpy(batch), self.labels[torch.from_numpy(indices)]
+
+    @staticmethod
+    def collate(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return batch
 

@@ -175,6 +175,14 @@ class Trainer:
             g.set_state(g_state)
 
     def fit(self, train_batches: Iterable, val_batches: Iterable, epochs: int) -> list[dict]:
+        """Run epochs up to `epochs` (or an early stop); the callbacks hear on_fit_end however it ends."""
+        try:
+            return self._run(train_batches, val_batches, epochs)
+        finally:
+            for cb in self.callbacks:
+                cb.on_fit_end(self)
+
+    def _run(self, train_batches: Iterable, val_batches: Iterable, epochs: int) -> list[dict]:
         # A plain loss for validation: smoothing and class weights belong to training only.
         val_loss = nn.CrossEntropyLoss()
         while self.epoch < epochs and not self.should_stop:

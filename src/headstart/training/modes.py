@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from headstart import features
 from headstart.backbones.model import HeadstartNet, count_parameters, freeze_backbone, stage_parameters
@@ -120,7 +120,8 @@ def _split_features(ctx: RunContext, backbone: FrozenBackbone, split: str, prese
 
 def _loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+    collate = FeatureRows.collate if isinstance(dataset, FeatureRows) else None  # batches read whole
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate,
                       num_workers=num_workers, persistent_workers=num_workers > 0)
 
 
@@ -168,7 +169,7 @@ def fit_features(ctx: RunContext, *, epochs: int, lr: float, augment: str, views
     torch.manual_seed(cfg.seed)
     head = ctx.net.head
     # Mini-batches read from the cache's memory-mapped shards: the features never have to fit in memory.
-    train_loader = _loader(ConcatDataset(train_sets), cfg.batch_size, True, cfg.seed)
+    train_loader = _loader(FeatureRows.concat(train_sets), cfg.batch_size, True, cfg.seed)
     generators = [train_loader.generator]
     val_loader = _loader(rows["val"], 256, False, cfg.seed)
     optimizer = build_optimizer([{"params": list(head.parameters()), "lr": lr}], _with_lr(cfg, lr))
