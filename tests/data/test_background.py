@@ -82,3 +82,49 @@ def test_close_ends_a_helper_that_is_still_decoding(splits, monkeypatch):
     job.close()
     assert helper.poll() is not None
     job.close()  # again: nothing left to do
+
+
+def test_chunks_of_the_helper_join_into_the_same_splits(splits, monkeypatch):
+    """What the helper runs for each split, here, with chunks of 2 images (a broken file among them)."""
+    import io
+
+    monkeypatch.setattr(background, "_CHUNK", 2)
+    pixels = io.BytesIO()
+    size = 0
+    joined = {}
+    for split, items in splits.items():
+        joined[split], size = background._write_split(pixels, size, items, 32, "bicubic", True, None)
+    assert size == len(pixels.getvalue())
+    expected = _expected(splits)
+    for split, (paths, labels, hashes, failures, layout) in joined.items():
+        want = expected[split]
+        assert (paths, labels, hashes, failures) == (want.paths, want.labels, want.hashes, want.failures)
+        assert [pixels.getvalue()[o:o + n] for o, n, _, _ in layout] == [i.tobytes() for i in want.images]
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="Linux shared memory")
+def test_copied_pixels_are_given_back_as_the_copy_goes(monkeypatch):
+    import mmap
+    import tempfile
+
+    monkeypatch.setattr(background, "_FREE_EVERY", 0)
+    with tempfile.TemporaryFile(dir="/dev/shm") as f:
+        f.write(os.urandom(1 << 20))
+        f.flush()
+        held = os.fstat(f.fileno()).st_blocks
+        with mmap.mmap(f.fileno(), 1 << 20, access=mmap.ACCESS_WRITE) as mapped:
+            assert background._free(mapped, 0, (1 << 20) - 100) == (1 << 20) - mmap.PAGESIZE
+        assert os.fstat(f.fileno()).st_blocks < held // 100  # only the last page is still held
+
+
+def test_pixels_go_to_shared_memory_only_when_it_has_room(splits, monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(background, "_SHM", str(tmp_path))
+    room = {"bytes": 10 << 30}
+    monkeypatch.setattr(os, "statvfs", lambda _: SimpleNamespace(f_bavail=room["bytes"] // 4096, f_frsize=4096))
+    assert background._pixels_dir(splits, 256, "bilinear", True) == str(tmp_path)
+    room["bytes"] = 64 << 20  # a container's default /dev/shm: too small for the pixels below
+    assert background._pixels_dir({"train": splits["train"] * 100}, 256, "bilinear", True) is None
+    assert background._pixels_dir(splits, None, "bilinear", True) is None  # sizes unknown: the temporary folder
+    assert background._pixels_dir(splits, 256, "bilinear", False) is None  # nothing written

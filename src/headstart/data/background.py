@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from typing import BinaryIO
 
 from PIL import Image
 
@@ -94,7 +95,7 @@ class DecodeJob:
         try:
             # Held open until close(): nameless from the start, it is freed with the last descriptor even if both
             # processes die.
-            self._pixels = tempfile.TemporaryFile(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)  # noqa: SIM115
+            self._pixels = tempfile.TemporaryFile(dir=_pixels_dir(*self._args))  # noqa: SIM115
         except OSError:
             return False
         self._process = start_child(__name__, "serve", pass_fds=(self._pixels.fileno(),))
@@ -130,14 +131,17 @@ class DecodeJob:
             return None
         splits, size = reply[1], reply[2]
         (_, short_side, interpolation, _) = self._args
-        mapped = mmap.mmap(self._pixels.fileno(), size, access=mmap.ACCESS_READ) if size else None
+        # writable: MADV_REMOVE (see _free) works on shared writable mappings only
+        mapped = mmap.mmap(self._pixels.fileno(), size, access=mmap.ACCESS_WRITE) if size else None
         try:
             with memoryview(mapped if mapped is not None else b"") as view:
+                freed = 0
                 decoded = {}
                 for split, (paths, labels, hashes, failures, layout) in splits.items():
-                    images = None if layout is None else [  # frombytes copies: the file can be closed after
-                        Image.frombytes(mode, image_size, view[offset:offset + length])
-                        for offset, length, mode, image_size in layout]
+                    images = None if layout is None else []
+                    for offset, length, mode, image_size in layout or ():
+                        images.append(Image.frombytes(mode, image_size, view[offset:offset + length]))  # a copy
+                        freed = _free(mapped, freed, offset + length)
                     decoded[split] = DecodedSplit(paths, labels, images, hashes, failures, short_side=short_side,
                                                   interpolation=interpolation)
             return decoded
@@ -161,6 +165,39 @@ class DecodeJob:
         threading.Thread(target=work, name="headstart-decode", daemon=True).start()
 
 
+_SHM = "/dev/shm"
+_FREE_EVERY = 64 << 20  # bytes of pixels copied out between two releases of the file's memory
+_CHUNK = 256  # images the helper decodes before writing them out
+
+
+def _pixels_dir(splits: dict[str, Items], short_side: int | None, interpolation: str, keep_images: bool
+                ) -> str | None:
+    """/dev/shm (memory) when it has room for the pixels with a margin (containers often give it 64 MB),
+    else the system's temporary folder (None), whose pages the OS caches anyway."""
+    if not keep_images or not os.path.isdir(_SHM):
+        return None
+    if short_side is None:  # sizes unknown until decoded
+        return None
+    # a short side of `short_side` and a long side up to 2x: 3 bytes per pixel
+    needed = sum(map(len, splits.values())) * short_side * short_side * 2 * 3
+    try:
+        stats = os.statvfs(_SHM)
+    except OSError:
+        return None
+    return _SHM if stats.f_bavail * stats.f_frsize > 1.25 * needed else None
+
+
+def _free(mapped: mmap.mmap, freed: int, done: int) -> int:
+    """Give back the memory of the file's bytes before `done` (copied out already) every 64 MB, so that the
+    pixels are never held twice over; returns the new start of what is still held."""
+    end = done // mmap.PAGESIZE * mmap.PAGESIZE
+    if end - freed < _FREE_EVERY:
+        return freed
+    with contextlib.suppress(AttributeError, OSError):  # no MADV_REMOVE here: the file is freed at close()
+        mapped.madvise(mmap.MADV_REMOVE, freed, end - freed)
+    return end
+
+
 def _lower_priority() -> None:
     """This thread (Linux: a thread is a process to the scheduler) or process at nice 10: the imports that run
     meanwhile are what the run waits for, so they get a core when they want one, and decoding takes every
@@ -177,17 +214,38 @@ def _decode_all(splits: dict[str, Items], short_side: int | None, interpolation:
             for split, items in splits.items()}
 
 
-def _throttled(send: Callable[[tuple], None], what: str) -> Callable[[int, int], None]:
-    """decode_split's progress callback in the helper: a message at most every 0.1 s, and for the last image."""
+def _throttled(send: Callable[[tuple], None], what: str, total: int) -> Callable[[int], None]:
+    """The helper's progress for one split: a message at most every 0.1 s, and for its last image."""
     sent = 0.0
 
-    def progress(done: int, total: int) -> None:
+    def progress(done: int) -> None:
         nonlocal sent
         if done == total or time.monotonic() - sent >= _PROGRESS_EVERY:
             sent = time.monotonic()
             send(("progress", what, done, total))
 
     return progress
+
+
+def _write_split(pixels: BinaryIO, size: int, items: Items, short_side: int | None, interpolation: str,
+                 keep_images: bool, progress: Callable[[int], None] | None) -> tuple[tuple, int]:
+    """One split decoded chunk by chunk (the helper's memory stays bounded), its pixels appended to `pixels`,
+    which holds `size` bytes so far: ((paths, labels, hashes, failures, layout or None), the new size)."""
+    paths, labels, hashes, failures, layout = [], [], [], [], [] if keep_images else None
+    for start in range(0, len(items), _CHUNK):
+        part = decode_split(items[start:start + _CHUNK], short_side=short_side, interpolation=interpolation,
+                            keep_images=keep_images,
+                            progress=(lambda done, _, start=start: progress(start + done)) if progress else None)
+        paths += part.paths
+        labels += part.labels
+        hashes += part.hashes
+        failures += part.failures
+        for img in part.images or ():
+            data = img.tobytes()
+            pixels.write(data)
+            layout.append((size, len(data), img.mode, img.size))
+            size += len(data)
+    return (paths, labels, hashes, failures, layout), size
 
 
 def serve() -> None:
@@ -206,18 +264,9 @@ def serve() -> None:
         with os.fdopen(fd, "wb") as pixels:
             size, result = 0, {}
             for split, items in splits.items():
-                decoded = decode_split(items, short_side=short_side, interpolation=interpolation,
-                                       keep_images=keep_images,
-                                       progress=_throttled(send, f"decode {split}") if want_progress else None)
-                layout = None
-                if decoded.images is not None:
-                    layout = []
-                    for img in decoded.images:
-                        data = img.tobytes()
-                        pixels.write(data)
-                        layout.append((size, len(data), img.mode, img.size))
-                        size += len(data)
-                result[split] = (decoded.paths, decoded.labels, decoded.hashes, decoded.failures, layout)
+                progress = _throttled(send, f"decode {split}", len(items)) if want_progress else None
+                result[split], size = _write_split(pixels, size, items, short_side, interpolation, keep_images,
+                                                   progress)
         send(("done", result, size))
     except BrokenPipeError:  # the parent is gone
         pass
