@@ -395,13 +395,15 @@ def _page(run: Path, data, split: str, top_n: int, clf, manifest: dict, metrics:
     if dataset is not None:
         scored = _score(clf, dataset, split, run)
         why = f"no readable images in the {split} split" if scored is None else ""
-    # Every figure but the top losses goes to the worker first; this process then computes the top losses'
-    # Grad-CAMs meanwhile, and writing the page waits for the worker's figures.
+    # The figures go to the workers as soon as their data is ready, while this process goes on preparing the
+    # next: first those whose data is at hand, then the top losses, whose Grad-CAMs take this process longest
+    # and whose grid takes a worker longest; the cheap figures last, so that the last one sent ends soon.
     drawn = {
         "curves": _curves_section(history, out, draw),
         "confusion": _confusion_section(metrics, clf.classes, out, draw),
         "calibration": _calibration_section(metrics, clf.temperature, scored, why, out, draw),
         "rejection": _rejection_section(metrics, clf.threshold, clf.temperature, scored, why, out, draw),
+        "top-losses": _top_losses_section(clf, scored, why, top_n, out, draw),
         "predictions": _predictions_section(clf, scored, why, out, draw),
         "samples": _samples_section(clf, dataset, config.get("augment") or "none", why, out, draw),
         "filters": _filters_section(clf, out, draw),
@@ -418,7 +420,7 @@ def _page(run: Path, data, split: str, top_n: int, clf, manifest: dict, metrics:
         drawn["calibration"],
         drawn["rejection"],
         drawn["predictions"],
-        _top_losses_section(clf, scored, why, top_n, out, draw),
+        drawn["top-losses"],
         drawn["samples"],
         drawn["filters"],
         _time_size_section(run, summary, history, manifest),
