@@ -117,14 +117,104 @@ def test_copied_pixels_are_given_back_as_the_copy_goes(monkeypatch):
         assert os.fstat(f.fileno()).st_blocks < held // 100  # only the last page is still held
 
 
-def test_pixels_go_to_shared_memory_only_when_it_has_room(splits, monkeypatch, tmp_path):
+def test_pixels_go_to_shared_memory_only_with_room_reserved_else_to_a_roomy_temp_folder(splits, monkeypatch,
+                                                                                          tmp_path):
+    import errno
+    import tempfile
     from types import SimpleNamespace
 
-    monkeypatch.setattr(background, "_SHM", str(tmp_path))
-    room = {"bytes": 10 << 30}
-    monkeypatch.setattr(os, "statvfs", lambda _: SimpleNamespace(f_bavail=room["bytes"] // 4096, f_frsize=4096))
-    assert background._pixels_dir(splits, 256, "bilinear", True) == str(tmp_path)
-    room["bytes"] = 64 << 20  # a container's default /dev/shm: too small for the pixels below
-    assert background._pixels_dir({"train": splits["train"] * 100}, 256, "bilinear", True) is None
-    assert background._pixels_dir(splits, None, "bilinear", True) is None  # sizes unknown: the temporary folder
-    assert background._pixels_dir(splits, 256, "bilinear", False) is None  # nothing written
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    monkeypatch.setattr(background, "_SHM", str(shm))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    reserved = []
+    monkeypatch.setattr(os, "posix_fallocate", lambda fd, offset, size: reserved.append(size))
+    with background._pixels_file(splits, 256, "bilinear", True) as f:  # room: reserved up front
+        assert reserved and reserved[0] >= 256 * 256 * 3 * sum(map(len, splits.values()))
+
+    def full(*_):
+        raise OSError(errno.ENOSPC, "no space")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    folder_room = {"bytes": 10 << 30}
+    monkeypatch.setattr(os, "statvfs", lambda _: SimpleNamespace(f_bavail=folder_room["bytes"] // 4096,
+                                                                 f_frsize=4096))
+    with background._pixels_file(splits, 256, "bilinear", True) as f:
+        assert f is not None  # in the temporary folder
+    folder_room["bytes"] = 1 << 20
+    assert background._pixels_file(splits, 256, "bilinear", True) is None  # nowhere: a thread decodes
+    assert background._pixels_file(splits, None, "bilinear", True) is None  # sizes unknown
+    with background._pixels_file(splits, 256, "bilinear", False) as f:  # nothing to write
+        assert f is not None
+
+
+def test_a_pil_plugin_registered_here_keeps_decoding_here(splits, monkeypatch):
+    from PIL import Image
+
+    class PluginImage:  # what a third-party opener (pillow-heif...) registers
+        pass
+
+    monkeypatch.setitem(Image.OPEN, "HS-TEST", (PluginImage, None))
+    job = DecodeJob.start(splits, short_side=32, interpolation="bicubic")
+    assert job._process is None
+    _same(job.result(), _expected(splits))
+
+
+def test_the_helper_uses_this_process_pixel_limit_and_the_failures_are_logged_here(splits, monkeypatch, caplog):
+    from headstart.data import images
+
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 1000)  # every 40x48 test image is now too large
+    with caplog.at_level("WARNING", logger="headstart"):
+        job = DecodeJob.start(splits, short_side=32, interpolation="bicubic")
+        assert job._process is not None
+        decoded = job.result()
+    reasons = [r for d in decoded.values() for p, r in d.failures if not p.endswith("broken.jpg")]
+    assert not any(d.paths for d in decoded.values())
+    assert len(reasons) == sum(map(len, splits.values())) - 1 and all("decompression bomb" in r for r in reasons)
+    assert sum("skipping" in r.getMessage() for r in caplog.records) == sum(map(len, splits.values()))
+
+
+@pytest.mark.skipif(not hasattr(os, "getppid"), reason="POSIX")
+def test_the_helper_stops_when_its_parent_is_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    make_synthetic_dataset(tmp_path / "data", per_split={"train": 3}, size=40)
+    code = textwrap.dedent(f"""
+        import os, signal, time
+        from headstart import child
+        from headstart.data import background
+        from headstart.data.background import DecodeJob
+        from headstart.data.folders import discover
+        child.usable_cores = lambda: 2
+        background._CHUNK = 1
+        items = discover({str(tmp_path / "data")!r}).splits["train"] * 30000  # a minute of decoding
+        job = DecodeJob.start({{"train": items}}, short_side=32)  # no progress: nothing to write to a dead parent
+        print(job._process.pid, flush=True)
+        time.sleep(1.5)  # the request is sent and decoding has begun
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    started = time.monotonic()
+    # run() returns when the helper, which shares the dead parent's stderr, has exited too
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert time.monotonic() - started < 20  # it checks between chunks, here every image
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    helper = int(proc.stdout.strip())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _alive(helper):
+        time.sleep(0.1)
+    assert not _alive(helper)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # an exited child of an exited parent is reaped by init; a zombie still answers kill(0)
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except OSError:
+        return False

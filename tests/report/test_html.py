@@ -6,7 +6,9 @@ import json
 import re
 import shutil
 from html.parser import HTMLParser
+from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -178,20 +180,54 @@ def test_with_the_saved_logits_only_the_shown_images_are_opened(run, monkeypatch
     assert 0 < len([p for p in opened if p in val]) <= 5 < len(val)
 
 
-def test_a_val_image_unreadable_since_training_is_left_out_of_the_grid(run, tmp_path, caplog):
-    """The saved logits still stand; the grid skips the file that cannot be opened any more, and says so."""
-    run_dir, clf, _ = run
-    copy = tmp_path / "run"
+def _moved_run(run_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the run and of its data, with the saved logits' paths pointing into the copied data, as they
+    would after moving both: the report then reuses the logits for the copy."""
+    old_root = json.loads((run_dir / "split.json").read_text())["root"]
+    copy, data = tmp_path / "run", tmp_path / "data"
     shutil.copytree(run_dir, copy)
-    data = tmp_path / "data"
-    shutil.copytree(json.loads((run_dir / "split.json").read_text())["root"], data)
+    shutil.copytree(old_root, data)
+    with np.load(copy / "logits.npz") as saved:
+        arrays = {k: (np.char.replace(v, str(old_root), str(data)) if k.startswith("paths_") else v)
+                  for k, v in saved.items()}
+    np.savez(copy / "logits.npz", **arrays)
+    return copy, data
+
+
+def test_a_val_image_unreadable_since_training_is_left_out_of_the_grid(run, tmp_path, monkeypatch, caplog):
+    """The saved logits still stand (nothing is scored again); the grid skips the file that cannot be opened
+    any more, and says so."""
+    from headstart.predict import Classifier
+    from headstart.report import build
+
+    run_dir, clf, _ = run
+    copy, data = _moved_run(run_dir, tmp_path)
+    monkeypatch.setattr(build, "GRID_IMAGES", 100)  # every val image in the grid, the broken one too
+    monkeypatch.setattr(Classifier, "logits", lambda *a, **k: pytest.fail("the split was scored again"))
     broken = sorted((data / "val").rglob("*.jpg"))[0]
     broken.write_bytes(b"no longer a jpeg")
     with caplog.at_level("WARNING", logger="headstart"):
-        page = build_report(copy, data=data, classifier=clf).read_text(encoding="utf-8")
-    assert any(broken.name in r.getMessage() for r in caplog.records if "skipping" in r.getMessage())
+        page = build_report(copy, data=data, classifier=clf, top_n=0).read_text(encoding="utf-8")
+    skipped = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
+    assert skipped and all(m.startswith(f"report: skipping {broken}: ") for m in skipped)
     predictions = page.split('id="predictions"')[1].split("</section>")[0]
     assert "<img" in predictions
+
+
+def test_an_image_added_to_the_split_since_training_is_scored_with_the_rest(run, tmp_path, monkeypatch):
+    from headstart.predict import Classifier
+
+    run_dir, clf, _ = run
+    copy, data = _moved_run(run_dir, tmp_path)
+    first = sorted((data / "val").rglob("*.jpg"))[0]
+    shutil.copy(first, first.with_name("added_since.jpg"))
+    scored = []
+    original = Classifier.logits
+    monkeypatch.setattr(Classifier, "logits", lambda self, images, *a, **k: scored.append(len(images)) or
+                        original(self, images, *a, **k))
+    build_report(copy, data=data, classifier=clf, top_n=2)
+    val = len(list((data / "val").rglob("*.jpg")))
+    assert val in scored  # the whole split, the new image among them
 
 
 def discover_split(run_dir, split):

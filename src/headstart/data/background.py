@@ -27,6 +27,7 @@ from typing import BinaryIO
 from PIL import Image
 
 from headstart.child import child_pipes, start_child
+from headstart.data import images
 from headstart.data.loading import DecodedSplit, decode_split
 
 __all__ = ["DecodeJob"]
@@ -57,7 +58,12 @@ class DecodeJob:
     def start(cls, splits: dict[str, Items], *, short_side: int | None, interpolation: str = "bilinear",
               keep_images: bool = True, progress: Progress | None = None) -> DecodeJob:
         job = cls(splits, short_side, interpolation, keep_images, progress)
-        if not job._start_process():
+        try:
+            started = job._start_process()
+        except BaseException:  # an interrupt while starting: no helper left behind
+            job.close()
+            raise
+        if not started:
             job._start_thread()
         return job
 
@@ -67,6 +73,9 @@ class DecodeJob:
             reply, self._reply = self._reply, None
             try:
                 decoded = self._collect(reply)
+            except (OSError, ValueError) as exc:  # the shared file could not be read back: decode here
+                log.debug("could not read the decoded pixels back (%s)", exc)
+                decoded = None
             finally:
                 self.close()
             if decoded is not None:
@@ -90,35 +99,37 @@ class DecodeJob:
             pixels.close()
 
     def _start_process(self) -> bool:
-        if os.name != "posix":  # the pixels file is passed as an inherited descriptor
+        if os.name != "posix" or not _only_pil_formats():  # posix: the pixels file is an inherited descriptor
             return False
         try:
-            # Held open until close(): nameless from the start, it is freed with the last descriptor even if both
-            # processes die.
-            self._pixels = tempfile.TemporaryFile(dir=_pixels_dir(*self._args))  # noqa: SIM115
+            self._pixels = _pixels_file(*self._args)
         except OSError:
+            return False
+        if self._pixels is None:  # no room anywhere for the pixels: a thread holds them in memory as it goes
             return False
         self._process = start_child(__name__, "serve", pass_fds=(self._pixels.fileno(),))
         if self._process is None:
             self.close()
             return False
-        request = (*self._args, self._pixels.fileno(), self._progress is not None)
-        try:
-            self._process.stdin.write(pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL))
-            self._process.stdin.close()
-        except OSError:
-            self.close()
-            return False
-        self._reader = threading.Thread(target=self._read, name="headstart-decode-replies", daemon=True)
+        request = (*self._args, self._pixels.fileno(), self._progress is not None, os.getpid(),
+                   images.MAX_IMAGE_PIXELS)
+        self._reader = threading.Thread(target=self._talk, args=(self._process, request),
+                                        name="headstart-decode-replies", daemon=True)
         self._reader.start()
         return True
 
-    def _read(self) -> None:
-        """The reader thread: progress goes to the callback; the last message (done, error) is kept."""
+    def _talk(self, process, request: tuple) -> None:
+        """The reader thread: sends the request (a large one fills the pipe until the helper has started, so
+        not from the caller's thread), then passes progress to the callback and keeps the last message."""
+        try:
+            process.stdin.write(pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL))
+            process.stdin.close()
+        except OSError:  # the helper died: result() decodes here
+            return
         while True:
             try:
-                message = pickle.load(self._process.stdout)
-            except Exception:  # EOF (the child died or was killed) or garbage: whatever came last stands
+                message = pickle.load(process.stdout)
+            except Exception:  # EOF (the child died or was killed), garbage, closed: whatever came last stands
                 return
             if message[0] == "progress":
                 self._progress(*message[1:])
@@ -138,6 +149,8 @@ class DecodeJob:
                 freed = 0
                 decoded = {}
                 for split, (paths, labels, hashes, failures, layout) in splits.items():
+                    for path, reason in failures:  # the helper logs nothing: its output is not the user's
+                        log.warning("skipping %s: %s", path, reason)
                     images = None if layout is None else []
                     for offset, length, mode, image_size in layout or ():
                         images.append(Image.frombytes(mode, image_size, view[offset:offset + length]))  # a copy
@@ -170,21 +183,34 @@ _FREE_EVERY = 64 << 20  # bytes of pixels copied out between two releases of the
 _CHUNK = 256  # images the helper decodes before writing them out
 
 
-def _pixels_dir(splits: dict[str, Items], short_side: int | None, interpolation: str, keep_images: bool
-                ) -> str | None:
-    """/dev/shm (memory) when it has room for the pixels with a margin (containers often give it 64 MB),
-    else the system's temporary folder (None), whose pages the OS caches anyway."""
-    if not keep_images or not os.path.isdir(_SHM):
-        return None
+def _only_pil_formats() -> bool:
+    """Whether every image format PIL opens in this process is one of PIL's own. A helper process starts with
+    those only: a plugin registered here (HEIF, AVIF...) would be missing there, so such a set decodes here."""
+    return all(getattr(factory, "__module__", "").startswith("PIL.") for factory, _ in Image.OPEN.values())
+
+
+def _pixels_file(splits: dict[str, Items], short_side: int | None, interpolation: str, keep_images: bool
+                 ) -> BinaryIO | None:
+    """An unnamed file for the helper's pixels: in /dev/shm (memory) with room reserved for them up front, so
+    that several runs at once (the ranks of one machine) cannot fill it together and break others' shared
+    memory (containers often give it 64 MB); else in the temporary folder when it has room (the OS caches its
+    pages); else None."""
+    if not keep_images:
+        return tempfile.TemporaryFile()  # checked and hashed only: nothing is written to it
     if short_side is None:  # sizes unknown until decoded
         return None
-    # a short side of `short_side` and a long side up to 2x: 3 bytes per pixel
-    needed = sum(map(len, splits.values())) * short_side * short_side * 2 * 3
-    try:
-        stats = os.statvfs(_SHM)
-    except OSError:
-        return None
-    return _SHM if stats.f_bavail * stats.f_frsize > 1.25 * needed else None
+    # a short side of `short_side`, a long side of 1.5x on average, 3 bytes per pixel
+    needed = int(sum(map(len, splits.values())) * short_side * short_side * 1.5 * 3)
+    if os.path.isdir(_SHM):
+        pixels = tempfile.TemporaryFile(dir=_SHM)  # noqa: SIM115
+        try:
+            os.posix_fallocate(pixels.fileno(), 0, needed)
+            return pixels
+        except OSError:  # no room (ENOSPC), or a file system that cannot reserve
+            pixels.close()
+    folder = tempfile.gettempdir()
+    stats = os.statvfs(folder)
+    return tempfile.TemporaryFile(dir=folder) if stats.f_bavail * stats.f_frsize > 1.25 * needed else None
 
 
 def _free(mapped: mmap.mmap, freed: int, done: int) -> int:
@@ -228,11 +254,15 @@ def _throttled(send: Callable[[tuple], None], what: str, total: int) -> Callable
 
 
 def _write_split(pixels: BinaryIO, size: int, items: Items, short_side: int | None, interpolation: str,
-                 keep_images: bool, progress: Callable[[int], None] | None) -> tuple[tuple, int]:
+                 keep_images: bool, progress: Callable[[int], None] | None, parent: int | None = None
+                 ) -> tuple[tuple, int]:
     """One split decoded chunk by chunk (the helper's memory stays bounded), its pixels appended to `pixels`,
-    which holds `size` bytes so far: ((paths, labels, hashes, failures, layout or None), the new size)."""
+    which holds `size` bytes so far: ((paths, labels, hashes, failures, layout or None), the new size).
+    Between chunks, a helper whose parent has died (killed: it never closed anything) stops."""
     paths, labels, hashes, failures, layout = [], [], [], [], [] if keep_images else None
     for start in range(0, len(items), _CHUNK):
+        if parent is not None and os.getppid() != parent:
+            os._exit(0)
         part = decode_split(items[start:start + _CHUNK], short_side=short_side, interpolation=interpolation,
                             keep_images=keep_images,
                             progress=(lambda done, _, start=start: progress(start + done)) if progress else None)
@@ -254,19 +284,21 @@ def serve() -> None:
     length, mode, size) in the file, or None when the images are not kept."""
     requests, replies = child_pipes()
     _lower_priority()
+    logging.getLogger().addHandler(logging.NullHandler())  # the parent logs the failures it is sent
 
     def send(message: tuple) -> None:
         pickle.dump(message, replies, protocol=pickle.HIGHEST_PROTOCOL)
         replies.flush()
 
     try:
-        splits, short_side, interpolation, keep_images, fd, want_progress = pickle.load(requests)
+        splits, short_side, interpolation, keep_images, fd, want_progress, parent, images.MAX_IMAGE_PIXELS = (
+            pickle.load(requests))
         with os.fdopen(fd, "wb") as pixels:
             size, result = 0, {}
             for split, items in splits.items():
                 progress = _throttled(send, f"decode {split}", len(items)) if want_progress else None
                 result[split], size = _write_split(pixels, size, items, short_side, interpolation, keep_images,
-                                                   progress)
+                                                   progress, parent)
         send(("done", result, size))
     except BrokenPipeError:  # the parent is gone
         pass

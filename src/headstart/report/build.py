@@ -117,14 +117,16 @@ def _stored_logits(run_dir, split: str) -> tuple[list[str], np.ndarray] | None:
         return saved[f"paths_{split}"].tolist(), saved[f"logits_{split}"]
 
 
-def _score(clf, dataset, split: str, run_dir=None) -> _Scored | None:
+def _score(clf, dataset, split: str, run_dir=None, skipped: frozenset = frozenset()) -> _Scored | None:
+    """skipped: the files training could not read (summary.json)."""
     from headstart.data.images import ImageLoadError, open_image
 
     label_of = {path: clf.classes.index(dataset.classes[y]) for path, y in dataset.splits.get(split, [])}
     stored = _stored_logits(run_dir, split) if run_dir is not None else None
-    # Training's logits stand while every file it scored is still in the split (those it could not read are
-    # not among them): then no image is opened here.
-    if stored is not None and stored[0] and all(path in label_of for path in stored[0]):
+    # Training's logits stand while the split holds the files it scored and no others but those it could not
+    # read (none added since): then no image is opened here.
+    if stored is not None and stored[0] and set(stored[0]) <= label_of.keys() and (
+            label_of.keys() - set(stored[0]) <= skipped):
         paths, logits = stored
         return _Scored(split, dataset.root, paths, np.asarray([label_of[p] for p in paths]), logits, {})
     paths, images = [], []
@@ -393,7 +395,8 @@ def _page(run: Path, data, split: str, top_n: int, clf, manifest: dict, metrics:
     dataset, why = _dataset(run, data, clf.classes, config)
     scored = None
     if dataset is not None:
-        scored = _score(clf, dataset, split, run)
+        skipped = frozenset(s.get("path") for s in summary.get("skipped", []) if isinstance(s, dict))
+        scored = _score(clf, dataset, split, run, skipped)
         why = f"no readable images in the {split} split" if scored is None else ""
     # The figures go to the workers as soon as their data is ready, while this process goes on preparing the
     # next: first those whose data is at hand, then the top losses, whose Grad-CAMs take this process longest

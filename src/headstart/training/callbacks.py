@@ -125,6 +125,20 @@ class UnfreezeSchedule(Callback):
             self._unfreeze_next()
 
 
+def _cpu_copy(value):
+    """A copy of a state (dicts, lists, tensors, plain values) with every tensor on the CPU: a copy kept on a
+    GPU would hold the weights and the optimizer's moments a second time in its memory."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _cpu_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cpu_copy(v) for v in value)
+    return copy.deepcopy(value)
+
+
 class ResumeCheckpoint(Callback):
     """The trainer's full state after every epoch, for --resume: an interrupt loses at most the epoch in progress.
 
@@ -141,7 +155,7 @@ class ResumeCheckpoint(Callback):
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict) -> None:
         if self._written_at is not None and time.monotonic() - self._written_at < self.every:
-            self._pending = copy.deepcopy(trainer.state_dict())  # the live tensors change in the next epoch
+            self._pending = _cpu_copy(trainer.state_dict())  # the live tensors change in the next epoch
             return
         self._write(trainer.state_dict())
 

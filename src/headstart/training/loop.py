@@ -177,10 +177,22 @@ class Trainer:
     def fit(self, train_batches: Iterable, val_batches: Iterable, epochs: int) -> list[dict]:
         """Run epochs up to `epochs` (or an early stop); the callbacks hear on_fit_end however it ends."""
         try:
-            return self._run(train_batches, val_batches, epochs)
-        finally:
-            for cb in self.callbacks:
+            history = self._run(train_batches, val_batches, epochs)
+        except BaseException:
+            self._end(unwinding=True)
+            raise
+        self._end(unwinding=False)
+        return history
+
+    def _end(self, *, unwinding: bool) -> None:
+        for cb in self.callbacks:
+            try:
                 cb.on_fit_end(self)
+            except Exception as exc:
+                if not unwinding:
+                    raise
+                # the error on its way out (an interrupt, a NaN loss) is the one to report
+                log.warning("%s could not finish (%s: %s)", type(cb).__name__, type(exc).__name__, exc)
 
     def _run(self, train_batches: Iterable, val_batches: Iterable, epochs: int) -> list[dict]:
         # A plain loss for validation: smoothing and class weights belong to training only.

@@ -186,15 +186,15 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
     keep_images = sum(map(len, dataset.splits.values())) <= KEEP_DECODED_IMAGES
     decoding = DecodeJob.start(dataset.splits, short_side=preprocessing.resize_size,
                                interpolation=preprocessing.interpolation, keep_images=keep_images, progress=progress)
-    # The report's figure worker starts now too, for the same reason (its matplotlib import, ~0.5 s), in a
-    # features run on one process, where half a second counts. Fine-tuning (long enough not to notice) and
-    # several processes (rank 0) start one with the report instead of holding it idle during the fit.
     figures = None
-    if cfg.report and cfg.mode != "finetune" and cfg.devices * cfg.num_nodes == 1:
-        from headstart.report.figures import FigureWorker
-
-        figures = FigureWorker.start()
     try:
+        # The report's figure workers start now too, for the same reason (their matplotlib import, ~0.5 s), in
+        # a features run on one process, where half a second counts. Fine-tuning (long enough not to notice)
+        # and several processes (rank 0) start them with the report instead of holding them idle during the fit.
+        if cfg.report and cfg.mode != "finetune" and cfg.devices * cfg.num_nodes == 1:
+            from headstart.report.figures import FigureWorker
+
+            figures = FigureWorker.start()
         return _fit_and_write(cfg, spec, preprocessing, dataset, excluded, warnings, decoding, figures,
                               resume=resume, progress=progress, on_epoch=on_epoch, started=started)
     finally:
