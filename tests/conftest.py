@@ -82,3 +82,26 @@ def require_chromium():
             pytest.fail(f"playwright is not installed: {hint}")
         pytest.skip(f"playwright is not installed: {hint}")
     return sync_api
+
+
+def exits_within(pid: int, seconds: float) -> bool:
+    """Whether process `pid` (a helper whose parent was killed) is gone within `seconds`."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.1)
+    return not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # an exited child of an exited parent is reaped by init; a zombie still answers kill(0)
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except OSError:
+        return True
