@@ -2,7 +2,7 @@
 its stdin and stdout.
 
 Training's start-up and the report each have work that would fight this process for the GIL: decoding the
-images while torch is imported (data/decode_process.py), drawing figures while Grad-CAMs are computed
+images while torch is imported (data/background.py), drawing figures while Grad-CAMs are computed
 (report/figures.py). A second process uses the second core without taking turns with this one.
 
 Why not multiprocessing: a "spawn" or "forkserver" child re-runs the user's main script, so a script that

@@ -151,11 +151,11 @@ class DecodeJob:
                 for split, (paths, labels, hashes, failures, layout) in splits.items():
                     for path, reason in failures:  # the helper logs nothing: its output is not the user's
                         log.warning("skipping %s: %s", path, reason)
-                    images = None if layout is None else []
+                    kept = None if layout is None else []
                     for offset, length, mode, image_size in layout or ():
-                        images.append(Image.frombytes(mode, image_size, view[offset:offset + length]))  # a copy
+                        kept.append(Image.frombytes(mode, image_size, view[offset:offset + length]))  # a copy
                         freed = _free(mapped, freed, offset + length)
-                    decoded[split] = DecodedSplit(paths, labels, images, hashes, failures, short_side=short_side,
+                    decoded[split] = DecodedSplit(paths, labels, kept, hashes, failures, short_side=short_side,
                                                   interpolation=interpolation)
             return decoded
         finally:

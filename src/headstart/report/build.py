@@ -125,10 +125,11 @@ def _score(clf, dataset, split: str, run_dir=None, skipped: frozenset = frozense
     stored = _stored_logits(run_dir, split) if run_dir is not None else None
     # Training's logits stand while the split holds the files it scored and no others but those it could not
     # read (none added since): then no image is opened here.
-    if stored is not None and stored[0] and set(stored[0]) <= label_of.keys() and (
-            label_of.keys() - set(stored[0]) <= skipped):
+    if stored is not None and stored[0]:
         paths, logits = stored
-        return _Scored(split, dataset.root, paths, np.asarray([label_of[p] for p in paths]), logits, {})
+        saved = set(paths)
+        if saved <= label_of.keys() and label_of.keys() - saved <= skipped:
+            return _Scored(split, dataset.root, paths, np.asarray([label_of[p] for p in paths]), logits, {})
     paths, images = [], []
     for path in label_of:
         try:
