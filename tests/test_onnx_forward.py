@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -176,3 +177,40 @@ def test_config_names_the_same_engines_without_importing_torch():
     from headstart.onnx_forward import ENGINES
 
     assert EXTRACT_ENGINES == ENGINES
+
+
+@pytest.mark.parametrize("engine", ["torch", *COMPILED_ENGINES])
+def test_pixels_normalized_inside_the_engine_equal_the_eval_transform(engine):
+    """A FrozenBackbone with `pixels` takes uint8 crops (pixel_transform) and gives the features that the
+    eval transform's normalized tensors give the backbone, on every engine."""
+    if engine != "torch":
+        pytest.importorskip(engine)
+    from headstart.data.transforms import pixel_transform
+
+    pre = get_spec("mobilenet_v2").preprocessing.with_crop(64)
+    generator = torch.Generator().manual_seed(3)
+    images = [Image.fromarray(torch.randint(0, 256, (72 + 8 * i, 80, 3), generator=generator,
+                                            dtype=torch.uint8).numpy()) for i in range(5)]
+    backbone = _backbone()
+    with torch.inference_mode():
+        expected = backbone(torch.stack([eval_transform(pre)(im) for im in images]))
+    frozen = FrozenBackbone(backbone, engine=engine, pixels=(pre.mean, pre.std))
+    got = extract_features(frozen, images, pixel_transform(pre), batch_size=3)
+    assert frozen.engine == engine
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="uint8"):  # a normalized batch is refused, not misread as pixels
+        frozen(torch.randn(2, 3, 64, 64))
+
+
+def test_from_pixels_is_totensor_and_normalize():
+    from headstart.features import FromPixels
+
+    from headstart.data.transforms import pixel_transform
+
+    pre = get_spec("efficientnet_lite0").preprocessing.with_crop(32)
+    images = [Image.fromarray(p.numpy()) for p in torch.randint(0, 256, (4, 40, 48, 3), dtype=torch.uint8)]
+    expected = torch.stack([eval_transform(pre)(im) for im in images])
+    pixels = torch.stack([torch.from_numpy(np.asarray(pixel_transform(pre)(im)).copy()) for im in images])
+    got = FromPixels(pre.mean, pre.std)(pixels)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+    assert got.is_contiguous(memory_format=torch.channels_last)

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from headstart.backbones.registry import Preprocessing
 
-__all__ = ["AUGMENT_PRESETS", "eval_transform", "five_crop_transforms", "train_transform", "transform_key"]
+__all__ = ["AUGMENT_PRESETS", "eval_transform", "five_crop_transforms", "pixel_transform", "train_transform",
+           "transform_key"]
 
 AUGMENT_PRESETS = ("none", "light", "standard")
 
@@ -26,12 +27,7 @@ def _to_tensor_normalized(pre: Preprocessing) -> list:
 
 def eval_transform(pre: Preprocessing):
     """Resize the short side, center-crop, normalize: exactly what the weights were evaluated with."""
-    from torchvision import transforms as T
-
-    return T.Compose(
-        [T.Resize(pre.resize_size, interpolation=_interpolation(pre.interpolation)), T.CenterCrop(pre.crop_size)]
-        + _to_tensor_normalized(pre)
-    )
+    return train_transform(pre, "none")
 
 
 def five_crop_transforms(pre: Preprocessing) -> list:
@@ -49,26 +45,38 @@ def five_crop_transforms(pre: Preprocessing) -> list:
 
 
 def train_transform(pre: Preprocessing, preset: str):
-    """Augmentation presets on the same size and normalization as the eval transform."""
+    """Augmentation presets on the same size and normalization as the eval transform ("none" is the eval one)."""
     from torchvision import transforms as T
 
-    if preset == "none":
-        return eval_transform(pre)
+    return T.Compose(_pixel_ops(pre, preset) + _to_tensor_normalized(pre))
+
+
+def pixel_transform(pre: Preprocessing, preset: str = "none"):
+    """train_transform(pre, preset) up to the pixels: a PIL image of the crop, before ToTensor and Normalize.
+    For a FrozenBackbone with `pixels`, which normalizes whole batches inside its engine."""
+    from torchvision import transforms as T
+
+    return T.Compose(_pixel_ops(pre, preset))
+
+
+def _pixel_ops(pre: Preprocessing, preset: str) -> list:
+    from torchvision import transforms as T
+
     interpolation = _interpolation(pre.interpolation)
+    if preset == "none":  # the weights' own evaluation crop
+        return [T.Resize(pre.resize_size, interpolation=interpolation), T.CenterCrop(pre.crop_size)]
     if preset == "light":
-        ops = [
+        return [
             T.RandomResizedCrop(pre.crop_size, scale=(0.5, 1.0), interpolation=interpolation),
             T.RandomHorizontalFlip(),
         ]
-    elif preset == "standard":
-        ops = [
+    if preset == "standard":
+        return [
             T.RandomResizedCrop(pre.crop_size, scale=(0.25, 1.0), interpolation=interpolation),
             T.RandomHorizontalFlip(),
             T.ColorJitter(0.3, 0.3, 0.3, 0.05),
         ]
-    else:
-        raise ValueError(f"unknown augmentation preset {preset!r}; choose one of {', '.join(AUGMENT_PRESETS)}")
-    return T.Compose(ops + _to_tensor_normalized(pre))
+    raise ValueError(f"unknown augmentation preset {preset!r}; choose one of {', '.join(AUGMENT_PRESETS)}")
 
 
 def transform_key(pre: Preprocessing, preset: str) -> str:

@@ -17,7 +17,7 @@ from headstart.backbones.model import HeadstartNet, count_parameters, freeze_bac
 from headstart.backbones.registry import BackboneSpec, Preprocessing
 from headstart.config import TrainConfig
 from headstart.data.loading import DecodedSplit
-from headstart.data.transforms import eval_transform, train_transform, transform_key
+from headstart.data.transforms import eval_transform, pixel_transform, train_transform, transform_key
 from headstart.device import autocast, one_torch_thread
 from headstart.features import FeatureCache, FeatureRows, FrozenBackbone, extract_features, view_seed
 from headstart.training.callbacks import BestCheckpoint, EarlyStopping, ResumeCheckpoint, UnfreezeSchedule
@@ -93,7 +93,7 @@ def _split_features(ctx: RunContext, backbone: FrozenBackbone, split: str, prese
     """The split's features from the cache, after computing the missing ones: each process takes a strided
     share of them and writes its rows shard by shard; the rows come back from disk for every process."""
     decoded = ctx.decoded[split]
-    transform = eval_transform(ctx.preprocessing) if preset == "none" else train_transform(ctx.preprocessing, preset)
+    transform = pixel_transform(ctx.preprocessing, preset)  # the backbone normalizes (FrozenBackbone pixels)
     seed = None if preset == "none" else ctx.cfg.seed
     key = FeatureCache.key(ctx.model_id, transform_key(ctx.preprocessing, preset), view, seed, ctx.precision)
     missing = ctx.cache.missing(key, decoded.hashes)
@@ -152,7 +152,7 @@ def fit_features(ctx: RunContext, *, epochs: int, lr: float, augment: str, views
     # is written atomically, and OpenVINO checks its blobs on load and compiles again when one is damaged.
     backbone = FrozenBackbone(ctx.net.backbone, accelerator=ctx.accelerator, precision=ctx.precision,
                               channels_last=not ctx.spec.is_vit, engine=cfg.extract_engine,
-                              engine_cache=ctx.engine_cache)
+                              engine_cache=ctx.engine_cache, pixels=(ctx.preprocessing.mean, ctx.preprocessing.std))
     rows, labels, computed, total = {}, {}, 0, 0
     for split in ctx.decoded:
         rows[split], n = _split_features(ctx, backbone, split, "none", 0)
@@ -270,7 +270,7 @@ def _prefix_activations(ctx: RunContext, prefix, split: str, preset: str, view: 
     """The prefix's output for every image of the split: on `engine` (the prefix as a plain module chain, on a
     compiled runtime where one reproduces it) or through the hooked forward pass."""
     decoded = ctx.decoded[split]
-    transform = eval_transform(ctx.preprocessing) if preset == "none" else train_transform(ctx.preprocessing, preset)
+    transform = train_transform(ctx.preprocessing, preset)  # "none": the eval transform
     chunks = []
     memory_format = torch.channels_last
     for start in range(0, len(decoded.images), 64):
