@@ -203,9 +203,8 @@ def test_pixels_normalized_inside_the_engine_equal_the_eval_transform(engine):
 
 
 def test_from_pixels_is_totensor_and_normalize():
-    from headstart.features import FromPixels
-
     from headstart.data.transforms import pixel_transform
+    from headstart.features import FromPixels
 
     pre = get_spec("efficientnet_lite0").preprocessing.with_crop(32)
     images = [Image.fromarray(p.numpy()) for p in torch.randint(0, 256, (4, 40, 48, 3), dtype=torch.uint8)]
