@@ -163,3 +163,61 @@ def test_freeze_imports_freezes_what_a_paused_block_created_and_only_when_asked(
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == [0, 0, True, True]
+
+
+_VISION_SCRIPT = r"""
+import json, sys
+from headstart.startup import import_vision_libraries
+
+import_vision_libraries()
+import torch, torchvision, timm
+out = {"deferred": "torch._dynamo.eval_frame" not in sys.modules,
+       "standins_left": [n for n in ("torch._dynamo", "torch._dynamo.utils") if n in sys.modules]}
+# timm's torch.compiler.disable'd methods run (NaFlexVit's position embedding is one)
+model = timm.create_model("naflexvit_base_patch16_gap", pretrained=False, num_classes=2, depth=1, embed_dim=64,
+                          num_heads=2).eval()
+with torch.no_grad():
+    out["timm"] = list(model(torch.randn(1, 3, 64, 64)).shape)
+# torchvision's roi_align runs; the is_compile_supported it took imports torch._dynamo when called
+boxes = torch.tensor([[0, 0, 0, 4, 4.0]])
+out["roi_align"] = list(torchvision.ops.roi_align(torch.randn(1, 3, 8, 8), boxes, 2).shape)
+out["supported"] = sys.modules["torchvision.ops.roi_align"].is_compile_supported("cpu")
+out["imported_on_call"] = "torch._dynamo.eval_frame" in sys.modules
+# Lightning's isinstance checks see torch.compile's modules as before
+import lightning_fabric.wrappers as wrappers
+out["compiled_seen"] = isinstance(torch.compile(torch.nn.Linear(2, 2)), wrappers.OptimizedModule)
+print(json.dumps(out))
+"""
+
+
+def test_vision_libraries_import_without_dynamo_and_work_as_before():
+    done = subprocess.run([sys.executable, "-c", _VISION_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+        "deferred": True, "standins_left": [], "timm": [1, 2], "roi_align": [1, 3, 2, 2], "supported": True,
+        "imported_on_call": True,
+        "compiled_seen": True}
+
+
+_UNEXPECTED_NAME_SCRIPT = r"""
+import json, sys
+import torch
+from headstart import startup
+
+# What a newer torchvision or timm might do at import: use a name of torch._dynamo that is not deferred.
+standin = startup._LazyDynamo("torch._dynamo")
+standin.__path__ = []
+sys.modules["torch._dynamo"], sys.modules["torch._dynamo.utils"] = standin, startup._LazyDynamo("torch._dynamo.utils")
+try:
+    from torch._dynamo import config
+finally:
+    startup._drop_lazy_dynamo()
+print(json.dumps({"real": config.__name__, "module": type(sys.modules["torch._dynamo"]).__name__}))
+"""
+
+
+def test_a_name_that_is_not_deferred_imports_the_real_dynamo_on_the_spot():
+    done = subprocess.run([sys.executable, "-c", _UNEXPECTED_NAME_SCRIPT], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"real": "torch._dynamo.config", "module": "module"}

@@ -13,7 +13,8 @@ later collection. A library call does not freeze by default: in a notebook, gc.f
 user's own objects out of reach, and any cyclic garbage among them would never be freed.
 
 Some packages import, at their top, heavy libraries for features we never call: `deferred_imports` lets
-their import finish without paying for those.
+their import finish without paying for those, and `import_vision_libraries` imports torchvision and timm
+without torch._dynamo.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-__all__ = ["deferred_imports", "freeze_imports", "import_deferring", "paused_gc"]
+__all__ = ["deferred_imports", "freeze_imports", "import_deferring", "import_vision_libraries", "paused_gc"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ class _DeferredCallable:
         self._module, self._name = module, name
 
     def __call__(self, *args, **kwargs):
+        if isinstance(sys.modules.get(self._module), _LazyDynamo):  # called during the import it was taken in
+            _drop_lazy_dynamo()
         return getattr(importlib.import_module(self._module), self._name)(*args, **kwargs)
 
     def __repr__(self) -> str:
@@ -138,3 +141,74 @@ def import_deferring(load: Callable[[], object], deferred: tuple[str, ...], pack
             del sys.modules[name]
     with paused_gc():
         return load()
+
+
+# torch._dynamo (torch.compile's tracer: ~1.2 s to import, with SymPy and torch.distributed's FSDP and DTensor)
+# comes in at the top of two modules that need it only once something is compiled: torchvision's
+# ops/roi_align.py takes `is_compile_supported` from its utils (called inside roi_align), and timm decorates
+# methods with torch.compiler.disable, which calls torch._dynamo.disable. Those two names are all the two
+# imports use of it (torchvision 0.29, timm 1.0).
+_DYNAMO = "torch._dynamo"
+_DYNAMO_UTILS = "torch._dynamo.utils"
+
+
+def _lazy_disable(fn=None, recursive=True, **_options):
+    """torch._dynamo.disable as torch defers it inside itself (torch._disable_dynamo): the real disable() wraps
+    `fn` on its first call. Only `reason` (for error messages) is dropped."""
+    import torch
+
+    return torch._disable_dynamo(fn, recursive)
+
+
+class _LazyDynamo(types.ModuleType):
+    """torch._dynamo or its utils while torchvision and timm import: the two names they use are answered lazily,
+    and any other name imports the real module then and there (a newer version that uses more of it costs the
+    time, never an error). Afterwards, every name is the real module's."""
+
+    _lazy = {_DYNAMO: {"disable": lambda: _lazy_disable},
+             _DYNAMO_UTILS: {"is_compile_supported": lambda: _DeferredCallable(_DYNAMO_UTILS, "is_compile_supported")}}
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self._importing = True
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):  # the import system's probes (__path__, __spec__...): plain module answers
+            raise AttributeError(name)
+        if self._importing and self.__name__ == _DYNAMO and name == "utils":
+            return sys.modules[_DYNAMO_UTILS]
+        lazy = self._lazy[self.__name__].get(name) if self._importing else None
+        if lazy is not None:
+            return lazy()
+        _drop_lazy_dynamo()  # from here on, the real modules
+        return getattr(importlib.import_module(self.__name__), name)
+
+
+def _drop_lazy_dynamo() -> None:
+    for name in (_DYNAMO_UTILS, _DYNAMO):
+        module = sys.modules.get(name)
+        if isinstance(module, _LazyDynamo):
+            module._importing = False
+            del sys.modules[name]
+
+
+def import_vision_libraries() -> None:
+    """Import torch, torchvision and timm, with torch._dynamo left for later (see _LazyDynamo): ~1.2 s less for
+    loading a model to predict, which never needs torch._dynamo (training does: Lightning Fabric and torch's
+    optimizers import it). Nothing changes where torch._dynamo is imported already, or where torch does not
+    defer it itself (torch._disable_dynamo)."""
+    with paused_gc():
+        import torch
+
+        if _DYNAMO in sys.modules or not callable(getattr(torch, "_disable_dynamo", None)):
+            import timm
+            import torchvision
+            return
+        standin = _LazyDynamo(_DYNAMO)
+        standin.__path__ = []  # a package: `import torch._dynamo.utils` finds its stand-in below
+        sys.modules[_DYNAMO], sys.modules[_DYNAMO_UTILS] = standin, _LazyDynamo(_DYNAMO_UTILS)
+        try:
+            import timm  # noqa: F401
+            import torchvision  # noqa: F401
+        finally:
+            _drop_lazy_dynamo()
