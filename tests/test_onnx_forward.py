@@ -55,11 +55,40 @@ def test_auto_prefers_openvino_then_onnxruntime(monkeypatch):
 
 
 @pytest.mark.parametrize(("engine", "accelerator", "precision"), [
-    ("torch", "cpu", "32-true"), ("auto", "cpu", "bf16-mixed"), ("auto", "cuda", "32-true")])
+    ("torch", "cpu", "32-true"), ("onnxruntime", "cpu", "bf16-mixed"), ("auto", "cpu", "16-mixed"),
+    ("auto", "cuda", "32-true")])
 def test_torch_where_a_compiled_engine_is_not_the_faster_one(engine, accelerator, precision):
     forward, reason = frozen_forward(_backbone(), torch.randn(2, 3, 64, 64), engine=engine,
                                      accelerator=accelerator, precision=precision)
     assert forward is None and reason
+
+
+def test_bf16_runs_on_openvino_close_to_fp32_and_a_wrong_bf16_graph_is_refused(monkeypatch):
+    """bf16 on the CPU runs compiled (OpenVINO's bf16 precision hint; f32 on a CPU without bf16 units), checked
+    against torch's fp32 features by direction; an engine whose bf16 output points elsewhere is not used."""
+    pytest.importorskip("openvino")
+    import headstart.onnx_forward as onnx_forward
+
+    torch.manual_seed(1)
+    backbone, images = _backbone(), torch.rand(6, 3, 64, 64)
+    frozen = FrozenBackbone(backbone, precision="bf16-mixed")
+    got = frozen(images)
+    assert frozen.engine == "openvino"
+    with torch.inference_mode():
+        expected = backbone(images)
+    cosine = torch.nn.functional.cosine_similarity(got, expected, dim=1)
+    assert cosine.min() >= onnx_forward._BF16_MIN_COSINE
+
+    real_openvino = onnx_forward._openvino
+
+    def noisy(*args):
+        run = real_openvino(*args)
+        return lambda x: run(x) + np.random.default_rng(0).normal(0, 10, (len(x), expected.shape[1])).astype("f4")
+
+    monkeypatch.setitem(onnx_forward._RUNTIMES, "openvino", noisy)
+    frozen = FrozenBackbone(backbone, precision="bf16-mixed")
+    frozen(images)
+    assert frozen.engine == "torch"
 
 
 class _Unexportable(nn.Module):
@@ -151,7 +180,7 @@ def test_a_damaged_cached_graph_is_exported_again(tmp_path, caplog, engine):
 def test_a_graph_no_engine_can_run_is_not_kept(tmp_path, monkeypatch, caplog):
     import headstart.onnx_forward as onnx_forward
 
-    def broken(graph, threads, cache_dir):
+    def broken(graph, threads, cache_dir, precision):
         raise RuntimeError("this runtime cannot run the graph")
 
     monkeypatch.setattr(onnx_forward, "_RUNTIMES", dict.fromkeys(COMPILED_ENGINES, broken))

@@ -1,4 +1,4 @@
-"""Batched feature extraction (a compiled runtime, or channels_last + bf16: the faster) and the feature cache.
+"""Batched feature extraction (a compiled runtime, else torch with channels_last and autocast) and the feature cache.
 
 Features mode pays for one backbone forward pass per image (per augmented view), ever: the pooled features
 are cached on disk in fp16 shards under a key of backbone + weights + transform + view and the file's
@@ -59,9 +59,9 @@ class FromPixels(nn.Module):
 class FrozenBackbone:
     """The frozen backbone's forward pass on the fastest engine that reproduces it.
 
-    The engine is chosen on the first batch (OpenVINO or ONNX Runtime for fp32 on the CPU, else torch with
-    channels_last and the run's autocast; see onnx_forward.py) and reused for every later batch, split and
-    view of the run. With `pixels` (the weights' mean and std), it takes uint8 [N, H, W, 3] batches (from
+    The engine is chosen on the first batch (on the CPU, OpenVINO for fp32 or bf16, or ONNX Runtime for fp32;
+    else torch with channels_last and the run's autocast; see onnx_forward.py) and reused for every later batch,
+    split and view of the run. With `pixels` (the weights' mean and std), it takes uint8 [N, H, W, 3] batches (from
     `headstart.data.transforms.pixel_transform`) and normalizes them inside the engine (FromPixels); without,
     normalized float [N, 3, H, W] batches.
     """
