@@ -34,9 +34,22 @@ def test_class_weights_only_when_imbalanced():
     assert _class_weights([0] * 30 + [1] * 10, 2, "none") is None
 
 
-def test_finetune_with_cached_prefix_matches_the_image_path(synthetic_data, tmp_path):
+def _bf16_is_fast() -> bool:
+    from headstart.device import cpu_has_fast_bf16
+
+    return cpu_has_fast_bf16()
+
+
+@pytest.mark.parametrize(("precision", "tolerance"), [
+    ("32", 1e-4),
+    # bf16: OpenVINO's bf16 prefix and torch's bf16 autocast round in different places (measured 1.2% apart on
+    # a Zen 4); emulated bf16 (no AVX512-BF16 or AMX) is too slow to be worth a test.
+    pytest.param("bf16-mixed", 0.05, marks=pytest.mark.skipif("not _bf16_is_fast()", reason="no native bf16")),
+])
+def test_finetune_with_cached_prefix_matches_the_image_path(synthetic_data, tmp_path, precision, tolerance):
     """Caching the frozen prefix changes the cost, not the model: with no augmentation both paths agree."""
-    common = dict(mode="finetune", epochs=2, image_size=64, augment="none", batch_size=8, seed=5)
+    common = dict(mode="finetune", epochs=2, image_size=64, augment="none", batch_size=8, seed=5,
+                  precision=precision)
     cached = headstart.train(synthetic_data, out=str(tmp_path / "c"), views=1, **common)
     plain = headstart.train(synthetic_data, out=str(tmp_path / "p"), views=0, **common)
     extraction = json.loads((cached.run_dir / "summary.json").read_text())["extraction"]
@@ -44,7 +57,7 @@ def test_finetune_with_cached_prefix_matches_the_image_path(synthetic_data, tmp_
     assert extraction["prefix_cached"] is True and extraction["prefix_engine"] in ("openvino", "onnxruntime")
     assert json.loads((plain.run_dir / "summary.json").read_text())["extraction"]["prefix_cached"] is False
     for a, b in zip(cached.history, plain.history):
-        assert abs(a["train_loss"] - b["train_loss"]) < 1e-4
+        assert abs(a["train_loss"] - b["train_loss"]) < tolerance * max(1.0, abs(b["train_loss"]))
     assert cached.metrics["test"]["accuracy"] == plain.metrics["test"]["accuracy"]
 
 
