@@ -16,7 +16,7 @@ from rich.table import Table
 
 from headstart.cli_data import cache_command, check_command, datasets_app
 from headstart.cli_support import Progress, console, friendly_errors, out, setup_logging
-from headstart.startup import freeze_imports
+from headstart.startup import compile_free_process, freeze_imports
 
 __all__ = ["app", "command", "main"]
 
@@ -455,9 +455,11 @@ def command() -> None:
     one (0.3-0.4 s measured after a training run), which the OS does at once. Nothing is lost: every file a
     command writes is complete when it returns (written to a temporary name, then renamed), its log files
     are closed and its worker processes have ended. A failed command exits the normal way.
-    The objects that the heavy imports create are frozen out of the garbage collector's reach (see
-    headstart.startup): this process ends with the command."""
+    The objects that the heavy imports create are frozen out of the garbage collector's reach, and
+    torch._dynamo is never imported unless something asks for more of it than torch.optim does (see
+    headstart.startup): this process ends with the command, and compiles nothing."""
     freeze_imports()
+    compile_free_process()
     try:
         main()
     except SystemExit as exc:

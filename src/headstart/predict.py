@@ -125,9 +125,9 @@ def load(run_dir: str | os.PathLike, *, engine: str = "torch", device: str = "cp
     manifest = read_manifest(run_dir)
     weights = verify_weights(run_dir, manifest)
 
-    from headstart.startup import import_vision_libraries, paused_gc
+    from headstart.startup import import_without_dynamo, paused_gc
 
-    import_vision_libraries()  # without torch._dynamo, which prediction never uses: ~1.2 s less
+    import_without_dynamo("timm", "torchvision")  # torch._dynamo, which prediction never uses: ~1.2 s less
     with paused_gc():  # safetensors' and headstart's own imports
         from safetensors.torch import load_file
 

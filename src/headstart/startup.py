@@ -13,8 +13,8 @@ later collection. A library call does not freeze by default: in a notebook, gc.f
 user's own objects out of reach, and any cyclic garbage among them would never be freed.
 
 Some packages import, at their top, heavy libraries for features we never call: `deferred_imports` lets
-their import finish without paying for those, and `import_vision_libraries` imports torchvision and timm
-without torch._dynamo.
+their import finish without paying for those, and `import_without_dynamo` imports torchvision, timm and
+Lightning Fabric without torch._dynamo (for good, in a `compile_free_process`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-__all__ = ["deferred_imports", "freeze_imports", "import_deferring", "import_vision_libraries", "paused_gc"]
+__all__ = ["compile_free_process", "deferred_imports", "freeze_imports", "import_deferring", "import_without_dynamo",
+           "paused_gc"]
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +145,16 @@ def import_deferring(load: Callable[[], object], deferred: tuple[str, ...], pack
 
 
 # torch._dynamo (torch.compile's tracer: ~1.2 s to import, with SymPy and torch.distributed's FSDP and DTensor)
-# comes in at the top of two modules that need it only once something is compiled: torchvision's
-# ops/roi_align.py takes `is_compile_supported` from its utils (called inside roi_align), and timm decorates
-# methods with torch.compiler.disable, which calls torch._dynamo.disable. Those two names are all the two
-# imports use of it (torchvision 0.29, timm 1.0).
+# comes in through code that needs it only once something is compiled:
+# - torchvision's ops/roi_align.py takes `is_compile_supported` from its utils at import (called in roi_align);
+# - timm decorates methods with torch.compiler.disable at import, which calls torch._dynamo.disable;
+# - Lightning Fabric's wrappers.py takes `OptimizedModule` at import, for isinstance checks;
+# - torch.optim imports it on the first call of an optimizer's method: `disable` (torch._disable_dynamo wraps
+#   add_param_group, zero_grad...) and `graph_break` (around every step()), both for the tracer's sake.
+# Those names are all they use of it (torch 2.14, torchvision 0.29, timm 1.0, lightning-fabric 2.6).
 _DYNAMO = "torch._dynamo"
 _DYNAMO_UTILS = "torch._dynamo.utils"
+_compile_free = False  # compile_free_process() was called
 
 
 def _lazy_disable(fn=None, recursive=True, **_options):
@@ -160,26 +165,55 @@ def _lazy_disable(fn=None, recursive=True, **_options):
     return torch._disable_dynamo(fn, recursive)
 
 
-class _LazyDynamo(types.ModuleType):
-    """torch._dynamo or its utils while torchvision and timm import: the two names they use are answered lazily,
-    and any other name imports the real module then and there (a newer version that uses more of it costs the
-    time, never an error). Afterwards, every name is the real module's."""
+def _eager_disable(fn=None, recursive=True, **_options):
+    """torch._dynamo.disable in a process that never compiles: nothing is ever traced, so `fn` runs as it is."""
+    return fn if fn is not None else _eager_disable
 
-    _lazy = {_DYNAMO: {"disable": lambda: _lazy_disable},
+
+def _graph_break(msg: str = "") -> None:
+    """torch._dynamo.graph_break outside a trace, where the real one does nothing either."""
+
+
+class _OptimizedModuleType(type):
+    """No object is a torch._dynamo.OptimizedModule before torch._dynamo is imported (torch.compile imports it);
+    from then on, the real class answers."""
+
+    def __instancecheck__(cls, obj) -> bool:
+        real = sys.modules.get(_DYNAMO)
+        return real is not None and not isinstance(real, _LazyDynamo) and isinstance(obj, real.OptimizedModule)
+
+    def __subclasscheck__(cls, other) -> bool:
+        real = sys.modules.get(_DYNAMO)
+        return real is not None and not isinstance(real, _LazyDynamo) and issubclass(other, real.OptimizedModule)
+
+
+class _OptimizedModule(metaclass=_OptimizedModuleType):
+    """torch._dynamo.OptimizedModule (what torch.compile returns) for isinstance checks, without the import."""
+
+
+class _LazyDynamo(types.ModuleType):
+    """torch._dynamo or its utils while it stands in: the names listed above are answered without importing it,
+    and any other name imports the real module then and there (a newer version that uses more of it costs the
+    time, never an error). Once it steps aside, every name is the real module's."""
+
+    _lazy = {_DYNAMO: {"disable": lambda: _eager_disable if _compile_free else _lazy_disable,
+                       "graph_break": lambda: _graph_break, "OptimizedModule": lambda: _OptimizedModule},
              _DYNAMO_UTILS: {"is_compile_supported": lambda: _DeferredCallable(_DYNAMO_UTILS, "is_compile_supported")}}
 
     def __init__(self, name: str):
         super().__init__(name)
-        self._importing = True
+        self._standing_in = True
 
     def __getattr__(self, name: str):
         if name.startswith("__"):  # the import system's probes (__path__, __spec__...): plain module answers
             raise AttributeError(name)
-        if self._importing and self.__name__ == _DYNAMO and name == "utils":
+        if self._standing_in and self.__name__ == _DYNAMO and name == "utils":
             return sys.modules[_DYNAMO_UTILS]
-        lazy = self._lazy[self.__name__].get(name) if self._importing else None
+        lazy = self._lazy[self.__name__].get(name) if self._standing_in else None
         if lazy is not None:
             return lazy()
+        if self._standing_in:
+            log.debug("importing %s for %s.%s", _DYNAMO, self.__name__, name)
         _drop_lazy_dynamo()  # from here on, the real modules
         return getattr(importlib.import_module(self.__name__), name)
 
@@ -188,27 +222,38 @@ def _drop_lazy_dynamo() -> None:
     for name in (_DYNAMO_UTILS, _DYNAMO):
         module = sys.modules.get(name)
         if isinstance(module, _LazyDynamo):
-            module._importing = False
+            module._standing_in = False
             del sys.modules[name]
 
 
-def import_vision_libraries() -> None:
-    """Import torch, torchvision and timm, with torch._dynamo left for later (see _LazyDynamo): ~1.2 s less for
-    loading a model to predict, which never needs torch._dynamo (training does: Lightning Fabric and torch's
-    optimizers import it). Nothing changes where torch._dynamo is imported already, or where torch does not
+def compile_free_process() -> None:
+    """From now on, torch._dynamo's stand-in stays in place after import_without_dynamo: torch.optim's first
+    call, 1.2 s into a training run of a few seconds, no longer imports torch._dynamo. For a process that never
+    compiles (the `headstart` command): functions that torch, timm and the optimizers mark "not to be traced"
+    stay plain functions, which only matters to torch.compile, and any other use of torch._dynamo imports it
+    as usual."""
+    global _compile_free
+    _compile_free = True
+
+
+def import_without_dynamo(*packages: str) -> None:
+    """Import torch, then `packages` (timm, torchvision, lightning_fabric), with torch._dynamo left for later
+    (see _LazyDynamo): ~1.2 s less where it is never needed (loading a model to predict; any run in a
+    compile-free process). Nothing changes where torch._dynamo is imported already, or where torch does not
     defer it itself (torch._disable_dynamo)."""
     with paused_gc():
         import torch
 
         if _DYNAMO in sys.modules or not callable(getattr(torch, "_disable_dynamo", None)):
-            import timm
-            import torchvision
+            for package in packages:
+                importlib.import_module(package)
             return
         standin = _LazyDynamo(_DYNAMO)
         standin.__path__ = []  # a package: `import torch._dynamo.utils` finds its stand-in below
         sys.modules[_DYNAMO], sys.modules[_DYNAMO_UTILS] = standin, _LazyDynamo(_DYNAMO_UTILS)
         try:
-            import timm  # noqa: F401
-            import torchvision  # noqa: F401
+            for package in packages:
+                importlib.import_module(package)
         finally:
-            _drop_lazy_dynamo()
+            if not _compile_free:
+                _drop_lazy_dynamo()

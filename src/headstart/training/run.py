@@ -206,9 +206,12 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
 def _fit_and_write(cfg: TrainConfig, spec, preprocessing, dataset, excluded: set, warnings: list, decoding,
                    figures, *, resume, progress: ProgressFn | None, on_epoch, started: float) -> RunResult:
     """train() once the data is settled and decoding: the network, the mode's fit, metrics, the run directory."""
-    from headstart.startup import paused_gc
+    from headstart.startup import import_without_dynamo, paused_gc
 
-    with paused_gc():  # torch's and Lightning's imports (make_fabric's), timm's (build_network's)
+    # torch's, Lightning's (make_fabric's) and timm's (build_network's) imports, torch._dynamo left for later:
+    # in the `headstart` command, for good (startup.compile_free_process).
+    import_without_dynamo("lightning_fabric", "timm", "torchvision")
+    with paused_gc():
         import torch
 
         from headstart.backbones.model import build_network, count_parameters
