@@ -62,7 +62,9 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def _measure_bf16_speedup() -> float:
-    """fp32 time / bf16 time for a small convolutional stack in channels_last (about a second)."""
+    """fp32 time / bf16 time for a small convolutional stack in channels_last: 0.04 s in a fresh process (a
+    batch of 16 and 3 passes took 0.2 s for the same verdict: native bf16 measured 3.5-4.3x here, emulated
+    bf16 0.04-0.07x on an AVX2 CPU)."""
     import time
 
     import torch
@@ -70,13 +72,13 @@ def _measure_bf16_speedup() -> float:
 
     net = nn.Sequential(nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1, groups=64),
                         nn.Conv2d(64, 128, 1), nn.ReLU()).eval().to(memory_format=torch.channels_last)
-    x = torch.randn(16, 32, 56, 56).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(4, 32, 56, 56).contiguous(memory_format=torch.channels_last)
 
     def timed(context) -> float:
         with torch.inference_mode(), context:
             net(x)
             start = time.perf_counter()
-            for _ in range(3):
+            for _ in range(2):
                 net(x)
             return time.perf_counter() - start
 
