@@ -63,9 +63,11 @@ def test_torch_where_a_compiled_engine_is_not_the_faster_one(engine, accelerator
     assert forward is None and reason
 
 
-def test_bf16_runs_on_openvino_close_to_fp32_and_a_wrong_bf16_graph_is_refused(monkeypatch):
-    """bf16 on the CPU runs compiled (OpenVINO's bf16 precision hint; f32 on a CPU without bf16 units), checked
-    against torch's fp32 features by direction; an engine whose bf16 output points elsewhere is not used."""
+@pytest.mark.parametrize("wrong", ["noisy", "scaled"])
+def test_bf16_runs_on_openvino_close_to_fp32_and_a_wrong_bf16_graph_is_refused(monkeypatch, wrong):
+    """bf16 on the CPU runs compiled (OpenVINO's bf16 precision hint: native bf16, emulated, or f32 as the CPU
+    allows), checked against torch's fp32 features image by image; an engine whose bf16 output points elsewhere,
+    or has another scale, is not used."""
     pytest.importorskip("openvino")
     import headstart.onnx_forward as onnx_forward
 
@@ -76,16 +78,18 @@ def test_bf16_runs_on_openvino_close_to_fp32_and_a_wrong_bf16_graph_is_refused(m
     assert frozen.engine == "openvino"
     with torch.inference_mode():
         expected = backbone(images)
-    cosine = torch.nn.functional.cosine_similarity(got, expected, dim=1)
-    assert cosine.min() >= onnx_forward._BF16_MIN_COSINE
+    relative = (got - expected).norm(dim=1) / expected.norm(dim=1)
+    assert relative.max() <= onnx_forward._BF16_MAX_RELATIVE_ERROR
 
     real_openvino = onnx_forward._openvino
 
-    def noisy(*args):
+    def broken(*args):
         run = real_openvino(*args)
+        if wrong == "scaled":  # the same direction, 1.5 times too long
+            return lambda x: run(x) * 1.5
         return lambda x: run(x) + np.random.default_rng(0).normal(0, 10, (len(x), expected.shape[1])).astype("f4")
 
-    monkeypatch.setitem(onnx_forward._RUNTIMES, "openvino", noisy)
+    monkeypatch.setitem(onnx_forward._RUNTIMES, "openvino", broken)
     frozen = FrozenBackbone(backbone, precision="bf16-mixed")
     frozen(images)
     assert frozen.engine == "torch"

@@ -205,9 +205,7 @@ import torch
 from headstart import startup
 
 # What a newer torchvision or timm might do at import: use a name of torch._dynamo that is not deferred.
-standin = startup._LazyDynamo("torch._dynamo")
-standin.__path__ = []
-sys.modules["torch._dynamo"], sys.modules["torch._dynamo.utils"] = standin, startup._LazyDynamo("torch._dynamo.utils")
+startup._install_lazy_dynamo()
 try:
     from torch._dynamo import config
 finally:
@@ -223,6 +221,38 @@ def test_a_name_that_is_not_deferred_imports_the_real_dynamo_on_the_spot():
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"real": "torch._dynamo.config", "module": "module"}
 
 
+_COMPILE_LATER_SCRIPT = r"""
+import json, sys
+from headstart import startup
+
+startup.compile_free_process()
+startup.import_without_dynamo("lightning_fabric", "timm", "torchvision")
+import torch
+import lightning_fabric.wrappers as wrappers
+
+out = {"standing_in": type(sys.modules["torch._dynamo"]).__name__}
+# a module of torch._dynamo imported by name: the real one, executed once, with its own spec
+from torch._dynamo.backends.registry import list_backends
+registry = sys.modules["torch._dynamo.backends.registry"]
+out["submodule"] = [callable(list_backends), registry.__spec__.origin.endswith("registry.py"),
+                    type(sys.modules["torch._dynamo"]).__name__]
+# and torch.compile works in the same process, its modules seen by Lightning's checks
+compiled = torch.compile(torch.nn.Linear(2, 2), backend="eager")
+out["compiled"] = [list(compiled(torch.ones(1, 2)).shape), isinstance(compiled, wrappers.OptimizedModule)]
+print(json.dumps(out))
+"""
+
+
+def test_a_compile_free_process_can_still_compile_after_all():
+    """An import of one of torch._dynamo's modules (torch.compile's first step) replaces the stand-in with the
+    real package: nothing fails, the module is the real one."""
+    done = subprocess.run([sys.executable, "-c", _COMPILE_LATER_SCRIPT], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+        "standing_in": "_LazyDynamo", "submodule": [True, True, "module"], "compiled": [[1, 2], True]}
+
+
 _TRAIN_SCRIPT = r"""
 import json, sys
 from headstart import startup
@@ -231,7 +261,7 @@ import headstart
 if sys.argv[1] == "compile-free":
     startup.compile_free_process()
 run = headstart.train(sys.argv[2], out=sys.argv[3], mode="finetune", epochs=2, image_size=64, batch_size=8,
-                      precision="32", report=False)
+                      precision="32")  # the report too: Grad-CAM's backward pass
 # the optimizers' not-to-be-traced methods, taken both ways (decorator with and without arguments)
 import torch
 disable = sys.modules["torch._dynamo"].disable
@@ -243,14 +273,15 @@ print(json.dumps({"losses": [row["train_loss"] for row in run.history],
 
 
 def test_a_compile_free_process_trains_the_same_without_importing_dynamo(synthetic_data, tmp_path):
-    """The `headstart` command's training never imports torch._dynamo (torch.optim would, for its tracer's
-    sake: 1.2 s), and trains exactly as a normal process does."""
+    """The `headstart` command's training and report never import torch._dynamo (torch.optim would, for its
+    tracer's sake: 1.2 s), and it trains exactly as a normal process does."""
     out = {}
     for mode in ("compile-free", "normal"):
         done = subprocess.run([sys.executable, "-c", _TRAIN_SCRIPT, mode, str(synthetic_data), str(tmp_path / mode)],
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         out[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (tmp_path / "compile-free" / "report.html").is_file()
     assert out["compile-free"]["dynamo"] == "_LazyDynamo" and out["normal"]["dynamo"] == "module"
     assert out["compile-free"]["losses"] == out["normal"]["losses"]
     assert out["compile-free"]["disable"] == [2, 2]

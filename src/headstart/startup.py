@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import gc
 import importlib
+import importlib.abc
+import importlib.machinery
 import logging
 import sys
 import threading
@@ -193,8 +195,9 @@ class _OptimizedModule(metaclass=_OptimizedModuleType):
 
 class _LazyDynamo(types.ModuleType):
     """torch._dynamo or its utils while it stands in: the names listed above are answered without importing it,
-    and any other name imports the real module then and there (a newer version that uses more of it costs the
-    time, never an error). Once it steps aside, every name is the real module's."""
+    and any other name, like any import of one of its modules (_RealSubmodules), imports the real module then
+    and there (a newer version that uses more of it costs the time, never an error). Once it steps aside, every
+    name is the real module's."""
 
     _lazy = {_DYNAMO: {"disable": lambda: _eager_disable if _compile_free else _lazy_disable,
                        "graph_break": lambda: _graph_break, "OptimizedModule": lambda: _OptimizedModule},
@@ -218,12 +221,50 @@ class _LazyDynamo(types.ModuleType):
         return getattr(importlib.import_module(self.__name__), name)
 
 
+class _RealSubmodules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """While the stand-in is in sys.modules, `import torch._dynamo.X` (torch.compile's first step is one) would
+    search the stand-in's empty __path__ and fail. This finder, first on sys.meta_path, answers such imports with
+    the real module: its loader drops the stand-in, imports the real torch._dynamo and then X, and hands X over
+    unchanged. Hand-written because no library defers a package whose own modules are imported by name."""
+
+    def find_spec(self, name, path=None, target=None):
+        if not name.startswith(_DYNAMO + ".") or not isinstance(sys.modules.get(_DYNAMO), _LazyDynamo):
+            return None
+        return importlib.machinery.ModuleSpec(name, self)
+
+    def create_module(self, spec):
+        log.debug("importing %s for %s", _DYNAMO, spec.name)
+        _drop_lazy_dynamo()
+        importlib.import_module(_DYNAMO)
+        module = importlib.import_module(spec.name)
+        spec.loader_state = module.__spec__  # the import system sets __spec__ to `spec` next
+        return module
+
+    def exec_module(self, module) -> None:
+        module.__spec__ = module.__spec__.loader_state  # executed by its own import: only its spec to put back
+
+
+_real_submodules = _RealSubmodules()
+_standins_lock = threading.Lock()  # several threads may load models, and each may drop the stand-ins
+
+
+def _install_lazy_dynamo() -> None:
+    standin = _LazyDynamo(_DYNAMO)
+    standin.__path__ = []  # a package: `import torch._dynamo.utils` finds its stand-in below
+    with _standins_lock:
+        sys.modules[_DYNAMO], sys.modules[_DYNAMO_UTILS] = standin, _LazyDynamo(_DYNAMO_UTILS)
+        sys.meta_path.insert(0, _real_submodules)
+
+
 def _drop_lazy_dynamo() -> None:
-    for name in (_DYNAMO_UTILS, _DYNAMO):
-        module = sys.modules.get(name)
-        if isinstance(module, _LazyDynamo):
-            module._standing_in = False
-            del sys.modules[name]
+    with _standins_lock:
+        for name in (_DYNAMO_UTILS, _DYNAMO):
+            module = sys.modules.get(name)
+            if isinstance(module, _LazyDynamo):
+                module._standing_in = False
+                del sys.modules[name]
+        if _real_submodules in sys.meta_path:
+            sys.meta_path.remove(_real_submodules)
 
 
 def compile_free_process() -> None:
@@ -248,9 +289,7 @@ def import_without_dynamo(*packages: str) -> None:
             for package in packages:
                 importlib.import_module(package)
             return
-        standin = _LazyDynamo(_DYNAMO)
-        standin.__path__ = []  # a package: `import torch._dynamo.utils` finds its stand-in below
-        sys.modules[_DYNAMO], sys.modules[_DYNAMO_UTILS] = standin, _LazyDynamo(_DYNAMO_UTILS)
+        _install_lazy_dynamo()
         try:
             for package in packages:
                 importlib.import_module(package)

@@ -34,20 +34,18 @@ def test_class_weights_only_when_imbalanced():
     assert _class_weights([0] * 30 + [1] * 10, 2, "none") is None
 
 
-def _bf16_is_fast() -> bool:
-    from headstart.device import cpu_has_fast_bf16
-
-    return cpu_has_fast_bf16()
-
-
 @pytest.mark.parametrize(("precision", "tolerance"), [
     ("32", 1e-4),
     # bf16: OpenVINO's bf16 prefix and torch's bf16 autocast round in different places (measured 1.2% apart on
     # a Zen 4); emulated bf16 (no AVX512-BF16 or AMX) is too slow to be worth a test.
-    pytest.param("bf16-mixed", 0.05, marks=pytest.mark.skipif("not _bf16_is_fast()", reason="no native bf16")),
+    ("bf16-mixed", 0.05),
 ])
 def test_finetune_with_cached_prefix_matches_the_image_path(synthetic_data, tmp_path, precision, tolerance):
     """Caching the frozen prefix changes the cost, not the model: with no augmentation both paths agree."""
+    from headstart.device import cpu_has_fast_bf16
+
+    if precision == "bf16-mixed" and not cpu_has_fast_bf16():
+        pytest.skip("this CPU has no native bf16 (AVX512-BF16 or AMX)")
     common = dict(mode="finetune", epochs=2, image_size=64, augment="none", batch_size=8, seed=5,
                   precision=precision)
     cached = headstart.train(synthetic_data, out=str(tmp_path / "c"), views=1, **common)
@@ -58,7 +56,9 @@ def test_finetune_with_cached_prefix_matches_the_image_path(synthetic_data, tmp_
     assert json.loads((plain.run_dir / "summary.json").read_text())["extraction"]["prefix_cached"] is False
     for a, b in zip(cached.history, plain.history):
         assert abs(a["train_loss"] - b["train_loss"]) < tolerance * max(1.0, abs(b["train_loss"]))
-    assert cached.metrics["test"]["accuracy"] == plain.metrics["test"]["accuracy"]
+    test_a, test_b = cached.metrics["test"], plain.metrics["test"]
+    differing = round(abs(test_a["accuracy"] - test_b["accuracy"]) * test_a["n"])
+    assert differing <= (0 if precision == "32" else 1)  # bf16: one test image at most
 
 
 def test_auto_mode_fine_tunes_when_not_saturated(synthetic_data, tmp_path, monkeypatch):
