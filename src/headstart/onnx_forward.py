@@ -47,8 +47,10 @@ ENGINES = ("auto", "torch", *COMPILED_ENGINES)
 _PARITY_TOLERANCE = 1e-3
 # bf16 keeps 8 bits of mantissa, so a bf16 engine is checked image by image: the L2 distance of its features to
 # torch's fp32 features, relative to their length (which bounds both their direction and their scale). On
-# pizza_steak_sushi's 300 photos, OpenVINO bf16, worst image: REL_ERRORS_MEASURED. A wrong graph lands far above.
-_BF16_MAX_RELATIVE_ERROR = 0.25
+# pizza_steak_sushi's 300 photos, worst image, OpenVINO bf16 / torch's bf16 autocast: lite0 0.069 / 0.067,
+# lite2 0.141 / 0.092, mobilenet_v2 0.168 / 0.168 (means 0.04-0.09). A wrong graph lands far above (a scale off by
+# 1.5x is 0.5); a check that fails costs speed only (torch extracts instead).
+_BF16_MAX_RELATIVE_ERROR = 0.3
 # What each runtime computes, by run precision: OpenVINO's inference precision hint; ONNX Runtime fp32 only.
 _PRECISIONS = {"openvino": {"32-true": "f32", "bf16-mixed": "bf16"}, "onnxruntime": {"32-true": "f32"}}
 _OPSET = 17
@@ -159,7 +161,9 @@ def _checked(run: Runner, module: nn.Module, sample: torch.Tensor, *, bf16: bool
         raise ValueError(f"output shape {list(got.shape)} differs from torch's {list(expected.shape)}")
     if bf16:
         rows, reference = got.flatten(1), expected.flatten(1)
-        error = ((rows - reference).norm(dim=1) / reference.norm(dim=1).clamp_min(1e-6)).max().item()
+        # relative to each row's own length, however small (a random-weight network's features can be ~1e-8)
+        lengths = reference.norm(dim=1).clamp_min(torch.finfo(torch.float32).tiny)
+        error = ((rows - reference).norm(dim=1) / lengths).max().item()
         if not error <= _BF16_MAX_RELATIVE_ERROR:
             raise ValueError(f"bf16 output differs from torch's fp32 (relative L2 error {error:.3f})")
         return forward
