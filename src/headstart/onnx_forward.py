@@ -5,12 +5,13 @@ Measured on a 2-core AVX2 CPU (no bf16), efficientnet_lite0 at 224 px, batch 64:
 channels_last 37, ONNX Runtime 80-117, OpenVINO 99-153 (1.2-1.5x ONNX Runtime when the two alternate in one
 process; even on mobilenet_v2), with features equal to torch's within ~1e-5. On a 2-core AMD Zen 4 with
 AVX512-BF16, the same pass: torch fp32 channels_last 29, torch bf16 autocast 67, OpenVINO fp32 150-185, OpenVINO
-bf16 220-370 images/s; so bf16 runs compiled too, on OpenVINO (ONNX Runtime's CPU provider has no bf16). Both
-runtimes read the
-same ONNX graph, exported with the TorchScript exporter (~0.5 s; the dynamo exporter takes ~10 s). With a
-cache folder, the graph is kept under a key of everything it is made of (the module's structure and weights,
-torch and the module's library versions, the input size), so a later run with the same backbone skips the
-export, and OpenVINO keeps its compiled blob there too: nothing stale can be found under a key that changed.
+bf16 220-370 images/s; so bf16 runs compiled too, on OpenVINO (ONNX Runtime's CPU provider has no bf16).
+
+Both runtimes read the same ONNX graph, exported with the TorchScript exporter (~0.5 s; the dynamo exporter takes
+~10 s). With a cache folder, the graph is kept under a key of everything it is made of (the module's structure
+and weights, torch and the module's library versions, the input size), so a later run with the same backbone
+skips the export, and OpenVINO keeps its compiled blob there too: nothing stale can be found under a key that
+changed.
 
 Only the frozen forward pass goes through here (feature extraction); anything that trains stays in torch.
 Every engine is checked against the torch module on real images before use, and any failure (an operator the

@@ -176,17 +176,21 @@ def _graph_break(msg: str = "") -> None:
     """torch._dynamo.graph_break outside a trace, where the real one does nothing either."""
 
 
+def _standin_in_place() -> bool:
+    return isinstance(sys.modules.get(_DYNAMO), _LazyDynamo)
+
+
 class _OptimizedModuleType(type):
     """No object is a torch._dynamo.OptimizedModule before torch._dynamo is imported (torch.compile imports it);
     from then on, the real class answers."""
 
     def __instancecheck__(cls, obj) -> bool:
-        real = sys.modules.get(_DYNAMO)
-        return real is not None and not isinstance(real, _LazyDynamo) and isinstance(obj, real.OptimizedModule)
+        imported = _DYNAMO in sys.modules and not _standin_in_place()
+        return imported and isinstance(obj, sys.modules[_DYNAMO].OptimizedModule)
 
     def __subclasscheck__(cls, other) -> bool:
-        real = sys.modules.get(_DYNAMO)
-        return real is not None and not isinstance(real, _LazyDynamo) and issubclass(other, real.OptimizedModule)
+        imported = _DYNAMO in sys.modules and not _standin_in_place()
+        return imported and issubclass(other, sys.modules[_DYNAMO].OptimizedModule)
 
 
 class _OptimizedModule(metaclass=_OptimizedModuleType):
@@ -228,7 +232,7 @@ class _RealSubmodules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     unchanged. Hand-written because no library defers a package whose own modules are imported by name."""
 
     def find_spec(self, name, path=None, target=None):
-        if not name.startswith(_DYNAMO + ".") or not isinstance(sys.modules.get(_DYNAMO), _LazyDynamo):
+        if not name.startswith(_DYNAMO + ".") or not _standin_in_place():
             return None
         return importlib.machinery.ModuleSpec(name, self)
 
