@@ -289,14 +289,12 @@ def import_without_dynamo(*packages: str) -> None:
     with paused_gc():
         import torch
 
-        if _DYNAMO in sys.modules or not callable(getattr(torch, "_disable_dynamo", None)):
-            for package in packages:
-                importlib.import_module(package)
-            return
-        _install_lazy_dynamo()
+        deferring = _DYNAMO not in sys.modules and callable(getattr(torch, "_disable_dynamo", None))
+        if deferring:
+            _install_lazy_dynamo()
         try:
             for package in packages:
                 importlib.import_module(package)
         finally:
-            if not _compile_free:
+            if deferring and not _compile_free:
                 _drop_lazy_dynamo()
