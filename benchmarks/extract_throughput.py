@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Feature-extraction throughput: headstart's path vs a plain fp32 eval loop, on the same decoded images.
 
-headstart's path is `headstart.features.extract_features` with channels_last and the precision
+headstart's path is `headstart.extract.frozen.extract_features` with channels_last and the precision
 `resolve_precision("auto", "cpu")` picks (bf16-mixed only where the CPU has native bf16). The plain loop is what
 a tutorial writes: contiguous tensors, fp32, no autocast, `torch.no_grad()`. Both get the same pre-decoded PIL
 images and the same eval transform at batch 64, so JPEG decoding is excluded; a second pair of columns includes
@@ -121,7 +121,7 @@ def bench_backbone(name: str, items, images, *, batch_size: int, repeats: int, i
     from headstart.data.loading import decode_split
     from headstart.data.transforms import eval_transform
     from headstart.device import cpu_has_fast_bf16, resolve_precision
-    from headstart.features import extract_features
+    from headstart.extract.frozen import extract_features
 
     spec = get_spec(name)
     pre = spec.preprocessing if image_size is None else spec.preprocessing.with_crop(image_size)

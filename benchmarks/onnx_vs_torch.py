@@ -90,7 +90,7 @@ def bench_run(run_dir: Path, images, threads: int, quick: bool) -> list[dict]:
     import torch
 
     import headstart
-    from headstart.export import export_onnx
+    from headstart.inference.export import export_onnx
     from headstart.runtime import load_onnx, preprocess_batch
 
     exported = export_onnx(run_dir)
@@ -134,7 +134,7 @@ def main() -> None:
 
     import torch
 
-    from headstart.data.images import open_image
+    from headstart.runtime.images import open_image
 
     torch.set_num_threads(args.threads)
     images = [open_image(p) for p in sorted((DEMO / "test").rglob("*.jpg"))][:32]

@@ -47,7 +47,7 @@ def onnx_ready(run_dir: Path, quick: bool) -> str | None:
     try:
         import onnxruntime  # noqa: F401
 
-        from headstart.export import export_onnx
+        from headstart.inference.export import export_onnx
     except ImportError as exc:
         return f"not installed ({exc})"
     if not (run_dir / "model.onnx").is_file():
@@ -149,7 +149,7 @@ def single_latency(urls: list[str], images: list[tuple[Path, bytes]], n: int) ->
 def model_latency(run_dir: Path, engine: str, image: bytes, n: int) -> float:
     """p50 ms of the engine alone on one decoded image, in this process: what HTTP adds is the rest."""
     import headstart
-    from headstart.data.images import open_image
+    from headstart.runtime.images import open_image
 
     clf = headstart.load(run_dir, engine=engine)
     decoded = open_image(image)

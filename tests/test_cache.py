@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from headstart.cache import cache_usage, clear_cache
-from headstart.features import FeatureCache
+from headstart.extract.feature_cache import FeatureCache
 
 
 def _fill(root):

@@ -80,7 +80,7 @@ def test_reload_in_a_fresh_process_predicts_the_same(trained):
     code = (
         "import json, sys, headstart\n"
         "clf = headstart.load(sys.argv[1])\n"
-        "from headstart.predict import expand_paths\n"
+        "from headstart.inference.classifier import expand_paths\n"
         "print(json.dumps(clf.predict(expand_paths([sys.argv[2]]))))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code, str(run_dir), str(data / "test")], capture_output=True,

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from headstart.evaluate import (
+from headstart.runtime.metrics import (
     PRIOR_OBSERVATIONS,
     classification_metrics,
     coverage_curve,

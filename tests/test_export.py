@@ -13,7 +13,7 @@ import pytest
 import headstart
 from conftest import DEMO_DATA, make_synthetic_dataset
 from headstart.artifact import ArtifactError
-from headstart.export import ExportError, check_parity, export_onnx
+from headstart.inference.export import ExportError, check_parity, export_onnx
 from headstart.runtime import ONNX_FORMAT, load_onnx
 
 CLASSES = ["blue", "green", "red"]
@@ -70,7 +70,7 @@ def assert_parity(parity: dict, n: int) -> None:
 @pytest.fixture
 def reuse_lite_graph(lite_run, monkeypatch):
     """Skip re-exporting (10-40 s with the dynamo exporter) in tests about what happens after the export."""
-    from headstart import export
+    from headstart.inference import export
 
     def cached(*args, **kwargs):
         model = onnx.load(lite_run / "model.onnx")
@@ -148,7 +148,7 @@ def test_check_parity_on_given_images_and_without_the_data(lite_run, tmp_path):
 
 
 def test_disagreement_is_refused_and_nothing_is_written(lite_run, reuse_lite_graph, tmp_path, monkeypatch):
-    from headstart import export
+    from headstart.inference import export
 
     run_dir = tmp_path / "run"
     shutil.copytree(lite_run, run_dir)

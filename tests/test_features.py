@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import headstart
-from headstart import features
-from headstart.features import FeatureCache, FrozenBackbone
+from headstart.extract import feature_cache
+from headstart.extract.feature_cache import FeatureCache
+from headstart.extract.frozen import FrozenBackbone
 
 
 def _table(rows) -> torch.Tensor:
@@ -53,7 +54,7 @@ def test_batches_read_whole_match_rows_read_one_by_one_across_shards_and_views(t
         cache.write("k", hashes[start:start + 3], values[start:start + 3])
     view = cache.rows("k", hashes[::-1], labels=list(range(10)))
     other = cache.rows("k", hashes[2:7], labels=[7] * 5)
-    joined = features.FeatureRows.concat([view, other])
+    joined = feature_cache.FeatureRows.concat([view, other])
     assert len(joined) == 15
     torch.testing.assert_close(_table(joined), torch.cat([_table(view), _table(other)]))
 
@@ -64,7 +65,7 @@ def test_batches_read_whole_match_rows_read_one_by_one_across_shards_and_views(t
         return list(DataLoader(dataset, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0),
                                **collate))
 
-    whole, single = batches(joined, collate_fn=features.FeatureRows.collate), batches(OneByOne())
+    whole, single = batches(joined, collate_fn=feature_cache.FeatureRows.collate), batches(OneByOne())
     assert [len(y) for _, y in whole] == [4, 4, 4, 3]
     for (x, y), (x1, y1) in zip(whole, single, strict=True):
         assert torch.equal(x, x1) and torch.equal(y, y1)
@@ -87,7 +88,7 @@ def test_a_damaged_shard_is_ignored_and_recomputed(tmp_path, caplog):
 
 def test_an_interrupted_extraction_resumes_from_its_written_shards(synthetic_data, tmp_path, monkeypatch):
     monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(features, "SHARD_ROWS", 8)
+    monkeypatch.setattr(feature_cache, "SHARD_ROWS", 8)
     original = FrozenBackbone.__call__
     calls = {"n": 0}
 
@@ -126,7 +127,7 @@ def test_a_large_set_is_decoded_again_in_chunks_with_the_same_result(synthetic_d
 
     monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "cache-streamed"))
     monkeypatch.setattr(run_module, "KEEP_DECODED_IMAGES", 0)
-    monkeypatch.setattr(features, "SHARD_ROWS", 8)
+    monkeypatch.setattr(feature_cache, "SHARD_ROWS", 8)
     monkeypatch.setattr(DecodeJob, "result", spy)
 
     streamed = headstart.train(synthetic_data, out=str(tmp_path / "streamed"), **settings)

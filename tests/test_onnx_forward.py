@@ -15,8 +15,8 @@ from torch import nn
 from headstart.backbones.model import build_network
 from headstart.backbones.registry import get_spec
 from headstart.data.transforms import eval_transform
-from headstart.features import FrozenBackbone, extract_features
-from headstart.onnx_forward import COMPILED_ENGINES, frozen_forward
+from headstart.extract.engines import COMPILED_ENGINES, frozen_forward
+from headstart.extract.frozen import FrozenBackbone, extract_features
 
 
 def _backbone(name: str = "mobilenet_v2") -> nn.Module:
@@ -69,7 +69,7 @@ def test_bf16_runs_on_openvino_close_to_fp32_and_a_wrong_bf16_graph_is_refused(m
     allows), checked against torch's fp32 features image by image; an engine whose bf16 output points elsewhere,
     or has another scale, is not used."""
     pytest.importorskip("openvino")
-    import headstart.onnx_forward as onnx_forward
+    import headstart.extract.engines as onnx_forward
 
     torch.manual_seed(1)
     backbone, images = _backbone(), torch.rand(6, 3, 64, 64)
@@ -115,7 +115,7 @@ class _Different(nn.Module):
 @pytest.mark.parametrize("module", [_Unexportable(), _Different()])
 def test_a_failed_or_wrong_export_falls_back_to_torch(module, caplog):
     images = torch.randn(4, 3, 16, 16)
-    with caplog.at_level(logging.WARNING, logger="headstart.onnx_forward"):
+    with caplog.at_level(logging.WARNING, logger="headstart.extract.engines"):
         frozen = FrozenBackbone(module, channels_last=False)
         frozen(images)
     assert frozen.engine == "torch"
@@ -135,7 +135,7 @@ def test_extract_features_reuses_one_engine_across_calls():
 
 
 def test_the_exported_graph_is_kept_and_reused_under_a_key_of_its_weights(tmp_path, monkeypatch):
-    import headstart.onnx_forward as onnx_forward
+    import headstart.extract.engines as onnx_forward
 
     backbone, images = _backbone(), torch.randn(3, 3, 64, 64)
     with torch.inference_mode():
@@ -170,7 +170,7 @@ def test_a_damaged_cached_graph_is_exported_again(tmp_path, caplog, engine):
     FrozenBackbone(backbone, engine="onnxruntime", engine_cache=tmp_path)(images)
     (kept,) = (tmp_path / "onnx").glob("*.onnx")
     kept.write_bytes(b"not an onnx graph")
-    with caplog.at_level(logging.INFO, logger="headstart.onnx_forward"):
+    with caplog.at_level(logging.INFO, logger="headstart.extract.engines"):
         frozen = FrozenBackbone(backbone, engine=engine, engine_cache=tmp_path)
         got = frozen(images)
     # the same engine runs a fresh export: a damaged file costs an export, never the compiled engine
@@ -182,7 +182,7 @@ def test_a_damaged_cached_graph_is_exported_again(tmp_path, caplog, engine):
 
 
 def test_a_graph_no_engine_can_run_is_not_kept(tmp_path, monkeypatch, caplog):
-    import headstart.onnx_forward as onnx_forward
+    import headstart.extract.engines as onnx_forward
 
     def broken(graph, threads, cache_dir, precision):
         raise RuntimeError("this runtime cannot run the graph")
@@ -191,7 +191,7 @@ def test_a_graph_no_engine_can_run_is_not_kept(tmp_path, monkeypatch, caplog):
     exports = []
     real_export = onnx_forward._export
     monkeypatch.setattr(onnx_forward, "_export", lambda *a: exports.append(1) or real_export(*a))
-    with caplog.at_level(logging.WARNING, logger="headstart.onnx_forward"):
+    with caplog.at_level(logging.WARNING, logger="headstart.extract.engines"):
         frozen = FrozenBackbone(_backbone(), engine_cache=tmp_path)
         frozen(torch.randn(2, 3, 64, 64))
     assert frozen.engine == "torch" and "using torch" in caplog.text
@@ -207,7 +207,7 @@ def test_openvino_keeps_its_compiled_blob_beside_the_graph(tmp_path):
 
 def test_config_names_the_same_engines_without_importing_torch():
     from headstart.config import EXTRACT_ENGINES
-    from headstart.onnx_forward import ENGINES
+    from headstart.extract.engines import ENGINES
 
     assert EXTRACT_ENGINES == ENGINES
 
@@ -237,7 +237,7 @@ def test_pixels_normalized_inside_the_engine_equal_the_eval_transform(engine):
 
 def test_from_pixels_is_totensor_and_normalize():
     from headstart.data.transforms import pixel_transform
-    from headstart.features import FromPixels
+    from headstart.extract.frozen import FromPixels
 
     pre = get_spec("efficientnet_lite0").preprocessing.with_crop(32)
     images = [Image.fromarray(p.numpy()) for p in torch.randint(0, 256, (4, 40, 48, 3), dtype=torch.uint8)]

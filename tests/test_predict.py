@@ -24,8 +24,8 @@ def test_tta_views_average_logits(clf):
     flip = model.logits(images, tta="flip")
     import torch
 
-    from headstart.backbones.registry import Preprocessing
     from headstart.data.transforms import eval_transform
+    from headstart.runtime.preprocess import Preprocessing
 
     batch = torch.stack([eval_transform(Preprocessing.from_dict(model.manifest["preprocessing"]))(im) for im in images])
     with torch.inference_mode():

@@ -15,16 +15,26 @@ from typing import TYPE_CHECKING
 from headstart._version import __version__
 
 if TYPE_CHECKING:
-    from headstart.predict import Classifier, load
+    from headstart.compare import compare
+    from headstart.data.check import check_dataset as check
+    from headstart.evaluate import evaluate_run as evaluate
+    from headstart.inference.classifier import load
+    from headstart.inference.export import export_onnx as export
+    from headstart.runtime.classifier import Classifier
     from headstart.training import RunResult, train
 
-__all__ = ["Classifier", "RunResult", "__version__", "load", "train"]
+__all__ = ["Classifier", "RunResult", "__version__", "check", "compare", "evaluate", "export", "load", "train"]
 
+# name -> (module, attribute): imported on first use
 _LAZY = {
-    "train": "headstart.training",
-    "RunResult": "headstart.training",
-    "load": "headstart.predict",
-    "Classifier": "headstart.predict",
+    "train": ("headstart.training", "train"),
+    "RunResult": ("headstart.training", "RunResult"),
+    "load": ("headstart.inference.classifier", "load"),
+    "Classifier": ("headstart.runtime.classifier", "Classifier"),
+    "check": ("headstart.data.check", "check_dataset"),
+    "evaluate": ("headstart.evaluate", "evaluate_run"),
+    "export": ("headstart.inference.export", "export_onnx"),
+    "compare": ("headstart.compare", "compare"),
 }
 
 
@@ -32,5 +42,6 @@ def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'headstart' has no attribute {name!r}")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from headstart.artifact import atomic_write_json, atomic_write_text, read_manifest
 from headstart.config import ConfigError, TrainConfig
-from headstart.evaluate import PRIOR_OBSERVATIONS
+from headstart.runtime.metrics import PRIOR_OBSERVATIONS
 
 __all__ = ["COLUMNS", "CompareResult", "compare", "leaderboard_markdown", "rank_rows", "verdict",
            "write_leaderboard"]
@@ -179,7 +179,7 @@ def _latency(run_dirs: list[Path], runs: int, threads: int, progress: ProgressFn
     slows every backbone alike instead of whichever happened to be measured at that moment."""
     import torch
 
-    from headstart.predict import load
+    from headstart.inference.classifier import load
 
     if not run_dirs:
         return []

@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ENGINE_SETTINGS", "ConfigError", "TrainConfig"]
+__all__ = ["MACHINE_SETTINGS", "ConfigError", "TrainConfig"]
 
 MODES = ("features", "finetune", "auto")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -19,8 +19,8 @@ PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
 ACCELERATORS = ("auto", "cpu", "cuda")
 STRATEGIES = ("auto", "ddp", "fsdp")
 # Settings of the machine, not of the model: a resumed run may change them (another world size, a GPU).
-ENGINE_SETTINGS = ("accelerator", "devices", "num_nodes", "strategy", "num_workers", "extract_engine")
-# headstart.onnx_forward.ENGINES, without importing torch
+MACHINE_SETTINGS = ("accelerator", "devices", "num_nodes", "strategy", "num_workers", "extract_engine")
+# headstart.extract.engines.ENGINES (what runs the frozen forward pass), without importing torch
 EXTRACT_ENGINES = ("auto", "torch", "openvino", "onnxruntime")
 
 

@@ -161,7 +161,7 @@ def test_a_pil_plugin_registered_here_keeps_decoding_here(splits, monkeypatch):
 
 
 def test_the_helper_uses_this_process_pixel_limit_and_the_failures_are_logged_here(splits, monkeypatch, caplog):
-    from headstart.data import images
+    from headstart.runtime import images
 
     monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 1000)  # every 40x48 test image is now too large
     with caplog.at_level("WARNING", logger="headstart"):

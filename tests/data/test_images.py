@@ -1,4 +1,4 @@
-"""Tests for headstart.data.images on the shared bad/odd image corpus."""
+"""Tests for headstart.runtime.images on the shared bad/odd image corpus."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from headstart.data.images import (
+from headstart.runtime.images import (
     IMAGE_EXTENSIONS,
     MAX_IMAGE_PIXELS,
     ImageLoadError,
@@ -31,7 +31,7 @@ from image_corpus import (
     png_header_only,
 )
 
-IMAGES_PY = Path(__file__).resolve().parents[2] / "src" / "headstart" / "data" / "images.py"
+IMAGES_PY = Path(__file__).resolve().parents[2] / "src" / "headstart" / "runtime" / "images.py"
 
 EXPECTED_REASON = {
     "truncated.jpg": "truncated",
@@ -240,7 +240,7 @@ def test_module_does_not_import_torch() -> None:
 
 def test_image_load_error_survives_a_one_argument_reraise():
     # torch's DataLoader re-raises a worker's exception as type(exc)(message)
-    from headstart.data.images import ImageLoadError
+    from headstart.runtime.images import ImageLoadError
 
     again = ImageLoadError(str(ImageLoadError("a.jpg", "truncated")))
     assert again.reason == "a.jpg: truncated" and again.path is None

@@ -133,8 +133,8 @@ def test_train_reads_shards_and_csv_lists(data, tmp_path):
 
 
 def test_members_read_in_any_order_by_random_access(data, tmp_path):
-    from headstart.data.images import ImageLoadError
     from headstart.data.shards import read_member
+    from headstart.runtime.images import ImageLoadError
 
     write_shards(data, tmp_path / "shards", shard_size_bytes=10**6)
     items = discover(tmp_path / "shards").splits["train"]

@@ -155,7 +155,7 @@ def test_report_reuses_the_logits_saved_by_training(run, monkeypatch):
     """Training saves logits.npz; the report must not score the split again."""
     run_dir = run[0]
     assert (run_dir / "logits.npz").is_file()
-    from headstart.predict import Classifier
+    from headstart.inference.classifier import TorchClassifier as Classifier
 
     calls = []
     original = Classifier.logits
@@ -166,8 +166,8 @@ def test_report_reuses_the_logits_saved_by_training(run, monkeypatch):
 
 
 def test_with_the_saved_logits_only_the_shown_images_are_opened(run, monkeypatch):
-    from headstart.data import images
     from headstart.report import build
+    from headstart.runtime import images
 
     run_dir, clf, _ = run
     val = {p for p, _ in discover_split(run_dir, "val")}
@@ -197,7 +197,7 @@ def _moved_run(run_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
 def test_a_val_image_unreadable_since_training_is_left_out_of_the_grid(run, tmp_path, monkeypatch, caplog):
     """The saved logits still stand (nothing is scored again); the grid skips the file that cannot be opened
     any more, and says so."""
-    from headstart.predict import Classifier
+    from headstart.inference.classifier import TorchClassifier as Classifier
     from headstart.report import build
 
     run_dir, clf, _ = run
@@ -215,7 +215,7 @@ def test_a_val_image_unreadable_since_training_is_left_out_of_the_grid(run, tmp_
 
 
 def test_an_image_added_to_the_split_since_training_is_scored_with_the_rest(run, tmp_path, monkeypatch):
-    from headstart.predict import Classifier
+    from headstart.inference.classifier import TorchClassifier as Classifier
 
     run_dir, clf, _ = run
     copy, data = _moved_run(run_dir, tmp_path)

@@ -81,7 +81,7 @@ def test_reliability_before_and_after(tmp_path, scored):
 
 
 def test_coverage_curve(tmp_path, scored):
-    from headstart.evaluate import softmax
+    from headstart.runtime.metrics import softmax
 
     logits, labels = scored
     _assert_png(plots.plot_coverage(softmax(logits), labels, 0.6, tmp_path / "cov.png"))

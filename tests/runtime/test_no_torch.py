@@ -56,7 +56,7 @@ def run_child(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     from conftest import make_synthetic_dataset
-    from headstart.export import export_onnx
+    from headstart.inference.export import export_onnx
 
     root = tmp_path_factory.mktemp("notorch")
     data = make_synthetic_dataset(root / "data", per_split={"train": 8, "val": 3, "test": 2})
@@ -98,7 +98,7 @@ def test_cli_predict_with_the_onnx_engine_without_torch(run):
                           capture_output=True, text=True, timeout=120, env=os.environ.copy())
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
-    from headstart.predict import expand_paths
+    from headstart.inference.classifier import expand_paths
 
     expected = headstart.load(run).predict(expand_paths([folder]))
     assert [r["label"] for r in rows] == [r["label"] for r in expected]

@@ -10,10 +10,9 @@ from PIL import Image
 
 import headstart
 from headstart.artifact import ArtifactError
-from headstart.backbones.registry import Preprocessing
-from headstart.data.images import open_image
 from headstart.runtime import UNSURE, load_onnx, preprocess, preprocess_batch
-from headstart.runtime.preprocess import center_crop_box
+from headstart.runtime.images import open_image
+from headstart.runtime.preprocess import Preprocessing, center_crop_box
 from image_corpus import BAD_FILES, GOOD_FILES, make_corpus
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -23,8 +22,8 @@ SIZES = [(320, 240), (241, 333), (257, 256), (256, 300), (64, 97), (31, 17), (10
 
 
 def torch_eval(pre: dict):
-    from headstart.backbones.registry import Preprocessing
     from headstart.data.transforms import eval_transform
+    from headstart.runtime.preprocess import Preprocessing
 
     return eval_transform(Preprocessing.from_dict(pre))
 
@@ -71,7 +70,7 @@ def test_center_crop_rounds_halves_to_even_like_torchvision():
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     from conftest import make_synthetic_dataset
-    from headstart.export import export_onnx
+    from headstart.inference.export import export_onnx
 
     root = tmp_path_factory.mktemp("engine")
     data = make_synthetic_dataset(root / "data", per_split={"train": 8, "val": 3, "test": 2})

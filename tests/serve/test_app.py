@@ -267,12 +267,12 @@ def test_serve_binds_loopback_by_default(run_dir, monkeypatch):
 
 @pytest.fixture(scope="module")
 def onnx_run(run_dir):
-    """RUN/model.onnx made by headstart.export.export_onnx."""
+    """RUN/model.onnx made by headstart.inference.export.export_onnx."""
     pytest.importorskip("onnxruntime")
     try:
-        from headstart.export import export_onnx
+        from headstart.inference.export import export_onnx
     except ImportError as exc:
-        pytest.skip(f"headstart.export is not importable yet ({exc})")
+        pytest.skip(f"headstart.inference.export is not importable yet ({exc})")
     # the TorchScript exporter: ~7 s here against ~60 s for dynamo on 2 shared cores; parity is still checked
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch deprecates that exporter; fine for a test

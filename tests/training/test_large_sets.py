@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 import headstart
-from headstart.training import modes
 from headstart.training import run as run_module
+from headstart.training.modes import finetune as modes
 
 SETTINGS = dict(mode="finetune", epochs=2, image_size=64, batch_size=8, seed=3, report=False)
 

@@ -10,8 +10,9 @@ import importlib
 import re
 from typing import TYPE_CHECKING
 
-from headstart.backbones.registry import BackboneSpec, Preprocessing, WeightSource, register
+from headstart.backbones.registry import BackboneSpec, WeightSource, register
 from headstart.backbones.weights import WeightsError, load_strict
+from headstart.runtime.preprocess import Preprocessing
 
 if TYPE_CHECKING:
     import torch

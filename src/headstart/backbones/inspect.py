@@ -6,7 +6,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from headstart.backbones.registry import BackboneSpec, get_spec, list_specs
+from headstart.backbones.registry import BackboneSpec, get_spec, in_stage, list_specs
 
 __all__ = ["describe_backbones", "inspect_backbone", "weights_available_offline"]
 
@@ -38,15 +38,15 @@ def inspect_backbone(name: str, *, weights: str | None = None, images: list[str]
     import torch
 
     from headstart.backbones.model import build_imagenet_model
-    from headstart.data.images import ImageLoadError, open_image
     from headstart.data.transforms import eval_transform
+    from headstart.runtime.images import ImageLoadError, open_image
 
     spec = get_spec(name)
     model = build_imagenet_model(spec, weights=weights, pretrained=pretrained).eval()
     named = dict(model.named_parameters())
     stages = []
     for prefixes in spec.stages:
-        count = sum(p.numel() for n, p in named.items() if any(n == q or n.startswith(q + ".") for q in prefixes))
+        count = sum(p.numel() for n, p in named.items() if in_stage(n, prefixes))
         stages.append({"modules": list(prefixes), "parameters": count})
     total = sum(p.numel() for p in named.values())
     result = {

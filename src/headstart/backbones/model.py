@@ -7,7 +7,7 @@ import logging
 import torch
 from torch import nn
 
-from headstart.backbones.registry import BackboneSpec
+from headstart.backbones.registry import BackboneSpec, in_stage
 from headstart.backbones.weights import WeightsError, load_state_dict_file, load_strict
 
 __all__ = [
@@ -55,14 +55,10 @@ def build_network(spec: BackboneSpec, num_classes: int, *, weights: str | None =
     return HeadstartNet(body, spec.in_features, num_classes, dropout)
 
 
-def _in_stage(name: str, prefixes: tuple[str, ...]) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
-
-
 def stage_parameters(net: HeadstartNet, spec: BackboneSpec) -> list[list[nn.Parameter]]:
     """The backbone's parameters grouped by the spec's stages, input side first."""
     named = list(net.backbone.named_parameters())
-    return [[p for n, p in named if _in_stage(n, prefixes)] for prefixes in spec.stages]
+    return [[p for n, p in named if in_stage(n, prefixes)] for prefixes in spec.stages]
 
 
 def freeze_backbone(net: HeadstartNet) -> None:

@@ -7,60 +7,24 @@ Adding a backbone is adding one `register(BackboneSpec(...))` call in a family m
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from headstart.runtime.preprocess import Preprocessing
 
 if TYPE_CHECKING:
     from torch import nn
 
 __all__ = [
     "BackboneSpec",
-    "Preprocessing",
     "UnknownBackboneError",
     "WeightSource",
     "get_spec",
+    "in_stage",
     "list_specs",
     "register",
 ]
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """Eval preprocessing of a backbone's weights: resize the short side, center-crop, normalize."""
-
-    crop_size: int
-    resize_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bilinear"  # "bilinear" | "bicubic" | "nearest"
-
-    def __post_init__(self) -> None:
-        if self.interpolation not in ("bilinear", "bicubic", "nearest"):
-            raise ValueError(f"unsupported interpolation {self.interpolation!r}")
-        if self.resize_size < self.crop_size:
-            raise ValueError(f"resize_size {self.resize_size} is smaller than crop_size {self.crop_size}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """As model.json and the ONNX metadata hold it (lists, as JSON reads them back)."""
-        return {"crop_size": self.crop_size, "resize_size": self.resize_size, "mean": list(self.mean),
-                "std": list(self.std), "interpolation": self.interpolation}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
-        return cls(
-            crop_size=int(data["crop_size"]),
-            resize_size=int(data["resize_size"]),
-            mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
-            std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
-            interpolation=str(data.get("interpolation", "bilinear")),
-        )
-
-    def with_crop(self, crop_size: int) -> Preprocessing:
-        """The same preprocessing at another input size, keeping the resize/crop ratio."""
-        resize = round(crop_size * self.resize_size / self.crop_size)
-        return dataclasses.replace(self, crop_size=crop_size, resize_size=max(resize, crop_size))
 
 
 @dataclass(frozen=True)
@@ -102,6 +66,11 @@ class BackboneSpec:
             raise ValueError(f"backbone {self.name!r} declares no stages")
         if self.in_features <= 0:
             raise ValueError(f"backbone {self.name!r} has in_features {self.in_features}")
+
+
+def in_stage(name: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether a parameter or module name (dotted) lies under one of a stage's prefixes."""
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
 class UnknownBackboneError(KeyError):

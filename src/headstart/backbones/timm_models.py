@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 import re
 
-from headstart.backbones.registry import BackboneSpec, Preprocessing, WeightSource
+from headstart.backbones.registry import BackboneSpec, WeightSource
 from headstart.backbones.weights import offline_error
+from headstart.runtime.preprocess import Preprocessing
 
 __all__ = ["timm_spec"]
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from headstart.backbones.registry import BackboneSpec, Preprocessing, WeightSource, register
+from headstart.backbones.registry import BackboneSpec, WeightSource, register
 from headstart.backbones.weights import offline_error
+from headstart.runtime.preprocess import Preprocessing
 
 if TYPE_CHECKING:
     from torch import nn

@@ -26,9 +26,9 @@ from typing import BinaryIO
 
 from PIL import Image
 
-from headstart.child import child_pipes, start_child
-from headstart.data import images
+from headstart.child import child_pipes, end_child, start_child
 from headstart.data.loading import DecodedSplit, decode_split
+from headstart.runtime import images
 
 __all__ = ["DecodeJob"]
 
@@ -262,7 +262,7 @@ def _write_split(pixels: BinaryIO, size: int, items: Items, short_side: int | No
     paths, labels, hashes, failures, layout = [], [], [], [], [] if keep_images else None
     for start in range(0, len(items), _CHUNK):
         if parent is not None and os.getppid() != parent:
-            os._exit(0)
+            end_child()
         part = decode_split(items[start:start + _CHUNK], short_side=short_side, interpolation=interpolation,
                             keep_images=keep_images,
                             progress=(lambda done, _, start=start: progress(start + done)) if progress else None)
@@ -305,4 +305,4 @@ def serve() -> None:
     except Exception as exc:  # the parent decodes again itself, and meets the error with its own traceback
         with contextlib.suppress(OSError):
             send(("error", f"{type(exc).__name__}: {exc}"))
-    os._exit(0)  # nothing to tear down: every reply is flushed
+    end_child()

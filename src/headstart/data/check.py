@@ -35,9 +35,9 @@ from headstart.data.folders import (
     discover,
     list_images,
 )
-from headstart.data.images import ImageLoadError, image_info, is_image_file, open_image
 from headstart.data.loading import map_items
 from headstart.data.shards import is_shards_dir, load_index
+from headstart.runtime.images import ImageLoadError, image_info, is_image_file, open_image
 
 __all__ = ["CheckReport", "Problem", "check_dataset", "class_weights", "summary_lines"]
 

@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from headstart.data.images import is_image_file
+from headstart.runtime.images import is_image_file
 
 __all__ = ["DataError", "Dataset", "data_base", "discover", "list_images"]
 

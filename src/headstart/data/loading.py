@@ -19,29 +19,15 @@ from typing import TypeVar
 
 from PIL import Image
 
-from headstart.data.images import ImageLoadError, open_image
 from headstart.data.shards import ShardReader, read_member, shard_member
+from headstart.runtime.images import ImageLoadError, open_image
+from headstart.runtime.preprocess import resize_short_side
 
-__all__ = ["DecodedSplit", "decode_split", "map_items", "resize_short_side"]
+__all__ = ["DecodedSplit", "decode_split", "map_items"]
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
-
-_INTERPOLATION = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
-                  "nearest": Image.Resampling.NEAREST}
-
-
-def resize_short_side(img: Image.Image, size: int, interpolation: str) -> Image.Image:
-    """Resize so the short side is `size`, as torchvision's Resize(int) does on PIL images."""
-    w, h = img.size
-    short, long = (w, h) if w <= h else (h, w)
-    if short == size:
-        return img
-    new_long = int(size * long / short)
-    new_size = (size, new_long) if w <= h else (new_long, size)
-    return img.resize(new_size, _INTERPOLATION[interpolation])
-
 
 @dataclass
 class DecodedSplit:

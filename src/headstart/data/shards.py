@@ -36,7 +36,7 @@ from typing import IO, Any
 
 from headstart.artifact import atomic_write_json, sha256_file
 from headstart.data.folders import DataError, Dataset, data_base, discover, finish_split
-from headstart.data.images import ImageLoadError
+from headstart.runtime.images import ImageLoadError
 
 __all__ = [
     "FORMAT",
@@ -220,7 +220,7 @@ def _indexed_shard(shard: str, pid: int) -> tarfile.TarFile:
 def iter_samples(shards_dir: str | Path, split: str) -> Iterator[tuple[str, bytes, int]]:
     """(member name, image bytes, class index) of every sample of a split, streaming one shard at a time.
 
-    The bytes are undecoded: open them with ``headstart.data.images.open_image``.
+    The bytes are undecoded: open them with ``headstart.runtime.images.open_image``.
     """
     root = Path(shards_dir).expanduser().resolve()
     index = load_index(root)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from headstart.backbones.registry import Preprocessing
+    from headstart.runtime.preprocess import Preprocessing
 
 __all__ = ["AUGMENT_PRESETS", "eval_transform", "five_crop_transforms", "pixel_transform", "train_transform",
            "transform_key"]

@@ -50,7 +50,7 @@ class _Scored:
 
     def image(self, i: int):
         """The i-th image (raises ImageLoadError when it has become unreadable since it was scored)."""
-        from headstart.data.images import open_image
+        from headstart.runtime.images import open_image
 
         if i not in self.opened:
             self.opened[i] = open_image(self.paths[i])
@@ -119,7 +119,7 @@ def _stored_logits(run_dir, split: str) -> tuple[list[str], np.ndarray] | None:
 
 def _score(clf, dataset, split: str, run_dir=None, skipped: frozenset = frozenset()) -> _Scored | None:
     """skipped: the files training could not read (summary.json)."""
-    from headstart.data.images import ImageLoadError, open_image
+    from headstart.runtime.images import ImageLoadError, open_image
 
     label_of = {path: clf.classes.index(dataset.classes[y]) for path, y in dataset.splits.get(split, [])}
     stored = _stored_logits(run_dir, split) if run_dir is not None else None
@@ -219,7 +219,7 @@ def _confusion_section(metrics: dict, classes: list[str], out: Path, draw: Draw)
 
 def _calibration_section(metrics: dict, temperature: float, scored: _Scored | None, why: str,
                          out: Path, draw: Draw) -> H.Section:
-    from headstart.evaluate import softmax
+    from headstart.runtime.metrics import softmax
 
     body = [H.para(f"Temperature T = {temperature:.4g}, fitted on val to minimise its NLL; probabilities "
                    "are softmax(logits / T). ECE: expected calibration error, 15 equal-width bins."),
@@ -241,7 +241,7 @@ def _calibration_section(metrics: dict, temperature: float, scored: _Scored | No
 
 def _rejection_section(metrics: dict, threshold: float, temperature: float, scored: _Scored | None, why: str,
                        out: Path, draw: Draw) -> H.Section:
-    from headstart.evaluate import softmax
+    from headstart.runtime.metrics import softmax
 
     rejection = {s: m["rejection"] for s, m in metrics.items() if "rejection" in m}
     rows = [(s, r["threshold"], r["rejected_rate"], r["accepted_accuracy"]) for s, r in rejection.items()]
@@ -256,9 +256,9 @@ def _rejection_section(metrics: dict, threshold: float, temperature: float, scor
 
 
 def _predictions_section(clf, scored: _Scored | None, why: str, out: Path, draw: Draw) -> H.Section:
-    from headstart.data.images import ImageLoadError
-    from headstart.evaluate import softmax
     from headstart.report.explain import display_crop
+    from headstart.runtime.images import ImageLoadError
+    from headstart.runtime.metrics import softmax
 
     if scored is None:
         return H.Section("predictions", "Predictions", H.note(why))
@@ -303,9 +303,9 @@ def _top_losses_section(clf, scored: _Scored | None, why: str, n: int, out: Path
 def _samples_section(clf, dataset, augment: str, why: str, out: Path, draw: Draw) -> H.Section:
     import torch
 
-    from headstart.backbones.registry import Preprocessing
-    from headstart.data.images import ImageLoadError, open_image
     from headstart.data.transforms import train_transform
+    from headstart.runtime.images import ImageLoadError, open_image
+    from headstart.runtime.preprocess import Preprocessing
 
     title = "Training samples"
     if dataset is None or not dataset.splits.get("train"):
@@ -365,7 +365,7 @@ def build_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
     plots_dir: also keep the PNGs there (they are always embedded in the page). figures: a started
     FigureWorker to draw in (training starts one early); by default one is started here and closed after.
     """
-    from headstart.predict import load
+    from headstart.inference.classifier import load
 
     started = time.perf_counter()
     run = Path(run_dir)

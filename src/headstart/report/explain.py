@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from headstart.data.images import ImageLoadError, open_image
+from headstart.runtime.images import ImageLoadError, open_image
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
     from headstart.backbones.registry import BackboneSpec
-    from headstart.predict import Classifier
+    from headstart.runtime.classifier import Classifier
 
 __all__ = [
     "TopLosses",
@@ -120,25 +120,13 @@ def _class_indices(classifier: Classifier, target_class, n: int) -> list[int | N
     return out
 
 
-# What grad-cam imports at its top and GradCAM never calls.
-_GRAD_CAM_DEFERRED = ("matplotlib", "matplotlib.pyplot", "matplotlib.lines", "scipy.ndimage", "scipy.sparse",
-                      "scipy.sparse.linalg", "sklearn.decomposition")
-
-
 @functools.cache
 def _grad_cam_package():
-    """(GradCAM, ClassifierOutputTarget), imported on first use. The package imports scikit-learn, SciPy and
-    matplotlib at its top for CAM methods and plots that headstart does not use (KPCA-CAM, feature
-    factorization, ROAD, legends): they are deferred until something calls them, 0.06 s instead of 1.3 s."""
-    from headstart.startup import import_deferring
+    """(GradCAM, ClassifierOutputTarget), imported on first use."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    def load():
-        from pytorch_grad_cam import GradCAM
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-        return GradCAM, ClassifierOutputTarget
-
-    return import_deferring(load, _GRAD_CAM_DEFERRED, "pytorch_grad_cam")
+    return GradCAM, ClassifierOutputTarget
 
 
 def gradcam(classifier: Classifier, images: Sequence[Image.Image],
@@ -151,8 +139,9 @@ def gradcam(classifier: Classifier, images: Sequence[Image.Image],
     """
     import torch
 
-    from headstart.backbones.registry import Preprocessing, get_spec
+    from headstart.backbones.registry import get_spec
     from headstart.data.transforms import eval_transform
+    from headstart.runtime.preprocess import Preprocessing
 
     GradCAM, ClassifierOutputTarget = _grad_cam_package()
 
@@ -246,8 +235,8 @@ def explain_images(run_dir: str | os.PathLike, image_paths: Sequence[str | os.Pa
     probability), "predicted" (the model's answer, "unsure" below the threshold), "overlay"} or
     {"path", "error"} for a file that cannot be read.
     """
-    from headstart.evaluate import softmax
-    from headstart.predict import load
+    from headstart.inference.classifier import load
+    from headstart.runtime.metrics import softmax
 
     clf = classifier or load(run_dir)
     if class_name is not None and class_name not in clf.classes:
@@ -321,8 +310,8 @@ def top_losses(classifier: Classifier, items: Sequence[tuple[str | os.PathLike, 
     items: (path, label) with label a class name or index into classifier.classes. `logits`, when the
     caller already has them (aligned with items), saves a second pass; then only the n shown are decoded.
     """
-    from headstart.evaluate import softmax
     from headstart.report.plots import plot_top_losses
+    from headstart.runtime.metrics import softmax
 
     labels = [classifier.classes.index(y) if isinstance(y, str) else int(y) for _, y in items]
     paths = [str(p) for p, _ in items]

@@ -12,7 +12,6 @@ A worker failure costs only speed: a figure it cannot draw is drawn here.
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import queue
 import subprocess
@@ -20,7 +19,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from headstart.child import child_pipes, start_child
+from headstart.child import child_pipes, end_child, start_child
 
 __all__ = ["FigureWorker"]
 
@@ -169,6 +168,4 @@ def serve() -> None:
             replies.flush()
         except OSError:  # the parent is gone
             break
-    # Every reply is flushed and the figures are files: skip the interpreter's teardown of matplotlib (~0.1 s
-    # that the parent would wait for).
-    os._exit(0)
+    end_child()

@@ -251,7 +251,7 @@ def plot_confidence_histogram(confidence: Sequence[float], correct: Sequence[boo
 
 
 def _reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int):
-    # The same equal-width (lo, hi] bins as headstart.evaluate.expected_calibration_error.
+    # The same equal-width (lo, hi] bins as headstart.runtime.metrics.expected_calibration_error.
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
     edges = np.linspace(0, 1, bins + 1)
@@ -267,7 +267,7 @@ def _reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int):
 def plot_reliability(logits: np.ndarray, labels: Sequence[int], temperature: float, path: str | Path, *,
                      bins: int = 15, title: str = "Reliability") -> Path:
     """Accuracy against confidence per bin, before (T=1) and after temperature scaling."""
-    from headstart.evaluate import expected_calibration_error, softmax
+    from headstart.runtime.metrics import expected_calibration_error, softmax
 
     labels = np.asarray(labels)
     fig, axes = _figure((10, 4.4), ncols=2, sharey=True)
@@ -298,7 +298,7 @@ def plot_reliability(logits: np.ndarray, labels: Sequence[int], temperature: flo
 def plot_coverage(probs: np.ndarray, labels: Sequence[int], threshold: float, path: str | Path, *,
                   title: str = "Accuracy and coverage") -> Path:
     """Accuracy of the kept predictions and the share kept as the threshold rises; the chosen one marked."""
-    from headstart.evaluate import coverage_curve
+    from headstart.runtime.metrics import coverage_curve
 
     labels = np.asarray(labels)
     rows = coverage_curve(probs, labels)

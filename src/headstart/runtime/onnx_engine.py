@@ -18,9 +18,8 @@ import numpy as np
 from PIL import Image
 
 from headstart.artifact import MANIFEST_FILE, ArtifactError
-from headstart.backbones.registry import Preprocessing
-from headstart.runtime.preprocess import preprocess_batch
-from headstart.runtime.results import Inputs, predict_images
+from headstart.runtime.classifier import Classifier
+from headstart.runtime.preprocess import Preprocessing, preprocess_batch
 
 __all__ = ["ONNX_FILE", "ONNX_FORMAT", "OnnxClassifier", "load_onnx", "read_onnx_metadata"]
 
@@ -52,8 +51,8 @@ def read_onnx_metadata(props: dict[str, str], source: str) -> dict[str, Any]:
 
 
 @dataclass
-class OnnxClassifier:
-    """Same interface as headstart.predict.Classifier, on an onnxruntime.InferenceSession."""
+class OnnxClassifier(Classifier):
+    """The Classifier on an onnxruntime.InferenceSession."""
 
     session: Any
     manifest: dict
@@ -62,18 +61,6 @@ class OnnxClassifier:
     def __post_init__(self) -> None:
         self._spec = Preprocessing.from_dict(self.manifest["preprocessing"])
         self._input = self.session.get_inputs()[0].name
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.manifest["classes"])
-
-    @property
-    def temperature(self) -> float:
-        return float(self.manifest["temperature"])
-
-    @property
-    def threshold(self) -> float:
-        return float(self.manifest["threshold"])
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -88,16 +75,6 @@ class OnnxClassifier:
         out = [self.run(preprocess_batch(images[start:start + batch_size], self._spec))
                for start in range(0, len(images), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
-
-    def predict(self, inputs: Inputs, *, top_k: int = 3, threshold: float | None = None,
-                batch_size: int = 32) -> list[dict]:
-        """One dict per input: {"path", "label", "confidence", "top_k"}, or {"path", "error"} for a bad file.
-
-        The label is "unsure" when the calibrated confidence is below the threshold.
-        """
-        return predict_images(inputs, lambda images: self.logits(images, batch_size), classes=self.classes,
-                              temperature=self.temperature, top_k=top_k,
-                              threshold=self.threshold if threshold is None else threshold)
 
 
 def _resolve(run_or_onnx: str | os.PathLike) -> tuple[Path, Path | None]:

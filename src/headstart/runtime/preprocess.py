@@ -1,4 +1,5 @@
-"""Eval preprocessing with PIL + numpy, equal to torchvision's Resize(int) + CenterCrop + ToTensor + Normalize.
+"""A backbone's eval preprocessing (the one spec, stored with every model) and its PIL + numpy pipeline, equal
+to torchvision's Resize(int) + CenterCrop + ToTensor + Normalize.
 
 No torch here: a serving install needs only onnxruntime, numpy and Pillow. PREPROCESSING_STEPS spells the
 pipeline out for a client in any language; the ONNX file carries it, and the numbers, in its metadata.
@@ -6,17 +7,16 @@ pipeline out for a client in any language; the ONNX file carries it, and the num
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-# The registry and data.loading import no torch (tests/runtime/test_no_torch.py keeps it that way): the numbers
-# come in the registry's own Preprocessing, the one description of a backbone's eval pipeline.
-from headstart.backbones.registry import Preprocessing
-from headstart.data.loading import resize_short_side
-
-__all__ = ["PREPROCESSING_STEPS", "center_crop_box", "preprocess", "preprocess_batch"]
+__all__ = ["PREPROCESSING_STEPS", "Preprocessing", "center_crop_box", "preprocess", "preprocess_batch",
+           "resize_short_side"]
 
 PREPROCESSING_STEPS = """\
 1. decode to RGB (EXIF-oriented), 8 bits per channel;
@@ -28,6 +28,59 @@ PREPROCESSING_STEPS = """\
 4. float32 x = uint8 / 255, then (x - mean[c]) / std[c] per channel, in float32;
 5. HWC -> CHW, stacked to a float32 NCHW batch.
 """
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Eval preprocessing of a backbone's weights: resize the short side, center-crop, normalize."""
+
+    crop_size: int
+    resize_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"  # "bilinear" | "bicubic" | "nearest"
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in ("bilinear", "bicubic", "nearest"):
+            raise ValueError(f"unsupported interpolation {self.interpolation!r}")
+        if self.resize_size < self.crop_size:
+            raise ValueError(f"resize_size {self.resize_size} is smaller than crop_size {self.crop_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """As model.json and the ONNX metadata hold it (lists, as JSON reads them back)."""
+        return {"crop_size": self.crop_size, "resize_size": self.resize_size, "mean": list(self.mean),
+                "std": list(self.std), "interpolation": self.interpolation}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        return cls(
+            crop_size=int(data["crop_size"]),
+            resize_size=int(data["resize_size"]),
+            mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
+            interpolation=str(data.get("interpolation", "bilinear")),
+        )
+
+    def with_crop(self, crop_size: int) -> Preprocessing:
+        """The same preprocessing at another input size, keeping the resize/crop ratio."""
+        resize = round(crop_size * self.resize_size / self.crop_size)
+        return dataclasses.replace(self, crop_size=crop_size, resize_size=max(resize, crop_size))
+
+
+_INTERPOLATION = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+                  "nearest": Image.Resampling.NEAREST}
+
+
+def resize_short_side(img: Image.Image, size: int, interpolation: str) -> Image.Image:
+    """Resize so the short side is `size`, as torchvision's Resize(int) does on PIL images."""
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    if short == size:
+        return img
+    new_long = int(size * long / short)
+    new_size = (size, new_long) if w <= h else (new_long, size)
+    return img.resize(new_size, _INTERPOLATION[interpolation])
+
 
 
 def center_crop_box(width: int, height: int, crop: int) -> tuple[int, int]:

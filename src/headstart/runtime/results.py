@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from headstart.data.images import ImageLoadError, open_image
-from headstart.evaluate import softmax
+from headstart.runtime.images import ImageLoadError, open_image
+from headstart.runtime.metrics import softmax
 
 __all__ = ["UNSURE", "build_predictions", "predict_images"]
 
@@ -41,14 +41,21 @@ def build_predictions(names: Sequence[str], probs: np.ndarray, classes: Sequence
 
 
 def predict_images(inputs: Inputs, logits_fn: Callable[[list[Image.Image]], np.ndarray], *,
-                   classes: Sequence[str], temperature: float, threshold: float, top_k: int) -> list[dict]:
-    """Open paths (or take PIL images), predict the readable ones, report the others as errors."""
+                   classes: Sequence[str], temperature: float, threshold: float, top_k: int,
+                   names: Sequence[str] | None = None) -> list[dict]:
+    """One result per input, in order: paths are opened safely, PIL images taken as they are, and an
+    ImageLoadError in the inputs stands for an item already found unusable (a server's bad upload). The usable
+    images go to `logits_fn` in one call; `names` (default: the paths, or "<image i>") label the results."""
     items = [inputs] if isinstance(inputs, (str, os.PathLike, Image.Image)) else list(inputs)
-    names = [f"<image {i}>" if isinstance(item, Image.Image) else str(item) for i, item in enumerate(items)]
+    if names is None:
+        names = [f"<image {i}>" if isinstance(item, (Image.Image, ImageLoadError)) else str(item)
+                 for i, item in enumerate(items)]
     results: list[dict | None] = [None] * len(items)
     images, where = [], []
     for i, item in enumerate(items):
         try:
+            if isinstance(item, ImageLoadError):
+                raise item
             images.append(item.convert("RGB") if isinstance(item, Image.Image) else open_image(item))
             where.append(i)
         except ImageLoadError as exc:

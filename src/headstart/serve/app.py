@@ -33,8 +33,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
-from headstart.data.images import ImageLoadError, open_image
-from headstart.data.loading import resize_short_side
+from headstart.runtime.images import ImageLoadError, open_image
+from headstart.runtime.preprocess import resize_short_side
 from headstart.serve.batching import MicroBatcher
 
 __all__ = ["ENGINES", "LOOPBACK", "create_app", "resolve_engine", "serve"]
@@ -265,15 +265,15 @@ def create_app(run_dir: str | os.PathLike, *, engine: str = "auto", max_body_byt
                default_threshold: float | None = None) -> FastAPI:
     """The app serving one trained run. engine: "onnx" (RUN/model.onnx), "torch", or "auto" (onnx when the
     export and onnxruntime are there)."""
-    import headstart
-    from headstart.evaluate import softmax
-    from headstart.runtime.results import build_predictions
+    from headstart._version import __version__
+    from headstart.inference.classifier import load
+    from headstart.runtime.results import predict_images
 
     if default_threshold is not None and not 0 <= default_threshold <= 1:
         raise ValueError(f"default_threshold must be in [0, 1], got {default_threshold}")
     run_dir = Path(run_dir)
     engine = resolve_engine(run_dir, engine)
-    clf = headstart.load(run_dir, engine=engine)
+    clf = load(run_dir, engine=engine)
     threshold_default = clf.threshold if default_threshold is None else float(default_threshold)
     info = _model_info(clf, run_dir, engine, threshold_default)
     pre = info["preprocessing"]
@@ -322,7 +322,7 @@ def create_app(run_dir: str | os.PathLike, *, engine: str = "auto", max_body_byt
 
     from fastapi_offline import FastAPIOffline
 
-    app = FastAPIOffline(title="headstart", version=headstart.__version__, redoc_url=None,
+    app = FastAPIOffline(title="headstart", version=__version__, redoc_url=None,
                          static_url="/docs-static", lifespan=lifespan, swagger_ui_parameters={"validatorUrl": None},
                          description=f"Image classifier `{info['backbone']}` ({', '.join(clf.classes)}) on the "
                                      f"{engine} engine. Errors are JSON `{{\"detail\": ...}}`; see GET /model.")
@@ -368,16 +368,11 @@ def create_app(run_dir: str | os.PathLike, *, engine: str = "auto", max_body_byt
             logits = await batcher.logits([img for _, img in good], ticket)
         top_k = options.get("top_k") or top_k or 3
         threshold = next(t for t in (options.get("threshold"), threshold, threshold_default) if t is not None)
-        probs = softmax(logits, clf.temperature)
-        rows = iter(build_predictions([up.filename for up, _ in good], probs, clf.classes, top_k=top_k,
-                                      threshold=threshold))
-        predictions = []
-        for up, img in items:
-            if img is None:
-                predictions.append({"filename": up.filename, "error": up.error})
-            else:
-                row = next(rows)
-                predictions.append({"filename": row.pop("path"), **row})
+        # The one result format (runtime/results.py), on the logits the batcher computed for the good images.
+        inputs = [img if img is not None else ImageLoadError(up.filename, up.error) for up, img in items]
+        rows = predict_images(inputs, lambda _images: logits, classes=clf.classes, temperature=clf.temperature,
+                              threshold=threshold, top_k=top_k, names=[up.filename for up, _ in items])
+        predictions = [{"filename": row.pop("path"), **row} for row in rows]
         return {"predictions": predictions, "model": info["backbone"], "engine": engine}
 
     @app.post("/explain", response_model=ExplainResponse, responses=errors,
@@ -402,8 +397,8 @@ def create_app(run_dir: str | os.PathLike, *, engine: str = "auto", max_body_byt
 
 def _explain(clf: Any, image: Any, target: str | None, threshold: float) -> dict:
     """On the model's thread: Grad-CAM hooks the network, so it must not overlap with a batch."""
-    from headstart.evaluate import softmax
     from headstart.report.explain import display_crop, gradcam, overlay
+    from headstart.runtime.metrics import softmax
 
     probs = softmax(clf.logits([image]), clf.temperature)[0]
     top = int(probs.argmax())

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from headstart.training.loop import Trainer
 
-__all__ = ["BestCheckpoint", "Callback", "EarlyStopping", "ResumeCheckpoint", "UnfreezeSchedule", "is_better"]
+__all__ = ["BestCheckpoint", "Callback", "EarlyStopping", "ResumeCheckpoint", "UnfreezeSchedule", "best_row",
+           "is_better"]
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,15 @@ def is_better(row: dict, best: dict | None) -> bool:
     if row["val_accuracy"] != best["val_accuracy"]:
         return row["val_accuracy"] > best["val_accuracy"]
     return row["val_loss"] < best["val_loss"]
+
+
+def best_row(history: list[dict]) -> dict | None:
+    """The best epoch of a history by the one rule above (the first of equals)."""
+    best = None
+    for row in history:
+        if is_better(row, best):
+            best = row
+    return best
 
 
 class Callback:

@@ -15,13 +15,11 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from headstart.backbones.registry import in_stage
+
 __all__ = ["FrozenPrefix", "find_frozen_prefix"]
 
 log = logging.getLogger(__name__)
-
-
-def _in(name: str, prefixes: tuple[str, ...]) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
 class FrozenPrefix:
@@ -93,7 +91,7 @@ def find_frozen_prefix(body: nn.Module, trainable_prefixes: tuple[str, ...], sam
     finally:
         for h in handles:
             h.remove()
-    boundary_index = next((i for i, name in enumerate(order) if _in(name, trainable_prefixes)), None)
+    boundary_index = next((i for i, name in enumerate(order) if in_stage(name, trainable_prefixes)), None)
     if boundary_index is None or boundary_index == 0:
         body.train(was_training)
         return None

@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from headstart.cli_support import Progress, friendly_errors, out, setup_logging
+from headstart.cli.support import Progress, friendly_errors, out, setup_logging
 
 __all__ = ["cache_command", "check_command", "datasets_app"]
 

@@ -13,7 +13,6 @@ that torch.export cannot capture; it is also ~5x faster to export.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -28,7 +27,8 @@ from PIL import Image
 
 from headstart._version import __version__
 from headstart.artifact import ArtifactError, atomic_write_bytes
-from headstart.data.images import ImageLoadError, open_image
+from headstart.onnx_export import OPSET
+from headstart.runtime.images import ImageLoadError, open_image
 from headstart.runtime.onnx_engine import (
     ONNX_FILE,
     ONNX_FORMAT,
@@ -43,9 +43,7 @@ __all__ = ["DEFAULT_OPSET", "EXPORTERS", "ExportError", "ExportResult", "check_p
 
 log = logging.getLogger(__name__)
 
-# torchlib (the dynamo exporter's op library) is written against opset 18: no version conversion needed,
-# and ONNX Runtime >= 1.14 runs it.
-DEFAULT_OPSET = 18
+DEFAULT_OPSET = OPSET
 EXPORTERS = ("dynamo", "torchscript")
 QUANTIZE = ("int8",)
 TOLERANCE = 1e-3  # max |logit difference| accepted between PyTorch and ONNX Runtime (fp32)
@@ -124,8 +122,8 @@ def _parity(torch_clf, onnx_clf: OnnxClassifier, images: list[Image.Image], labe
     """The torch engine vs ONNX Runtime, on the same torch-preprocessed batch and end to end."""
     import torch
 
-    from headstart.backbones.registry import Preprocessing
     from headstart.data.transforms import eval_transform
+    from headstart.runtime.preprocess import Preprocessing
 
     transform = eval_transform(Preprocessing.from_dict(torch_clf.manifest["preprocessing"]))
     torch_logits, same_logits, e2e_logits, input_diff = [], [], [], 0.0
@@ -175,7 +173,7 @@ def check_parity(run_dir: str | os.PathLike, onnx_path: str | os.PathLike | None
     "max_abs_input_diff" (numpy/PIL vs torchvision preprocessing) and "end_to_end_top1_agreement" /
     "end_to_end_max_abs_logit_diff" (the ONNX engine's own preprocessing); accuracies when labels are known.
     """
-    from headstart.predict import load
+    from headstart.inference.classifier import load
 
     run_dir = Path(run_dir)
     decoded, labels, source = _parity_images(run_dir, images)
@@ -183,41 +181,19 @@ def check_parity(run_dir: str | os.PathLike, onnx_path: str | os.PathLike | None
     return {"source": source, **_parity(load(run_dir), onnx_clf, decoded, labels)}
 
 
-@contextlib.contextmanager
-def _quiet(*loggers: str):
-    """onnx_ir/onnxscript log every graph rewrite at INFO: hundreds of lines that would drown `-v` output."""
-    saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in loggers]
-    for logger, _ in saved:
-        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
-    try:
-        yield
-    finally:
-        for logger, level in saved:
-            logger.setLevel(level)
-
-
 def _export_proto(net, crop: int, exporter: str, opset: int):
-    """The network as an onnx.ModelProto with a dynamic batch axis."""
-    import io
-
+    """The network as an onnx.ModelProto with a dynamic batch axis (headstart.onnx_export.to_onnx)."""
     import onnx
     import torch
 
-    example = torch.randn(2, 3, crop, crop)
-    names = {"input_names": ["input"], "output_names": ["logits"], "opset_version": opset}
-    if exporter == "dynamo":
-        try:
-            with _quiet("onnx_ir", "onnxscript"):
-                program = torch.onnx.export(net, (example,), dynamo=True, verbose=False, external_data=False,
-                                            dynamic_shapes=({0: torch.export.Dim("batch")},), **names)
-        except ImportError as exc:
-            raise ExportError(f"the dynamo exporter needs onnxscript ({exc}): pip install onnxscript, "
-                              f"or export with exporter='torchscript'") from exc
-        return program.model_proto
-    buffer = io.BytesIO()
-    torch.onnx.export(net, (example,), buffer, dynamo=False, do_constant_folding=True,
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, **names)
-    return onnx.load_from_string(buffer.getvalue())
+    from headstart import onnx_export
+
+    try:
+        graph = onnx_export.to_onnx(net, torch.randn(2, 3, crop, crop), output_name="logits", exporter=exporter,
+                                    opset=opset)
+    except onnx_export.ExportError as exc:
+        raise ExportError(str(exc)) from exc
+    return onnx.load_from_string(graph)
 
 
 def _metadata(manifest: dict, exporter: str, opset: int) -> dict[str, str]:
@@ -254,7 +230,7 @@ def _quantize_int8(model, run_dir: Path, preprocessing: dict, workdir: Path) -> 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from headstart.backbones.registry import Preprocessing
+    from headstart.runtime.preprocess import Preprocessing
 
     paths, _, _ = run_images(run_dir, CALIBRATION_IMAGES, splits=("train", "val"))
     images, _ = _decode(paths)
@@ -315,7 +291,7 @@ def export_onnx(run_dir: str | os.PathLike, out: str | os.PathLike | None = None
     import onnx
     import torch
 
-    from headstart.predict import load
+    from headstart.inference.classifier import load
 
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")

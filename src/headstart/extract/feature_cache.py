@@ -1,8 +1,7 @@
-"""Batched feature extraction (a compiled runtime, else torch with channels_last and autocast) and the feature cache.
+"""The feature cache: pooled features on disk, keyed by backbone + weights + transform + view + image content.
 
-Features mode pays for one backbone forward pass per image (per augmented view), ever: the pooled features
-are cached on disk in fp16 shards under a key of backbone + weights + transform + view and the file's
-content, so a second run, another head, or a resumed run costs no extraction at all.
+Features mode pays for one backbone forward pass per image (per augmented view), ever: a second run, another
+head, or a resumed run reads the rows back instead of extracting again.
 """
 
 from __future__ import annotations
@@ -11,137 +10,21 @@ import hashlib
 import io
 import json
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-from torch import nn
 from torch.utils.data import Dataset
 
 from headstart.artifact import atomic_write_bytes, atomic_write_json
 from headstart.cache import cache_root
-from headstart.device import autocast
 
-__all__ = ["SHARD_ROWS", "FeatureCache", "FeatureRows", "FromPixels", "FrozenBackbone", "extract_features", "view_seed"]
+__all__ = ["SHARD_ROWS", "FeatureCache", "FeatureRows"]
 
 log = logging.getLogger(__name__)
 
 SHARD_ROWS = 1024  # rows per cache shard: 2.6 MB at 1280 fp16 features; what an interruption can lose
-
-
-def view_seed(seed: int, view: int, content_hash: str) -> int:
-    """A per-image seed for augmented view `view`: the same crop whatever the order or batch of images."""
-    return int(hashlib.sha1(f"{seed}:{view}:{content_hash}".encode()).hexdigest()[:15], 16)
-
-
-class FromPixels(nn.Module):
-    """uint8 [N, H, W, 3] pixels -> the normalized float [N, 3, H, W] input the weights expect, as a layer.
-
-    Ahead of the backbone inside a compiled engine, normalization costs nothing measurable, where torchvision's
-    ToTensor + Normalize, one image at a time in Python, took 0.27 s of pizza_steak_sushi's 300 images, between
-    engine calls. On a GPU, the copy to the device is 4x smaller. The permuted NHWC batch is channels_last already.
-    """
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]):
-        super().__init__()
-        mean_, std_ = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
-        # (x / 255 - mean) / std as one multiply-add: equal to Normalize's result within float rounding (~1e-7)
-        self.register_buffer("scale", (1 / (255 * std_)).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("shift", (-mean_ / std_).view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return pixels.permute(0, 3, 1, 2).float() * self.scale + self.shift
-
-
-class FrozenBackbone:
-    """The frozen backbone's forward pass on the fastest engine that reproduces it.
-
-    The engine is chosen on the first batch (on the CPU, OpenVINO for fp32 or bf16, or ONNX Runtime for fp32;
-    else torch with channels_last and the run's autocast; see onnx_forward.py) and reused for every later batch,
-    split and view of the run. With `pixels` (the weights' mean and std), it takes uint8 [N, H, W, 3] batches (from
-    `headstart.data.transforms.pixel_transform`) and normalizes them inside the engine (FromPixels); without,
-    normalized float [N, 3, H, W] batches.
-    """
-
-    def __init__(self, backbone: nn.Module, *, accelerator: str = "cpu", precision: str = "32-true",
-                 channels_last: bool = True, engine: str = "auto", engine_cache: Path | None = None,
-                 pixels: tuple[Sequence[float], Sequence[float]] | None = None):
-        self.backbone, self.accelerator, self.precision = backbone, accelerator, precision
-        self.pixels = pixels is not None
-        self.module = nn.Sequential(FromPixels(*pixels), backbone) if pixels is not None else backbone
-        self.engine_cache = engine_cache  # exported graphs and compiled blobs kept between runs (None: none)
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.requested = engine
-        self.engine: str | None = None
-        self._forward: Callable[[torch.Tensor], torch.Tensor] | None = None
-
-    @torch.inference_mode()
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        if self.pixels and (batch.dtype != torch.uint8 or batch.dim() != 4 or batch.shape[-1] != 3):
-            raise ValueError(f"this FrozenBackbone takes uint8 [N, H, W, 3] pixels, not {batch.dtype} "
-                             f"{list(batch.shape)}")
-        if self.engine is None:
-            self._choose(batch)
-        if self._forward is not None:
-            return self._forward(batch)
-        # pixels: FromPixels's permute gives the layout (channels_last); a memory format means nothing for NHWC
-        batch = batch.to(self.accelerator) if self.pixels else batch.to(self.accelerator,
-                                                                        memory_format=self.memory_format)
-        with autocast(self.accelerator, self.precision):
-            return self.module(batch).float().cpu()
-
-    def _choose(self, sample: torch.Tensor) -> None:
-        from headstart.onnx_forward import frozen_forward
-
-        self.module.eval()
-        self._forward, reason = frozen_forward(self.module, sample, engine=self.requested,
-                                               accelerator=self.accelerator, precision=self.precision,
-                                               cache_dir=self.engine_cache)
-        if self._forward is None:
-            self.module.to(device=self.accelerator, memory_format=self.memory_format)
-            self.engine = "torch"
-            log.info("extraction engine: torch (%s)", reason)
-        else:
-            self.engine = reason
-            log.info("extraction engine: %s", self.engine)
-
-
-def extract_features(backbone: nn.Module | FrozenBackbone, images: Sequence[Image.Image], transform: Callable, *,
-                     batch_size: int = 64, accelerator: str = "cpu", precision: str = "32-true",
-                     channels_last: bool = True, seeds: Sequence[int] | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """Pooled features [N, D] in float32. With `seeds`, each image's random transform is seeded by it.
-
-    Pass a FrozenBackbone to reuse its engine across calls; a plain module gets one of its own. `transform`
-    gives normalized tensors, or, for a FrozenBackbone with `pixels`, PIL images (pixel_transform).
-    """
-    forward = backbone if isinstance(backbone, FrozenBackbone) else FrozenBackbone(
-        backbone, accelerator=accelerator, precision=precision, channels_last=channels_last)
-    chunks = []
-    started = time.perf_counter()
-    for start in range(0, len(images), batch_size):
-        tensors = []
-        for i in range(start, min(start + batch_size, len(images))):
-            if seeds is not None:
-                torch.manual_seed(seeds[i])
-            tensors.append(transform(images[i]))
-        chunks.append(forward(_stacked(tensors)))
-        if progress is not None:
-            progress(min(start + batch_size, len(images)), len(images))
-    seconds = time.perf_counter() - started
-    log.info("extracted %d feature vectors in %.1fs (%.0f images/s, %s, %s)", len(images), seconds,
-             len(images) / max(seconds, 1e-9), forward.engine, forward.precision)
-    return torch.cat(chunks) if chunks else torch.empty(0)
-
-
-def _stacked(items: list) -> torch.Tensor:
-    """One batch from a transform's outputs: tensors stacked, or PIL images as uint8 [N, H, W, 3] pixels."""
-    if isinstance(items[0], torch.Tensor):
-        return torch.stack(items)
-    return torch.from_numpy(np.stack([np.asarray(item) for item in items]))
 
 
 class FeatureCache:
@@ -283,4 +166,3 @@ class FeatureRows(Dataset):
     @staticmethod
     def collate(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return batch
-

@@ -26,7 +26,6 @@ import importlib.util
 import io
 import logging
 import sys
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 
 from headstart.artifact import atomic_write_bytes
+from headstart.onnx_export import OPSET, to_onnx
 
 __all__ = ["COMPILED_ENGINES", "ENGINES", "frozen_forward"]
 
@@ -54,7 +54,6 @@ _PARITY_TOLERANCE = 1e-3
 _BF16_MAX_RELATIVE_ERROR = 0.3
 # What each runtime computes, by run precision: OpenVINO's inference precision hint; ONNX Runtime fp32 only.
 _PRECISIONS = {"openvino": {"32-true": "f32", "bf16-mixed": "bf16"}, "onnxruntime": {"32-true": "f32"}}
-_OPSET = 17
 # Images per OpenVINO request: small enough that every stream stays busy to the end of a batch of 64.
 _OPENVINO_CHUNK = 4
 
@@ -180,7 +179,7 @@ def _graph_key(module: nn.Module, sample: torch.Tensor) -> str:
     # may trace differently from the same structure.
     libraries = sorted({type(m).__module__.split(".")[0] for m in module.modules()})
     versions = [(name, getattr(sys.modules.get(name), "__version__", None)) for name in libraries]
-    digest = hashlib.sha256(repr((torch.__version__, versions, _OPSET, str(sample.dtype), tuple(sample.shape[1:]),
+    digest = hashlib.sha256(repr((torch.__version__, versions, OPSET, str(sample.dtype), tuple(sample.shape[1:]),
                                   type(module).__qualname__, repr(module))).encode())
     for key, tensor in module.state_dict().items():
         digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
@@ -196,25 +195,8 @@ def _read(path: Path | None) -> bytes | None:
 
 
 def _export(module: nn.Module, sample: torch.Tensor) -> bytes:
-    buffer = io.BytesIO()
-    module = module.to(memory_format=torch.contiguous_format)
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    # Attention's fused inference kernel has no ONNX form; the plain path exports (ViT).
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        # The TorchScript exporter is deprecated in favour of dynamo, which is 15x slower to export here.
-            warnings.simplefilter("ignore")
-            example = sample[:1].clone()  # a normal tensor: tracing cannot use inference-mode tensors
-            # No constant folding: both runtimes fold constants (BatchNorm into convolutions) as they compile,
-            # so the exporter's own pass only cost time (lite0: export 0.50 -> 0.41 s, same images/s).
-            torch.onnx.export(module, (example,), buffer, dynamo=False, input_names=["images"],
-                              output_names=["features"],
-                              dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
-                              opset_version=_OPSET, do_constant_folding=False)
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
-    return buffer.getvalue()
+    # No constant folding: both runtimes fold constants (BatchNorm into convolutions) as they compile.
+    return to_onnx(module, sample, output_name="features", exporter="torchscript", fold_constants=False)
 
 
 def _openvino(graph: bytes, threads: int, cache_dir: Path | None, precision: str) -> Runner:

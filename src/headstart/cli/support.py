@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import contextmanager
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-__all__ = ["TRAIN_EXTRA_MODULES", "Progress", "console", "friendly_errors", "out", "setup_logging"]
+__all__ = ["STARTED", "TRAIN_EXTRA_MODULES", "Progress", "console", "friendly_errors", "out", "setup_logging"]
 
 console = Console(stderr=True)
 out = Console()
+STARTED = time.perf_counter()  # the CLI reports whole-command wall time, imports included
 
 # What `pip install headstart` leaves out: the serving-only install predicts and serves with ONNX Runtime.
 TRAIN_EXTRA_MODULES = {"torch", "torchvision", "timm", "lightning_fabric", "matplotlib", "pytorch_grad_cam",
@@ -25,7 +27,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from headstart.backbones.weights import WeightsError
     from headstart.config import ConfigError
     from headstart.data.folders import DataError
-    from headstart.data.images import ImageLoadError
+    from headstart.runtime.images import ImageLoadError
     from headstart.training.errors import NonFiniteLossError
 
     return (ArtifactError, UnknownBackboneError, WeightsError, ConfigError, DataError, ImageLoadError,

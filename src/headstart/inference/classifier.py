@@ -1,4 +1,4 @@
-"""`headstart.load(run_dir)` and the Classifier: the torch engine. Imports nothing from training."""
+"""`headstart.load(run_dir)` and the torch engine of the Classifier interface. Imports nothing from training."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import numpy as np
 from PIL import Image
 
 from headstart.artifact import read_manifest, verify_weights
+from headstart.runtime.classifier import Classifier
 from headstart.runtime.results import UNSURE
 
-__all__ = ["UNSURE", "Classifier", "expand_paths", "load"]
+__all__ = ["UNSURE", "Classifier", "TorchClassifier", "expand_paths", "load"]
 
 log = logging.getLogger(__name__)
 
@@ -32,30 +33,18 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> list[str]:
 
 
 @dataclass
-class Classifier:
-    """A trained classifier: predicts labels, confidences and top-k from image paths or PIL images."""
+class TorchClassifier(Classifier):
+    """The Classifier on the trained torch network (the [train] extra's torch)."""
 
     net: Any
     manifest: dict
     device: str = "cpu"
     precision: str = "32-true"
 
-    @property
-    def classes(self) -> list[str]:
-        return list(self.manifest["classes"])
-
-    @property
-    def temperature(self) -> float:
-        return float(self.manifest.get("temperature", 1.0))
-
-    @property
-    def threshold(self) -> float:
-        return float(self.manifest.get("threshold", 0.5))
-
     def _views(self, tta: str):
         """One transform per test-time view; their logits are averaged."""
-        from headstart.backbones.registry import Preprocessing
         from headstart.data.transforms import eval_transform, five_crop_transforms
+        from headstart.runtime.preprocess import Preprocessing
 
         pre = Preprocessing.from_dict(self.manifest["preprocessing"])
         if tta == "none":
@@ -92,19 +81,6 @@ class Classifier:
                 out.append((total / len(views)).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
 
-    def predict(self, inputs: str | os.PathLike | Image.Image | Sequence, *, top_k: int = 3,
-                threshold: float | None = None, batch_size: int = 32, tta: str = "none") -> list[dict]:
-        """One dict per input: {"path", "label", "confidence", "top_k"}, or {"path", "error"} for a bad file.
-
-        The label is "unsure" when the calibrated confidence is below the threshold. The result format is
-        shared with the ONNX engine (headstart.runtime.results).
-        """
-        from headstart.runtime.results import predict_images
-
-        return predict_images(inputs, lambda images: self.logits(images, batch_size, tta=tta), classes=self.classes,
-                              temperature=self.temperature, top_k=top_k,
-                              threshold=self.threshold if threshold is None else threshold)
-
 
 def load(run_dir: str | os.PathLike, *, engine: str = "torch", device: str = "cpu",
          precision: str = "32-true") -> Classifier:
@@ -125,18 +101,14 @@ def load(run_dir: str | os.PathLike, *, engine: str = "torch", device: str = "cp
     manifest = read_manifest(run_dir)
     weights = verify_weights(run_dir, manifest)
 
-    from headstart.startup import import_without_dynamo, paused_gc
+    from safetensors.torch import load_file
 
-    import_without_dynamo("timm", "torchvision")  # torch._dynamo, which prediction never uses: ~1.2 s less
-    with paused_gc():  # safetensors' and headstart's own imports
-        from safetensors.torch import load_file
+    from headstart.backbones.model import build_network
+    from headstart.backbones.registry import get_spec
 
-        from headstart.backbones.model import build_network
-        from headstart.backbones.registry import get_spec
-
-        spec = get_spec(manifest["backbone"])
-        head = manifest["head"]
-        net = build_network(spec, head["num_classes"], pretrained=False, dropout=head["dropout"])
+    spec = get_spec(manifest["backbone"])
+    head = manifest["head"]
+    net = build_network(spec, head["num_classes"], pretrained=False, dropout=head["dropout"])
     net.load_state_dict(load_file(str(weights)), strict=True)
     net.eval().to(device)
     if not spec.is_vit:
@@ -144,4 +116,4 @@ def load(run_dir: str | os.PathLike, *, engine: str = "torch", device: str = "cp
 
         net.to(memory_format=torch.channels_last)
     manifest = dict(manifest, is_vit=spec.is_vit)
-    return Classifier(net=net, manifest=manifest, device=device, precision=precision)
+    return TorchClassifier(net=net, manifest=manifest, device=device, precision=precision)

@@ -1,0 +1,5 @@
+"""`python -m headstart.cli`: the installed `headstart` script."""
+
+from headstart.cli import command
+
+command()

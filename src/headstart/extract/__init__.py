@@ -1,0 +1,1 @@
+"""Feature extraction: the frozen backbone on the fastest engine that reproduces it, and the feature cache."""

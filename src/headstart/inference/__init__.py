@@ -1,0 +1,1 @@
+"""Inference with torch: the trained classifier rebuilt from its run directory, and export to other formats."""

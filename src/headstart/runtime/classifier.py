@@ -1,0 +1,50 @@
+"""The one classifier interface, shared by every engine (torch, ONNX Runtime): an engine supplies `logits`,
+the rest (classes, calibration, the threshold, the result format) is defined here once. No torch."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from headstart.runtime.results import Inputs, predict_images
+
+__all__ = ["Classifier"]
+
+
+class Classifier(abc.ABC):
+    """A trained classifier: labels, calibrated confidences and top-k from image paths or PIL images.
+
+    `manifest` holds what the model was saved with (classes, preprocessing, temperature, threshold, backbone).
+    """
+
+    manifest: dict
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest["classes"])
+
+    @property
+    def temperature(self) -> float:
+        return float(self.manifest.get("temperature", 1.0))
+
+    @property
+    def threshold(self) -> float:
+        return float(self.manifest.get("threshold", 0.5))
+
+    @abc.abstractmethod
+    def logits(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        """Logits [N, classes] for decoded RGB images, before temperature."""
+
+    def predict(self, inputs: Inputs, *, top_k: int = 3, threshold: float | None = None, batch_size: int = 32,
+                **options) -> list[dict]:
+        """One dict per input: {"path", "label", "confidence", "top_k"}, or {"path", "error"} for a bad file.
+
+        The label is "unsure" when the calibrated confidence is below the threshold. `options` go to the
+        engine's `logits` (the torch engine's `tta`).
+        """
+        return predict_images(inputs, lambda images: self.logits(images, batch_size, **options),
+                              classes=self.classes, temperature=self.temperature, top_k=top_k,
+                              threshold=self.threshold if threshold is None else threshold)
