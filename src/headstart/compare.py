@@ -61,8 +61,8 @@ def compare(data: str | Path, backbones: list[str], *, weights: dict[str, str | 
     `weights` maps a backbone name to a local state_dict file (for backbones whose weights are not offline).
     A backbone that fails to train gets a row with its error; the others continue. Latency is timed with
     `latency_threads` torch threads (None: torch's default): one thread is the default because on a loaded
-    machine multi-threaded timings mostly measure the other processes (4x slower and p95 ~3x p50 on a busy
-    2-core box, against p95 within 10% of p50 on one thread).
+    machine multi-threaded timings mostly measure the other processes (docs/benchmarks.md, "compare: latency
+    threads and ties").
     """
     from headstart.backbones.registry import get_spec
     from headstart.data.folders import DataError
@@ -216,10 +216,10 @@ def rank_rows(rows: list[dict]) -> list[dict]:
     """Best first: higher val accuracy, then lower val NLL after temperature scaling, then lower latency; failed
     rows last, unranked.
 
-    On a small val split accuracies tie often (44/45 for two backbones on pizza_steak_sushi). The tie-break is
-    the NLL of the probabilities the model will actually serve, i.e. after its temperature: a proper score that
-    uses every val image's confidence, not one count. The raw val loss would mostly rank how under-confident
-    each head came out of label smoothing, which temperature scaling removes anyway.
+    On a small val split accuracies often tie (docs/benchmarks.md, "compare: latency threads and ties"). The
+    tie-break is the NLL of the probabilities the model will actually serve, i.e. after its temperature: a
+    proper score that uses every val image's confidence, not one count. The raw val loss would mostly rank how
+    under-confident each head came out of label smoothing, which temperature scaling removes anyway.
     """
     ok = sorted((r for r in rows if r["status"] == "ok"),
                 key=lambda r: (-r["val_accuracy"], _val_nll(r), r["latency_p50_ms"]))

@@ -63,9 +63,8 @@ def cpu_has_fast_bf16() -> bool:
 
 def _measure_bf16_speedup() -> float:
     """fp32 time / bf16 time for a small convolutional stack in channels_last, each the fastest of 4 single
-    passes after a warm-up, so that one time slice lost to another process cannot decide: ~0.05 s in a fresh
-    process. Native bf16 measured 3.5-4.3x on a Zen 4 (the same verdict as 16 images and 3 passes, 0.2 s);
-    emulated bf16 (not probed: the CPU flags rule it out) runs at 0.04-0.07x."""
+    passes after a warm-up, so that one time slice lost to another process cannot decide. Small, so cheap in a
+    fresh process, and it gives the same verdict as a larger probe (docs/benchmarks.md, "bf16 probe")."""
     import time
 
     import torch
@@ -128,8 +127,7 @@ def autocast(accelerator: str, precision: str):
 def one_torch_thread():
     """Torch on one thread within the block, for work made of many tiny ops (a head's matmuls on cached
     features, Grad-CAM on a dozen images): there OpenMP's hand-offs cost more than the math, and on a busy
-    machine each one waits for a time slice. Measured here: 180 head steps took 25 s on 2 threads and 1.7 s on
-    one; efficientnet_lite0 on one image 1.4 s on 2 threads under load 3, 0.03 s on one."""
+    machine each one waits for a time slice (docs/benchmarks.md, "One torch thread")."""
     import torch
 
     threads = torch.get_num_threads()

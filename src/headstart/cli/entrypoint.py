@@ -43,8 +43,8 @@ def main() -> None:
         app()
     finally:
         logging.getLogger("headstart").debug("command took %.2fs", time.perf_counter() - started)
-        # The interpreter's shutdown runs full collections over the ~500k objects that torch, timm and
-        # matplotlib create at import (1.1 s measured); frozen objects are skipped. Nothing is left to free.
+        # The interpreter's shutdown runs full collections over what torch, timm and matplotlib created at
+        # import; frozen objects are skipped (docs/benchmarks.md, "Start-up"). Nothing is left to free.
         gc.freeze()
 
 

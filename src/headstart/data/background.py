@@ -1,12 +1,13 @@
 """Every split decoded in the background while training starts up: `DecodeJob.start(...)`, then `.result()`.
 
-Training imports torch, Lightning and timm first, ~3 s of one thread. Decoding on threads of this process
-meanwhile (PIL releases the GIL while it decodes) still slowed those imports by ~0.6 s: every time the
-importing thread let go of the GIL for a file read, a decoding thread took it, and the import waited for its
-turn back. So the work goes to a helper process (headstart.child) at a lower priority, which shares no GIL.
+Training imports torch, Lightning and timm first, on one thread. Decoding on threads of this process
+meanwhile (PIL releases the GIL while it decodes) still slowed those imports: every time the importing
+thread let go of the GIL for a file read, a decoding thread took it, and the import waited for its turn
+back. So the work goes to a helper process (headstart.child) at a lower priority, which shares no GIL.
 The pixels come back through an unnamed temporary file that both processes hold open (in /dev/shm where
-there is one), read once when training asks for them: 0.03 s for pizza_steak_sushi's 300 images, where
-unpickling them from a pipe took 0.25 s. Where no helper process can run, a thread does the same work.
+there is one), read once when training asks for them: much quicker than unpickling them from a pipe.
+Where no helper process can run, a thread does the same work. Measurements: docs/benchmarks.md, "Decoding
+helper process".
 """
 
 from __future__ import annotations

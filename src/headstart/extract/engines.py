@@ -1,14 +1,9 @@
 """Compiled CPU runtimes (OpenVINO, ONNX Runtime) for the frozen backbone's forward pass, where they are several
-times faster than eager PyTorch.
+times faster than eager PyTorch, fp32 and bf16 alike; bf16 runs on OpenVINO only (ONNX Runtime's CPU provider
+has no bf16). Measurements: docs/benchmarks.md, "Extraction engines".
 
-Measured on a 2-core AVX2 CPU (no bf16), efficientnet_lite0 at 224 px, batch 64: eager fp32 16-20 images/s,
-channels_last 37, ONNX Runtime 80-117, OpenVINO 99-153 (1.2-1.5x ONNX Runtime when the two alternate in one
-process; even on mobilenet_v2), with features equal to torch's within ~1e-5. On a 2-core AMD Zen 4 with
-AVX512-BF16, the same pass: torch fp32 channels_last 29, torch bf16 autocast 67, OpenVINO fp32 150-185, OpenVINO
-bf16 220-370 images/s; so bf16 runs compiled too, on OpenVINO (ONNX Runtime's CPU provider has no bf16).
-
-Both runtimes read the same ONNX graph, exported with the TorchScript exporter (~0.5 s; the dynamo exporter takes
-~10 s). With a cache folder, the graph is kept under a key of everything it is made of (the module's structure
+Both runtimes read the same ONNX graph, exported with the TorchScript exporter (far quicker than the dynamo
+exporter). With a cache folder, the graph is kept under a key of everything it is made of (the module's structure
 and weights, torch and the module's library versions, the input size), so a later run with the same backbone
 skips the export, and OpenVINO keeps its compiled blob there too: nothing stale can be found under a key that
 changed.
@@ -40,21 +35,22 @@ __all__ = ["COMPILED_ENGINES", "ENGINES", "frozen_forward"]
 
 log = logging.getLogger(__name__)
 
-# In the order "auto" tries them: OpenVINO is 1.2-1.5x ONNX Runtime on EfficientNet-Lite's depthwise convolutions.
+# In the order "auto" tries them: OpenVINO first, as it ran faster than ONNX Runtime on EfficientNet-Lite's
+# depthwise convolutions (docs/benchmarks.md, "Extraction engines").
 COMPILED_ENGINES = ("openvino", "onnxruntime")
 ENGINES = ("auto", "torch", *COMPILED_ENGINES)
 
 # Relative to the features' scale: fp32 kernels in different orders differ by ~1e-6.
 _PARITY_TOLERANCE = 1e-3
 # bf16 keeps 8 bits of mantissa, so a bf16 engine is checked image by image: the L2 distance of its features to
-# torch's fp32 features, relative to their length (which bounds both their direction and their scale). On
-# pizza_steak_sushi's 300 photos, worst image, OpenVINO bf16 / torch's bf16 autocast: lite0 0.069 / 0.067,
-# lite2 0.141 / 0.092, mobilenet_v2 0.168 / 0.168 (means 0.04-0.09). A wrong graph lands far above (a scale off by
-# 1.5x is 0.5); a check that fails costs speed only (torch extracts instead).
+# torch's fp32 features, relative to their length (which bounds both their direction and their scale). The bound
+# sits above the worst image measured, OpenVINO and torch's autocast alike (docs/benchmarks.md, "bf16 feature
+# check"); a wrong graph lands far above (a scale off by 1.5x is 0.5). A failed check costs speed only.
 _BF16_MAX_RELATIVE_ERROR = 0.3
 # What each runtime computes, by run precision: OpenVINO's inference precision hint; ONNX Runtime fp32 only.
 _PRECISIONS = {"openvino": {"32-true": "f32", "bf16-mixed": "bf16"}, "onnxruntime": {"32-true": "f32"}}
-# Images per OpenVINO request: small enough that every stream stays busy to the end of a batch of 64.
+# Images per OpenVINO request: small enough that every stream stays busy to the end of a batch of 64
+# (docs/benchmarks.md, "Extraction engines").
 _OPENVINO_CHUNK = 4
 
 Runner = Callable[[np.ndarray], np.ndarray]
@@ -174,7 +170,7 @@ def _checked(run: Runner, module: nn.Module, sample: torch.Tensor, *, bf16: bool
 
 
 def _graph_key(module: nn.Module, sample: torch.Tensor) -> str:
-    """A digest of all that the exported graph depends on: ~30 ms for EfficientNet-Lite0's 19 MB of weights."""
+    """A digest of all that the exported graph depends on, the weights included (cheap next to an export)."""
     # Every library whose layers the module holds (timm's inside a torch Sequential, for instance): a new version
     # may trace differently from the same structure.
     libraries = sorted({type(m).__module__.split(".")[0] for m in module.modules()})
@@ -207,14 +203,14 @@ def _openvino(graph: bytes, threads: int, cache_dir: Path | None, precision: str
     # (AMX, but also AVX-512 without bf16 units, where it emulates bf16), and an fp32 run wants fp32 features.
     # bf16 reaches here only where the run asked for it: `auto` picks it where the CPU has native bf16 (device.py).
     # No pinning: with several processes on one machine (--devices N on the CPU) each would pin its threads to
-    # the same cores; alone, it made no difference here (157 vs 158 images/s, with the LATENCY hint).
-    # THROUGHPUT: OpenVINO runs several streams with a share of the threads each (here, 2 streams of 1 thread on
-    # 2 cores), fed small chunks through an async queue, instead of one request whose threads meet at every
-    # layer: 1.2x the images/s here (lite0: 172 vs 145), and a core taken by other work (an import, another
-    # process) slows one stream instead of stalling all of them at each barrier.
+    # the same cores; alone, pinning made no measurable difference (docs/benchmarks.md, "Extraction engines").
+    # THROUGHPUT: OpenVINO runs several streams with a share of the threads each (2 streams of 1 thread on 2
+    # cores, say), fed small chunks through an async queue, instead of one request whose threads meet at every
+    # layer: more images/s than the LATENCY hint, and a core taken by other work (an import, another process)
+    # slows one stream instead of stalling all of them at each barrier.
     config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision,
               "PERFORMANCE_HINT": "THROUGHPUT", "ENABLE_CPU_PINNING": False}
-    if cache_dir is not None:  # OpenVINO keys its compiled blobs by graph and settings: 0.2 s -> 0.07 s
+    if cache_dir is not None:  # OpenVINO keys its compiled blobs by graph and settings: a later compile is quicker
         config["CACHE_DIR"] = str(cache_dir / "openvino")
     compiled = core.compile_model(core.read_model(io.BytesIO(graph)), "CPU", config)
     # Twice the requests the streams can run at once, so each stream has its next chunk waiting.
@@ -239,7 +235,7 @@ def _openvino(graph: bytes, threads: int, cache_dir: Path | None, precision: str
 def _onnxruntime(graph: bytes, threads: int, cache_dir: Path | None, precision: str) -> Runner:
     import onnxruntime as ort
 
-    # Nothing to keep in cache_dir: ONNX Runtime optimises the graph as it loads it (~0.15 s).
+    # Nothing to keep in cache_dir: ONNX Runtime optimises the graph as it loads it, quickly.
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3

@@ -129,9 +129,9 @@ def _allow_open_files() -> None:
 class FeatureRows(Dataset):
     """Rows of the feature cache for one split: (features, label) items read from memory-mapped shards.
 
-    A DataLoader reads a whole batch at once through `__getitems__` (one gather per shard instead of a copy and
-    a stack per row: 30 epochs on pizza_steak_sushi's features spent 0.25 s reading rows one by one); give it
-    `collate_fn=FeatureRows.collate`, which keeps the batch as it comes."""
+    A DataLoader reads a whole batch at once through `__getitems__`: one gather per shard instead of a copy and
+    a stack per row, the slower path for a head's short epochs (docs/benchmarks.md, "Feature cache reads").
+    Give it `collate_fn=FeatureRows.collate`, which keeps the batch as it comes."""
 
     def __init__(self, arrays: list[np.ndarray], shards: np.ndarray, rows: np.ndarray,
                  labels: Sequence[int] | None = None):

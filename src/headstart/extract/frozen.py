@@ -27,9 +27,10 @@ def view_seed(seed: int, view: int, content_hash: str) -> int:
 class FromPixels(nn.Module):
     """uint8 [N, H, W, 3] pixels -> the normalized float [N, 3, H, W] input the weights expect, as a layer.
 
-    Ahead of the backbone inside a compiled engine, normalization costs nothing measurable, where torchvision's
-    ToTensor + Normalize, one image at a time in Python, took 0.27 s of pizza_steak_sushi's 300 images, between
-    engine calls. On a GPU, the copy to the device is 4x smaller. The permuted NHWC batch is channels_last already.
+    Ahead of the backbone inside a compiled engine, normalization is part of the compiled graph, instead of
+    torchvision's ToTensor + Normalize one image at a time in Python between engine calls (docs/benchmarks.md,
+    "Normalization inside the engine"). On a GPU, the uint8 copy to the device is 4x smaller than float32's.
+    The permuted NHWC batch is channels_last already.
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):

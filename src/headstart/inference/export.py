@@ -7,8 +7,9 @@ test/val images; an export that disagrees is refused, never written.
 
 The exporter is torch's dynamo one (torch.export + onnxscript): it is torch's default and supported path
 (the TorchScript exporter is deprecated and slated for removal), and it folds static shapes such as
-EfficientNet-Lite's "same" padding into a graph ~6x smaller. `exporter="torchscript"` remains for models
-that torch.export cannot capture; it is also ~5x faster to export.
+EfficientNet-Lite's "same" padding into a much smaller graph. `exporter="torchscript"` remains for models
+that torch.export cannot capture; it also exports faster (docs/benchmarks.md, "ONNX export and int8
+quantization").
 """
 
 from __future__ import annotations
@@ -223,8 +224,9 @@ def _set_metadata(model, meta: dict[str, str]) -> None:
 def _quantize_int8(model, run_dir: Path, preprocessing: dict, workdir: Path) -> tuple:
     """Static int8 (QDQ, per-channel weights), calibrated on up to CALIBRATION_IMAGES of the run's train images.
 
-    Not quantize_dynamic: on EfficientNet-Lite0 its ConvInteger kernels ran 5-15x slower than fp32 on CPU and
-    cost 1-4 points of test accuracy, where static QDQ kept the accuracy and ran faster.
+    Not quantize_dynamic: on EfficientNet-Lite0 its ConvInteger kernels ran slower than fp32 on the CPU and
+    cost test accuracy, where static QDQ kept the accuracy and ran faster (docs/benchmarks.md, "ONNX export
+    and int8 quantization").
     """
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static

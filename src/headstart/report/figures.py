@@ -1,7 +1,7 @@
 """Worker processes that draw the report's figures while this one computes its Grad-CAMs.
 
-A run's report is about 1.5 s of matplotlib drawing (10 figures) and 0.6 s of Grad-CAM, measured on
-pizza_steak_sushi on a 2-core CPU. Both hold the GIL, so threads would take turns; processes use every core.
+A run's report is mostly matplotlib drawing and Grad-CAM (docs/benchmarks.md, "Report figures"). Both
+hold the GIL, so threads would take turns; processes use every core.
 Two workers (headstart.child processes) share the figures; each imports matplotlib as it starts, on a core
 that training's start-up leaves idle (~100 MB of memory each). Requests and replies are pickles on a
 worker's stdin and stdout, between this process and the child it started, nothing else.
@@ -25,7 +25,7 @@ __all__ = ["FigureWorker"]
 
 log = logging.getLogger(__name__)
 
-# Worker processes: two share a report's ~1.5 s of drawing while this process computes the Grad-CAMs.
+# Worker processes: two share a report's drawing while this process computes the Grad-CAMs.
 WORKERS = 2
 
 

@@ -111,8 +111,8 @@ def _photo_grid(tiles: Sequence[Image.Image], captions: Sequence[str], colors: S
                 columns: int, title: str, cell: int, fontsize: float) -> Path:
     """Photos in a grid, each under a coloured caption, as one mosaic image plus text on a single figure.
 
-    A subplot per photo cost ~40 ms each in layout and drawing (the 16-panel top-losses grid took 1.5 s);
-    one image with the photos pasted in, scaled by PIL with antialiasing, takes a tenth of that."""
+    One image with the photos pasted in, scaled by PIL with antialiasing, takes a fraction of the time that a
+    subplot per photo took in layout and drawing (docs/benchmarks.md, "Report figures")."""
     columns = max(1, min(columns, len(tiles)))
     rows = [range(start, min(start + columns, len(tiles))) for start in range(0, len(tiles), columns)]
     gap, header, line = 10, 36, fontsize * 1.25 * DPI / 72  # pixels: between cells, title, a caption line
@@ -340,7 +340,7 @@ def plot_conv_filters(weights: np.ndarray, path: str | Path, *, max_filters: int
     n, _, kh, kw = weights.shape
     columns = math.ceil(math.sqrt(n))
     rows = math.ceil(n / columns)
-    # one mosaic in one Axes: a subplot per filter costs ~50 ms each
+    # one mosaic in one Axes: a subplot per filter is slow to lay out and draw (docs/benchmarks.md, "Report figures")
     pad = max(1, kh // 4)
     mosaic = np.ones((rows * (kh + pad) + pad, columns * (kw + pad) + pad, 3), dtype=np.float32)
     for i, w in enumerate(weights):

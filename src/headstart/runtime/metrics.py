@@ -45,11 +45,9 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     return float(ece)
 
 
-# The temperature's prior is worth this many validation images (see fit_temperature). Chosen by leave-one-out
-# NLL on the validation splits of saved runs (pizza_steak_sushi x 3 backbones, hymenoptera features and
-# finetune, the bundled pets demo, two label-smoothing-0 runs: 555 images): pooled LOO NLL is flat within 1%
-# for 10..30 pseudo-observations and 23% worse with none; 10 is the weakest prior on that plateau, because
-# its centre, T = 1, is itself biased for heads trained with label smoothing (they come out under-confident).
+# The temperature's prior is worth this many validation images (see fit_temperature): the weakest prior on the
+# plateau of leave-one-out NLL over saved runs' validation splits (docs/benchmarks.md, "Temperature prior"),
+# because its centre, T = 1, is itself biased for heads trained with label smoothing (they come out under-confident).
 PRIOR_OBSERVATIONS = 10.0
 TEMPERATURE_BOUNDS = (0.25, 10.0)
 
@@ -62,16 +60,15 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, *,
     the unscaled model's own probabilities: the objective is
         sum_i NLL_i(T) + n0 * mean_i CE(softmax(z_i), softmax(z_i / T)),
     whose second term is smallest at T = 1 and has, per pseudo-observation, the curvature (Fisher information)
-    of one real observation. So the fit is a MAP estimate whose prior counts like n0 more images: it moves
-    log T about a third of the way back to 0 for the 45-image pizza_steak_sushi validation split, a tenth for
-    hymenoptera's 153, and on thousands of images it is the plain NLL fit.
+    of one real observation. So the fit is a MAP estimate whose prior counts like n0 more images: it pulls
+    log T back towards 0 on a split of tens of images, less on hundreds, and on thousands of images it is the
+    plain NLL fit.
 
     Why: the NLL-optimal T is driven by the few validation errors. When a small split has one error, or none,
-    the plain fit sharpens until that error alone balances it (T = 0.46 for efficientnet_lite2 on
-    pizza_steak_sushi, whose 45 validation images hold one mistake, while its test split holds four) or, with
-    none, runs to the lower bound and claims certainty. The prior keeps such a split from moving T far from 1
-    on little evidence while leaving a well-supported correction (T < 1 for the under-confident heads that
-    label smoothing produces, T > 1 for over-confident ones) mostly intact.
+    the plain fit sharpens until that error alone balances it or, with none, runs to the lower bound and claims
+    certainty (docs/benchmarks.md, "Temperature prior", has the measured cases). The prior keeps such a split
+    from moving T far from 1 on little evidence while leaving a well-supported correction (T < 1 for the
+    under-confident heads that label smoothing produces, T > 1 for over-confident ones) mostly intact.
 
     Both terms are convex in 1/T, so the objective is unimodal in log T: golden-section search on log T,
     kept in [0.25, 10]. Hand-written because it is a few lines and needs no torch, so the ONNX engine can

@@ -155,8 +155,8 @@ class ResumeCheckpoint(Callback):
     It goes to disk (atomically, with an fsync) at most every `every` seconds; the epochs in between are kept
     as a copy in memory and written when fit ends, however it ends (finished, stopped, interrupted, failed).
     Epochs of a few milliseconds (a head on cached features) would otherwise spend most of their time
-    waiting for the disk: 30 writes took 0.09 s, the 30 epochs 0.5 s. Only a killed process (SIGKILL, power
-    loss) can lose epochs, those of the last `every` seconds."""
+    waiting for the disk (docs/benchmarks.md, "Resume checkpoint writes"). Only a killed process (SIGKILL,
+    power loss) can lose epochs, those of the last `every` seconds."""
 
     def __init__(self, save: Callable[[dict], None], every: float = 2.0):
         self.save, self.every = save, every
