@@ -67,8 +67,54 @@ def test_history_from_csv_strings_with_phases(tmp_path):
     _assert_png(plots.plot_history(rows, tmp_path / "curves.png"))
 
 
-def test_confusion_matrix(tmp_path):
-    _assert_png(plots.plot_confusion_matrix([[5, 1, 0], [2, 7, 1], [0, 0, 9]], CLASSES, tmp_path / "cm.png"))
+def _drawn_confusion(matrix, path, monkeypatch) -> list[dict]:
+    """What plot_confusion_matrix drew, per panel, read back by meaning: the axis labels, and each cell's
+    annotation keyed by (the y tick label of its row, the x tick label of its column), with the image's value there."""
+    drawn = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, out, **kw: drawn.append(fig) or save(fig, out, **kw))
+    _assert_png(plots.plot_confusion_matrix(matrix, CLASSES, path))
+    panels = []
+    for ax in drawn.pop().axes:
+        rows = dict(zip(ax.get_yticks(), (t.get_text() for t in ax.get_yticklabels())))
+        cols = dict(zip(ax.get_xticks(), (t.get_text() for t in ax.get_xticklabels())))
+        image = ax.images[0]
+        left, right, bottom, top = image.get_extent()
+        assert (left, right) == (-0.5, len(CLASSES) - 0.5) and (bottom, top) == (len(CLASSES) - 0.5, -0.5)
+        cells = {}
+        for text in ax.texts:
+            x, y = text.get_position()
+            key = (rows[y], cols[x])
+            cells[key] = (float(text.get_text()), float(image.get_array()[int(y), int(x)]))  # image row y, col x
+        panels.append({"x": ax.get_xlabel(), "y": ax.get_ylabel(), "cells": cells})
+    return panels
+
+
+def test_confusion_matrix_rows_are_true_classes_and_columns_predicted(tmp_path, monkeypatch):
+    """matrix[i][j]: images of true class i predicted as class j (runtime/metrics.py), deliberately asymmetric."""
+    matrix = np.array([[5, 1, 0], [8, 7, 1], [0, 3, 9]])
+    names = [plots._wrap(c, 16) for c in CLASSES]
+
+    def read_back(drawn):
+        counts, rates = drawn
+        assert (counts["y"], counts["x"]) == (rates["y"], rates["x"]) == ("true", "predicted")
+        assert len(counts["cells"]) == len(rates["cells"]) == len(names) ** 2
+        for text, pixel in counts["cells"].values():
+            assert text == pixel  # the colour and the number of a cell agree
+        shown = np.array([[counts["cells"][t, p][0] for p in names] for t in names])
+        recall = np.array([[rates["cells"][t, p][0] for p in names] for t in names])
+        return shown, recall
+
+    shown, recall = read_back(_drawn_confusion(matrix.tolist(), tmp_path / "cm.png", monkeypatch))
+    np.testing.assert_array_equal(shown, matrix)
+    np.testing.assert_allclose(recall, matrix / matrix.sum(axis=1, keepdims=True), atol=0.005)  # per true class
+    np.testing.assert_allclose(recall.sum(axis=1), 1, atol=0.015)
+
+    # The reading above catches a plot that draws the matrix transposed: read the same way, a transposed
+    # drawing differs from the matrix, counts and rates alike.
+    flipped, flipped_recall = read_back(_drawn_confusion(matrix.T.tolist(), tmp_path / "cm_t.png", monkeypatch))
+    assert not np.array_equal(flipped, matrix)
+    assert not np.allclose(flipped_recall, matrix / matrix.sum(axis=1, keepdims=True), atol=0.005)
 
 
 def test_confidence_histogram(tmp_path, rng):

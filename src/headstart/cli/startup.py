@@ -35,6 +35,7 @@ _DYNAMO_UTILS = "torch._dynamo.utils"
 # package -> what it imports at its top and headstart never calls (grad-cam: CAM methods and plots).
 DEFERRED = {"pytorch_grad_cam": ("matplotlib", "matplotlib.pyplot", "matplotlib.lines", "scipy.ndimage",
                                  "scipy.sparse", "scipy.sparse.linalg", "sklearn.decomposition")}
+HOOKS = frozenset({"dynamo", "defer", "gc"})  # the three tricks above, each on its own
 # Top-level packages whose import runs with the collector paused, then frozen.
 HEAVY = {"torch", "torchvision", "timm", "lightning_fabric", "matplotlib", "pytorch_grad_cam", "onnx", "onnxscript",
          "openvino", "onnxruntime", "safetensors"}
@@ -190,7 +191,8 @@ class _ImportHooks(importlib.abc.MetaPathFinder):
     """First on sys.meta_path in the command's process: wraps the loaders of the watched top-level packages,
     and answers `import torch._dynamo.X` (torch.compile's first step) with the real package."""
 
-    def __init__(self):
+    def __init__(self, hooks: frozenset[str] = HOOKS):
+        self.hooks = hooks
         self.depth = 0
         self.lock = threading.Lock()
         self.deferred: dict[str, _DeferredModule] = {}
@@ -212,20 +214,20 @@ class _ImportHooks(importlib.abc.MetaPathFinder):
 
     def before(self, name: str) -> None:
         with self.lock:  # two threads may import two watched packages at once
-            if self.depth == 0:
+            if self.depth == 0 and "gc" in self.hooks:
                 gc.disable()
             self.depth += 1
-        if name in DEFERRED:
+        if name in DEFERRED and "defer" in self.hooks:
             self._defer(DEFERRED[name])
 
     def after(self, name: str) -> None:
-        if name == "torch" and _DYNAMO not in sys.modules:
+        if name == "torch" and _DYNAMO not in sys.modules and "dynamo" in self.hooks:
             _install_dynamo_standin()
         if name in DEFERRED:
             self.undefer()
         with self.lock:
             self.depth -= 1
-            if self.depth == 0:
+            if self.depth == 0 and "gc" in self.hooks:
                 gc.freeze()  # what the import created stays out of every later collection
                 gc.enable()
 
@@ -252,15 +254,18 @@ _hooks: _ImportHooks | None = None
 
 def install() -> None:
     """Put the hooks in place for the rest of this process: for the `headstart` command alone, which compiles
-    nothing and ends with its command. HEADSTART_STARTUP_HOOKS=0 leaves the process plain (to measure)."""
+    nothing and ends with its command. HEADSTART_STARTUP_HOOKS names the hooks to use, to measure each one:
+    "0" none, "dynamo,defer,gc" (the default) all of them."""
     import os
 
     global _hooks
-    if _hooks is not None or os.environ.get("HEADSTART_STARTUP_HOOKS") == "0":
+    wanted = os.environ.get("HEADSTART_STARTUP_HOOKS")
+    hooks = HOOKS if wanted is None else frozenset(wanted.split(",")) & HOOKS
+    if _hooks is not None or not hooks:
         return
-    _hooks = _ImportHooks()
+    _hooks = _ImportHooks(hooks)
     sys.meta_path.insert(0, _hooks)
-    if "torch" in sys.modules and _DYNAMO not in sys.modules:
+    if "torch" in sys.modules and _DYNAMO not in sys.modules and "dynamo" in hooks:
         _install_dynamo_standin()
 
 

@@ -89,7 +89,10 @@ class FrozenBackbone:
                                                accelerator=self.accelerator, precision=self.precision,
                                                cache_dir=self.engine_cache)
         if self._forward is None:
-            self.module.to(device=self.accelerator, memory_format=self.memory_format)
+            # Outside inference mode: the moved weights must stay ordinary tensors, which a later fine-tuning
+            # phase of the same network (auto mode) trains.
+            with torch.inference_mode(False), torch.no_grad():
+                self.module.to(device=self.accelerator, memory_format=self.memory_format)
             self.engine = "torch"
             log.info("extraction engine: torch (%s)", reason)
         else:

@@ -48,6 +48,8 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
         while run_dir.exists():
             n += 1
             run_dir = Path("runs") / f"{stem}-{n}"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is a file, not a folder: choose another --out")
     if run_dir.exists() and any(run_dir.iterdir()):
         if not cfg.overwrite:
             raise ConfigError(f"{run_dir} already exists and is not empty; choose another --out or pass --overwrite")
