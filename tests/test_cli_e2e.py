@@ -55,6 +55,9 @@ def test_evaluate_prints_and_writes(trained):
     assert (run_dir / "evaluation" / "confusion_test.png").stat().st_size > 1000
     text = run("evaluate", run_dir, data).stdout
     assert "precision" in text and "confusion matrix" in text
+    # a folder of class folders, no split folders (`headstart evaluate RUN photos/val`): scored whole
+    whole = json.loads(run("evaluate", run_dir, data / "val", "--json").stdout)
+    assert whole["split"] == "all" and whole["n"] == 18 and whole["data"] == str(data / "val")
 
 
 def test_predict_json_lines_with_a_bad_file(trained, tmp_path):
@@ -137,3 +140,28 @@ def test_inspect_explain_and_report_commands(trained, tmp_path):
     assert "report written" in run("report", run_dir).stdout and (run_dir / "report.html").stat().st_size > 10_000
     listing = {row["name"]: row for row in json.loads(run("backbones", "--json").stdout)}
     assert listing["efficientnet_lite0"]["offline"] is True and "vit_b_16" in listing
+
+
+@pytest.mark.parametrize("args", [
+    ["--image", "a.jpg", "b.jpg"],  # the README's `--image IMG...`
+    ["--image", "a.jpg", "--image", "b.jpg"],
+    ["a.jpg", "b.jpg"],
+    [],
+])
+def test_inspect_takes_several_images_after_one_option(monkeypatch, args):
+    """Only the argument parsing: inspect_backbone is replaced by a stand-in that records what it was given."""
+    from typer.testing import CliRunner
+
+    from headstart.backbones import inspect
+    from headstart.cli.entrypoint import app
+
+    calls = []
+    info = {"name": "efficientnet_lite0", "family": "efficientnet_lite", "weights": "w", "head": "classifier",
+            "in_features": 1280, "parameters": {"total": 1, "trainable": 1}, "preprocessing": {}, "stages": []}
+    monkeypatch.setattr(inspect, "inspect_backbone", lambda name, weights, images: calls.append(images) or {
+        **info, "predictions": [{"path": p, "top_k": [["tabby", 0.9]]} for p in images]})
+    result = CliRunner().invoke(app, ["inspect", "efficientnet_lite0", *args, "--json"])
+    assert result.exit_code == 0, result.output
+    expected = [a for a in args if a.endswith(".jpg")]
+    assert calls == [expected]
+    assert [p["path"] for p in json.loads(result.stdout)["predictions"]] == expected

@@ -97,3 +97,64 @@ def test_coverage_and_target_threshold():
 def test_ece_zero_for_perfectly_calibrated_bins():
     probs = np.array([[1.0, 0.0]] * 10)
     assert expected_calibration_error(probs, np.zeros(10, dtype=int)) == 0.0
+
+
+@pytest.fixture(scope="module")
+def class_folder_run(tmp_path_factory):
+    """A run trained on a folder of class folders (val held out by headstart), and a second such folder."""
+    import headstart
+    from conftest import make_synthetic_dataset
+
+    root = make_synthetic_dataset(tmp_path_factory.mktemp("class-folders"), per_split={"photos": 8, "new": 4})
+    run = headstart.train(root / "photos", epochs=2, image_size=64, report=False, out=str(root / "run"))
+    return root, run.run_dir
+
+
+def test_a_folder_of_class_folders_is_evaluated_whole(class_folder_run, tmp_path):
+    from headstart.evaluate import evaluate_run
+
+    root, run_dir = class_folder_run
+    m = evaluate_run(run_dir, root / "new", out_dir=tmp_path)
+    assert m["split"] == "all" and m["n"] == 12  # 3 classes x 4 images, none held out
+    assert (tmp_path / "evaluation_all.json").is_file() and not m.get("notes")
+
+
+def test_the_folder_the_run_trained_on_is_scored_on_its_held_out_val_only(class_folder_run, tmp_path):
+    import json
+
+    from headstart.evaluate import evaluate_run
+
+    root, run_dir = class_folder_run
+    val = json.loads((run_dir / "split.json").read_text())["files"]["val"]
+    m = evaluate_run(run_dir, root / "photos", out_dir=tmp_path)
+    assert m["split"] == "val" and m["n"] == len(val) < 24
+
+
+def test_explicit_split_still_picks_a_split_folder(class_folder_run, tmp_path):
+    import shutil
+
+    from headstart.evaluate import evaluate_run
+
+    root, run_dir = class_folder_run
+    for split in ("val", "test"):
+        shutil.copytree(root / "new", tmp_path / "data" / split)
+    assert evaluate_run(run_dir, tmp_path / "data", split="val", out_dir=tmp_path)["split"] == "val"
+    assert evaluate_run(run_dir, tmp_path / "data", out_dir=tmp_path)["split"] == "test"
+
+
+def test_training_images_scored_whole_are_flagged(class_folder_run, tmp_path):
+    """A run whose split came from split folders, scored on its own train folder: every image counts, and the
+    result says that the run trained on them."""
+    import json
+    import shutil
+
+    from headstart.evaluate import evaluate_run
+
+    root, run_dir = class_folder_run
+    copy = shutil.copytree(run_dir, tmp_path / "run")
+    trained = [f"photos/{p.parent.name}/{p.name}" for p in sorted((root / "photos").rglob("*.jpg"))[:5]]
+    (copy / "split.json").write_text(json.dumps({"root": str(root), "origin": "folders", "files": {
+        "train": trained, "val": []}}))
+    m = evaluate_run(copy, root / "photos", out_dir=tmp_path)
+    assert m["split"] == "all" and m["n"] == 24
+    assert m["notes"] == ["5 of these images are in the run's training split: their scores are optimistic"]

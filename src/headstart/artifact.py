@@ -15,6 +15,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "current_umask",
     "read_manifest",
     "sha256_file",
     "verify_weights",
@@ -23,19 +24,40 @@ __all__ = [
 MODEL_FORMAT = "headstart.model/1"
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "model.json"
+_PROC_STATUS = "/proc/self/status"
 
 
 class ArtifactError(RuntimeError):
     """A run directory that cannot be loaded; the message names the file and what is wrong."""
 
 
+def current_umask() -> int:
+    """The process's umask. Linux shows it in /proc (4.7+); elsewhere os.umask must set it to read it, and
+    a file another thread creates in that instant gets the stand-in mask, so that is only the fallback."""
+    try:
+        with open(_PROC_STATUS) as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)  # the strictest stand-in for that instant
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: readers see the old file or the new one."""
+    """Write to a temp file in the same folder, fsync, then rename: readers see the old file or the new one.
+
+    The file gets the mode open() would give it (0o666 less the umask): mkstemp's 0o600 would keep a serving
+    container or another user from reading a run.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.chmod(tmp, 0o666 & ~current_umask())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import numpy as np
 
 from headstart.runtime.metrics import classification_metrics, coverage_curve, softmax, threshold_for_accuracy
@@ -14,12 +18,12 @@ def evaluate_run(run_dir, data, *, split: str | None = None, threshold: float | 
     """Score a saved run on DATA with its own split (split.json); write evaluation JSON and plots.
 
     DATA is a folder, a CSV file list or a shards folder (see data/folders.py `discover`). `split`: which split
-    of DATA to score; by default test when present, else val. Unreadable files are skipped and listed.
+    of DATA to score; by default test when present, else val. DATA without splits of its own (DATA/<class>/*)
+    is scored whole as split "all", unless the run trained on it: then on the val split that it held out.
+    Unreadable files are skipped and listed.
     Reports calibration (ECE before/after temperature, reliability diagram), rejection at `threshold`, the
     accuracy/coverage curve, and with `target_accuracy` the threshold that reaches it.
     """
-    from pathlib import Path
-
     from headstart.artifact import atomic_write_json
     from headstart.data.folders import DataError, discover
     from headstart.data.loading import decode_split
@@ -29,7 +33,20 @@ def evaluate_run(run_dir, data, *, split: str | None = None, threshold: float | 
     run_dir = Path(run_dir)
     clf = load(run_dir)
     split_file = run_dir / "split.json"
-    dataset = discover(data, split_file=split_file if split_file.is_file() else None)
+    record = json.loads(split_file.read_text()) if split_file.is_file() else {}
+    dataset, notes = discover(data), []
+    if dataset.split_origin != "generated" and split_file.is_file():  # split folders: the run's own val, as trained
+        dataset = discover(data, split_file=split_file)
+    elif dataset.split_origin == "generated":  # no split of its own: the val that discover held out is arbitrary
+        trained = _trained_on(dataset, record)
+        if record.get("origin") == "generated" and (trained or _holds_recorded_files(dataset, record)):
+            dataset = discover(data, split_file=split_file)  # the run's own data: its held-out val, never train
+        elif split in (None, "all"):
+            dataset.splits = {"all": sorted(dataset.splits["train"] + dataset.splits["val"])}
+            split = "all"
+            if trained:
+                notes.append(f"{trained} of these images are in the run's training split: their scores are "
+                             f"optimistic")
     if dataset.classes != clf.classes:
         extra = sorted(set(dataset.classes) - set(clf.classes))
         if extra:
@@ -49,7 +66,7 @@ def evaluate_run(run_dir, data, *, split: str | None = None, threshold: float | 
                                       threshold=threshold)
     probs = softmax(logits, clf.temperature)
     metrics.update({"split": split, "data": dataset.root, "skipped": skipped, "classes": clf.classes, "tta": tta,
-                    "coverage_curve": coverage_curve(probs, labels)})
+                    "coverage_curve": coverage_curve(probs, labels), "notes": notes})
     if target_accuracy is not None:
         metrics["target"] = {"accuracy": target_accuracy,
                              "suggested": threshold_for_accuracy(probs, labels, target_accuracy)}
@@ -63,3 +80,25 @@ def evaluate_run(run_dir, data, *, split: str | None = None, threshold: float | 
     metrics["confusion_png"] = metrics["plots"]["confusion"]
     atomic_write_json(out_dir / f"evaluation_{split}.json", metrics)
     return metrics
+
+
+def _trained_on(dataset, record: dict) -> int:
+    """How many of the dataset's images are, by path, in the training split that split.json records."""
+    from headstart.data.folders import data_base
+
+    if not record.get("root"):
+        return 0
+    base = data_base(record["root"])
+    train = {os.path.normpath(base / f) for f in record.get("files", {}).get("train", [])}
+    return sum(p in train for items in dataset.splits.values() for p, _ in items)
+
+
+def _holds_recorded_files(dataset, record: dict) -> bool:
+    """Whether the dataset holds every file split.json records, by path relative to its root: the run's data,
+    moved. Not one file in common is enough, as numbered file names (cat/1.jpg) repeat across folders."""
+    from headstart.data.folders import data_base
+
+    base = data_base(dataset.root)
+    found = {os.path.relpath(p, base) for items in dataset.splits.values() for p, _ in items}
+    recorded = {f for files in record.get("files", {}).values() for f in files}
+    return bool(recorded) and recorded <= found

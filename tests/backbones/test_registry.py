@@ -35,3 +35,11 @@ def test_torchvision_preprocessing_is_the_weights_enums(spec):
 def test_timm_names_resolve_on_demand():
     spec = get_spec("timm:resnet18")
     assert spec.family == "timm" and spec.in_features == 512 and spec.preprocessing.crop_size == 224
+
+
+def test_every_family_names_imagenet_classes_alike():
+    """One list for all: `inspect` says "African elephant" whichever backbone answers."""
+    names = get_spec("resnet18").imagenet_classes()
+    assert len(names) == 1000 and names[0] == "tench" and names[386] == "African elephant"
+    for name in ("efficientnet_lite0", "efficientnet_lite2", "vit_b_16", "timm:resnet18"):
+        assert get_spec(name).imagenet_classes() == names, name

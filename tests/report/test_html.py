@@ -235,3 +235,47 @@ def discover_split(run_dir, split):
 
     return discover(json.loads((run_dir / "split.json").read_text())["root"],
                     split_file=run_dir / "split.json").splits[split]
+
+
+def _many_classes(n=102):
+    classes = [f"class_{i:03d}" for i in range(n)]
+    counts = {"train": {c: 10 + i % 30 for i, c in enumerate(classes)}, "val": {c: 3 for c in classes}}
+    counts["train"]["class_007"] = 1
+    per_class = {c: {"precision": 0.9, "recall": 0.9, "f1": 0.9, "support": 3} for c in classes}
+    per_class["class_050"] = {"precision": 0.1, "recall": 0.2, "f1": 0.13, "support": 3}
+    per_class["class_060"] = {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 3}
+    return classes, {"counts": counts, "data": "/data/flowers", "split_origin": "generated"}, {"val": {
+        "per_class": per_class}}
+
+
+def _before_details(text: str) -> str:
+    return text.split("<details")[0]
+
+
+def test_many_classes_are_summarised_and_their_tables_collapsed():
+    """102 classes (Flowers-102): the report opens with a summary, not a 102-row table; the tables are in
+    <details> elements, closed until clicked, and every class is still in them."""
+    from headstart.report.build import _dataset_section, _per_class_section
+
+    classes, summary, metrics = _many_classes()
+    for section in (_dataset_section(summary, classes), _per_class_section(metrics)):
+        text = section.html()
+        page = _parse(f"<div>{text}</div>")
+        assert not page.errors and not page.stack, page.errors
+        assert text.count("<details") >= 1 and "<details open" not in text
+        assert all(c in text for c in classes)
+        assert _before_details(text).count("<tr>") <= 12, "a long table outside <details>"
+    dataset = _dataset_section(summary, classes).html()
+    assert "class_007" in _before_details(dataset)  # the smallest class is named up front
+    per_class = _per_class_section(metrics).html()
+    shown = _before_details(per_class)
+    assert "class_050" in shown and shown.index("class_050") < shown.index("class_060")  # worst first
+
+
+def test_few_classes_keep_their_plain_tables():
+    from headstart.report.build import _dataset_section, _per_class_section
+
+    classes, summary, metrics = _many_classes(5)
+    for section in (_dataset_section(summary, classes), _per_class_section(metrics)):
+        text = section.html()
+        assert "<details" not in text and all(c in text for c in classes)

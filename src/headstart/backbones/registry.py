@@ -21,10 +21,20 @@ __all__ = [
     "UnknownBackboneError",
     "WeightSource",
     "get_spec",
+    "imagenet_classes",
     "in_stage",
     "list_specs",
     "register",
 ]
+
+
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet-1k class names in index order, one list for every family, so that `inspect` names a
+    class alike whichever backbone answers: torchvision's short names ("African elephant", where timm has
+    "African elephant, Loxodonta africana"), public in any of its ImageNet Weights enums, which download nothing."""
+    from torchvision.models import MobileNet_V2_Weights
+
+    return list(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
 
 
 @dataclass(frozen=True)

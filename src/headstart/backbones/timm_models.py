@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import re
 
-from headstart.backbones.registry import BackboneSpec, WeightSource
+from headstart.backbones.registry import BackboneSpec, WeightSource, imagenet_classes
 from headstart.backbones.weights import offline_error
 from headstart.runtime.preprocess import Preprocessing
 
@@ -51,14 +51,6 @@ def timm_spec(model_name: str) -> BackboneSpec:
                 raise
             raise offline_error(f"timm:{model_name}", f"hub {cfg.get('hf_hub_id', model_name)}", exc) from exc
 
-    def imagenet_classes() -> list[str]:
-        from timm.data import ImageNetInfo
-
-        if probe.num_classes != 1000:
-            return []
-        info = ImageNetInfo()
-        return [info.index_to_description(i) for i in range(1000)]
-
     return BackboneSpec(
         name=f"timm:{model_name}",
         family="timm",
@@ -74,7 +66,7 @@ def timm_spec(model_name: str) -> BackboneSpec:
             interpolation=data.get("interpolation", "bicubic"),
         ),
         weights=WeightSource(kind="timm", ref=model_name, description=f"timm {cfg.get('hf_hub_id', model_name)}"),
-        imagenet_classes=imagenet_classes,
+        imagenet_classes=imagenet_classes if probe.num_classes == 1000 else lambda: [],  # else not ImageNet-1k
         is_vit="vit" in model_name or "deit" in model_name,
         description=f"timm {model_name}",
     )

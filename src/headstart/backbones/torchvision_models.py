@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from headstart.backbones.registry import BackboneSpec, WeightSource, register
+from headstart.backbones.registry import BackboneSpec, WeightSource, imagenet_classes, register
 from headstart.backbones.weights import offline_error
 from headstart.runtime.preprocess import Preprocessing
 
@@ -86,15 +86,6 @@ def _builder(name: str, weights_name: str):
     return build
 
 
-def _categories(weights_name: str):
-    def imagenet_classes() -> list[str]:
-        import torchvision.models as tvm
-
-        return list(tvm.get_weight(weights_name).meta["categories"])
-
-    return imagenet_classes
-
-
 for _name, (_weights, _head, _width, _stages, _vit, (_crop, _resize, _interpolation)) in _MODELS.items():
     register(
         BackboneSpec(
@@ -107,7 +98,7 @@ for _name, (_weights, _head, _width, _stages, _vit, (_crop, _resize, _interpolat
             preprocessing=Preprocessing(crop_size=_crop, resize_size=_resize, mean=_IMAGENET_MEAN,
                                         std=_IMAGENET_STD, interpolation=_interpolation),
             weights=WeightSource(kind="torchvision", ref=_weights, description=f"torchvision {_weights}"),
-            imagenet_classes=_categories(_weights),
+            imagenet_classes=imagenet_classes,
             is_vit=_vit,
             description=f"torchvision {_name}",
         )

@@ -34,7 +34,11 @@ def backbones_command(as_json: Annotated[bool, typer.Option("--json")] = False) 
 def inspect_command(
     name: Annotated[str, typer.Argument(help="backbone name")],
     weights: Annotated[Optional[Path], typer.Option(help="local state_dict")] = None,
-    image: Annotated[Optional[list[Path]], typer.Option("--image", help="images to classify (ImageNet)")] = None,
+    image: Annotated[Optional[list[Path]], typer.Option(
+        "--image", help="images to classify (ImageNet): --image a.jpg b.jpg, or --image a.jpg --image b.jpg")] = None,
+    # An option takes one value each time, so `--image a.jpg b.jpg` leaves b.jpg here.
+    images: Annotated[Optional[list[Path]], typer.Argument(help="images to classify, as with --image",
+                                                           show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Head, in_features, stages, parameters, preprocessing and ImageNet top-5 of a backbone."""
@@ -43,7 +47,7 @@ def inspect_command(
         from headstart.backbones.inspect import inspect_backbone
 
         info = inspect_backbone(name, weights=str(weights) if weights else None,
-                                images=[str(p) for p in image or []])
+                                images=[str(p) for p in [*(image or []), *(images or [])]])
     if as_json:
         out.print_json(json.dumps(info))
         return

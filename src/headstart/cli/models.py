@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from headstart.cli.support import console, friendly_errors, out, setup_logging
@@ -19,7 +20,8 @@ __all__ = ["evaluate_command", "explain_command", "export_command", "predict_com
 def evaluate_command(
     run: Annotated[Path, typer.Argument(help="run directory")],
     data: Annotated[Path, typer.Argument(help="data folder")],
-    split: Annotated[Optional[str], typer.Option(help="test | val (default: test if present)")] = None,
+    split: Annotated[Optional[str], typer.Option(
+        help="test | val (default: test if present; a folder of class folders is scored whole)")] = None,
     threshold: Annotated[Optional[float], typer.Option(help="report rejection below this confidence")] = None,
     target_accuracy: Annotated[Optional[float], typer.Option(
         help="suggest the threshold whose accepted predictions reach this accuracy")] = None,
@@ -35,7 +37,8 @@ def evaluate_command(
     if as_json:
         out.print_json(json.dumps(m))
         return
-    table = Table(title=f"{m['split']}: accuracy {m['accuracy']:.4f} on {m['n']} images")
+    scored = f"all images of {escape(m['data'])}" if m["split"] == "all" else m["split"]
+    table = Table(title=f"{scored}: accuracy {m['accuracy']:.4f} on {m['n']} images")
     for column in ("class", "precision", "recall", "f1", "support"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for name, row in m["per_class"].items():
@@ -63,6 +66,8 @@ def evaluate_command(
         else:
             out.print(f"threshold {row['threshold']:.3f} reaches accuracy {row['accuracy']:.4f} on the accepted "
                       f"predictions, keeping {row['coverage']:.1%} of them (costs {1 - row['coverage']:.1%} coverage)")
+    for text in m.get("notes", []):
+        out.print(f"[yellow]note:[/] {text}", highlight=False)
     for s in m["skipped"]:
         out.print(f"[yellow]skipped[/] {s['path']}: {s['reason']}", highlight=False)
     out.print("plots: " + ", ".join(m["plots"].values()), highlight=False)

@@ -31,6 +31,10 @@ __all__ = ["build_report"]
 log = logging.getLogger(__name__)
 
 GRID_IMAGES = 12
+# Above this many classes a per-class table is summarised, and shown whole only in a closed <details>: the
+# page would otherwise open on 102 rows for Flowers-102.
+MANY_CLASSES = 20
+WORST_SHOWN = 10
 
 # FigureWorker.draw: starts a plot function, returns a function that waits for the figure's path.
 Draw = Callable[..., Callable[[], Path]]
@@ -149,9 +153,15 @@ def _dataset_section(summary: dict, classes: list[str]) -> H.Section:
     splits = _ordered(counts)
     rows = [[c] + [counts[s].get(c, 0) for s in splits] for c in classes]
     rows.append(["total"] + [sum(counts[s].values()) for s in splits])
+    table = H.table(["class"] + splits, rows)
     body = [H.para(f"{len(classes)} classes from {summary.get('data', '?')}; "
-                   f"split: {summary.get('split_origin', '?')}."),
-            H.table(["class"] + splits, rows)]
+                   f"split: {summary.get('split_origin', '?')}.")]
+    if len(classes) > MANY_CLASSES and splits:
+        first = counts[splits[0]]
+        body += [H.para(_counts_line(splits[0], {c: first.get(c, 0) for c in classes})),
+                 H.details(f"Images per class and split, all {len(classes)} classes", table)]
+    else:
+        body.append(table)
     body += [H.note(n) for n in summary.get("notes", [])]
     skipped = summary.get("skipped", [])
     body.append(H.para(f"Skipped files: {len(skipped)}."))
@@ -160,6 +170,15 @@ def _dataset_section(summary: dict, classes: list[str]) -> H.Section:
         if len(skipped) > 50:
             body.append(H.note(f"... and {len(skipped) - 50} more (summary.json lists them all)"))
     return H.Section("dataset", "Dataset", "".join(body))
+
+
+def _counts_line(split: str, per_class: dict[str, int]) -> str:
+    """Many classes' image counts in one line: their range, and the classes with the fewest (the ones that
+    most need more images)."""
+    fewest = sorted(per_class.items(), key=lambda item: (item[1], item[0]))[:5]
+    values = list(per_class.values())
+    return (f"Images per class in {split}: {min(values)} to {max(values)}, median {np.median(values):g}; "
+            f"fewest: {', '.join(f'{c} ({n})' for c, n in fewest)}.")
 
 
 def _model_section(manifest: dict) -> H.Section:
@@ -200,11 +219,18 @@ def _metrics_section(metrics: dict) -> H.Section:
 
 
 def _per_class_section(metrics: dict) -> H.Section:
+    header = ["class", "precision", "recall", "F1", "support"]
     body = []
     for split, m in metrics.items():
         rows = [(c, v["precision"], v["recall"], v["f1"], v["support"])
                 for c, v in m.get("per_class", {}).items()]
-        body += [f"<h3>{H.esc(split)}</h3>", H.table(["class", "precision", "recall", "F1", "support"], rows)]
+        body.append(f"<h3>{H.esc(split)}</h3>")
+        if len(rows) > MANY_CLASSES:  # the classes that need attention first, all of them a click away
+            worst = sorted(rows, key=lambda row: (row[3], row[0]))[:WORST_SHOWN]
+            body += [H.table(header, worst, caption=f"the {len(worst)} classes with the lowest F1"),
+                     H.details(f"All {len(rows)} classes", H.table(header, rows))]
+        else:
+            body.append(H.table(header, rows))
     return H.Section("per-class", "Per-class metrics", "".join(body))
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Section", "cards", "esc", "figure", "kv_table", "note", "page", "para", "table"]
+__all__ = ["Section", "cards", "details", "esc", "figure", "kv_table", "note", "page", "para", "table"]
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -50,6 +50,8 @@ figcaption { color: var(--muted); font-size: 13px; margin-top: 4px; }
 .card span { color: var(--muted); font-size: 13px; }
 .scroll { overflow-x: auto; }
 .side { display: flex; flex-wrap: wrap; gap: 0 24px; align-items: flex-start; }
+details { margin: 8px 0 12px; }
+summary { cursor: pointer; color: var(--accent); }
 """
 
 
@@ -105,6 +107,12 @@ def kv_table(mapping: Mapping[str, object], *, header: Sequence[str] = ("setting
     per = max(1, math.ceil(len(items) / columns))
     tables = [table(header, items[i:i + per], align_numbers=False) for i in range(0, len(items), per)]
     return tables[0] if len(tables) == 1 else f'<div class="side">{"".join(tables)}</div>'
+
+
+def details(summary: str, body: str) -> str:
+    """A closed block that opens on a click: `summary` (text) shows, `body` (HTML from these helpers) is
+    inside. Long tables go here, so that the page reads from the top without scrolling past them."""
+    return f"<details><summary>{esc(summary)}</summary>{body}</details>"
 
 
 def para(text: str) -> str:

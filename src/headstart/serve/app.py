@@ -45,6 +45,8 @@ ENGINES = ("auto", "onnx", "torch")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 STATIC = Path(__file__).parent / "static"
 TOP_K_MAX = 100
+# The multipart fields read as image uploads: `files`, and `file` as `curl -F file=@cat.jpg` sends it.
+FILE_FIELDS = ("files", "file")
 # The page loads only its own files: nothing from the network, no inline script.
 PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
             "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
@@ -160,13 +162,13 @@ async def _read_images(request: Request, model: type[BaseModel], max_images: int
         try:
             files, fields = [], {}
             for key, value in form.multi_items():
-                if key == "files" and isinstance(value, UploadFile):
+                if key in FILE_FIELDS and isinstance(value, UploadFile):
                     files.append(value)
-                elif key == "files":
-                    raise HTTPException(422, "field 'files' must hold file uploads, not text")
+                elif key in FILE_FIELDS:
+                    raise HTTPException(422, f"field {key!r} must hold file uploads, not text")
                 elif key not in names or isinstance(value, UploadFile) or key in fields:
-                    raise HTTPException(422, f"unexpected form field {key!r}: send images in 'files' and "
-                                             f"optionally {', '.join(repr(n) for n in names)} once each")
+                    raise HTTPException(422, f"unexpected form field {key!r}: send images in 'files' (or 'file') "
+                                             f"and optionally {', '.join(repr(n) for n in names)} once each")
                 else:
                     fields[key] = value
             uploads = [_Upload(f.filename or f"files[{i}]", await f.read()) for i, f in enumerate(files)]
@@ -192,10 +194,11 @@ async def _read_images(request: Request, model: type[BaseModel], max_images: int
         uploads, options = [], {}
     else:
         raise HTTPException(415, f"unsupported content type {media!r}: send multipart/form-data with image "
-                                 f"files in 'files', or application/json with base64 strings in 'images'")
+                                 f"files in 'files' (or 'file'), or application/json with base64 strings in "
+                                 f"'images'")
     if not uploads:
-        raise HTTPException(422, "no image: send one or more image files in the multipart field 'files', "
-                                 "or base64 strings in the JSON field 'images'")
+        raise HTTPException(422, "no image: send one or more image files in the multipart field 'files' (or "
+                                 "'file'), or base64 strings in the JSON field 'images'")
     if len(uploads) > max_images:
         raise HTTPException(422, f"too many images: {len(uploads)} in one request, the limit is {max_images}")
     return uploads, options
@@ -208,7 +211,9 @@ def _body_spec(model: type[BaseModel], max_images: int) -> dict:
               for name, prop in schema["properties"].items() if name != "images"}
     files = {"type": "array", "minItems": 1, "maxItems": max_images,
              "items": {"type": "string", "format": "binary"}}
-    multipart = {"type": "object", "required": ["files"], "properties": {"files": files, **fields}}
+    # `file` is the same field under curl's usual name (-F file=@cat.jpg); either one carries the images.
+    multipart = {"type": "object", "anyOf": [{"required": [name]} for name in FILE_FIELDS], "properties": {
+        "files": files, "file": {**files, "description": "the same as files"}, **fields}}
     return {"requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": multipart}, "application/json": {"schema": schema}}}}
 
@@ -359,7 +364,7 @@ def create_app(run_dir: str | os.PathLike, *, engine: str = "auto", max_body_byt
               openapi_extra=_body_spec(PredictJSON, max_images))
     async def predict(request: Request, top_k: int | None = Query(None, ge=1, le=TOP_K_MAX),
                       threshold: float | None = Query(None, ge=0, le=1)) -> dict:
-        """Labels for one or more images: multipart `files`, or JSON `{"images": [base64, ...]}`.
+        """Labels for one or more images: multipart `files` (or `file`), or JSON `{"images": [base64, ...]}`.
         `top_k` and `threshold` as query parameters or form/JSON fields (the body's win)."""
         batcher = app.state.batcher
         with batcher.expecting() as ticket:  # a batch gathering now may wait for this request's images
