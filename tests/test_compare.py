@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_synthetic_dataset
-from headstart.backbones.registry import UnknownBackboneError
+from headstart.backbones.spec import UnknownBackboneError
 from headstart.compare import COLUMNS, compare, rank_rows, verdict
 from headstart.config import ConfigError
 

@@ -65,7 +65,7 @@ def compare(data: str | Path, backbones: list[str], *, weights: dict[str, str | 
     threads and ties").
     """
     from headstart.backbones.registry import get_spec
-    from headstart.data.folders import DataError
+    from headstart.data.dataset import DataError
     from headstart.training import train
     from headstart.training.loop import TrainingInterrupted
 

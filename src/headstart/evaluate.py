@@ -25,7 +25,8 @@ def evaluate_run(run_dir, data, *, split: str | None = None, threshold: float | 
     accuracy/coverage curve, and with `target_accuracy` the threshold that reaches it.
     """
     from headstart.artifact import atomic_write_json
-    from headstart.data.folders import DataError, discover
+    from headstart.data.dataset import DataError
+    from headstart.data.folders import discover
     from headstart.data.loading import decode_split
     from headstart.inference.classifier import load
     from headstart.report.plots import plot_confusion_matrix, plot_coverage, plot_reliability
@@ -84,7 +85,7 @@ def evaluate_run(run_dir, data, *, split: str | None = None, threshold: float | 
 
 def _trained_on(dataset, record: dict) -> int:
     """How many of the dataset's images are, by path, in the training split that split.json records."""
-    from headstart.data.folders import data_base
+    from headstart.data.dataset import data_base
 
     if not record.get("root"):
         return 0
@@ -96,7 +97,7 @@ def _trained_on(dataset, record: dict) -> int:
 def _holds_recorded_files(dataset, record: dict) -> bool:
     """Whether the dataset holds every file split.json records, by path relative to its root: the run's data,
     moved. Not one file in common is enough, as numbered file names (cat/1.jpg) repeat across folders."""
-    from headstart.data.folders import data_base
+    from headstart.data.dataset import data_base
 
     base = data_base(dataset.root)
     found = {os.path.relpath(p, base) for items in dataset.splits.values() for p, _ in items}

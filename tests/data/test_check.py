@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 
 from headstart.data.check import CheckReport, check_dataset, class_weights, summary_lines
+from headstart.data.dataset import DataError
 from headstart.data.exclusions import FIX_SPLIT_FILE, fix_split, load_exclusions
-from headstart.data.folders import DataError, discover
+from headstart.data.folders import discover
 from image_corpus import make_corpus
 
 DEMO = Path(__file__).resolve().parents[2] / "src" / "headstart" / "demo_data"

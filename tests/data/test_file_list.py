@@ -10,8 +10,9 @@ import pytest
 
 from conftest import make_synthetic_dataset
 from headstart.data.check import check_dataset, summary_lines
+from headstart.data.dataset import DataError
 from headstart.data.exclusions import fix_split, load_exclusions
-from headstart.data.folders import DataError, discover
+from headstart.data.folders import discover
 
 
 def _write_list(csv: Path, dataset, *, header: str | None = None, with_split: bool = True) -> Path:

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from headstart.data.folders import DataError, discover
+from headstart.data.dataset import DataError
+from headstart.data.folders import discover
 
 
 def test_train_val_test_layout(synthetic_data):

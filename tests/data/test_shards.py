@@ -15,9 +15,11 @@ from typer.testing import CliRunner
 from conftest import make_synthetic_dataset
 from headstart.artifact import sha256_file
 from headstart.data.check import check_dataset
-from headstart.data.folders import DataError, discover
+from headstart.data.dataset import DataError
+from headstart.data.folders import discover
 from headstart.data.loading import decode_split
-from headstart.data.shards import INDEX_FILE, iter_samples, parse_size, shard_member, write_shards
+from headstart.data.shard_writer import parse_size, write_shards
+from headstart.data.shards import INDEX_FILE, iter_samples, shard_member
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ import tarfile
 
 from conftest import make_synthetic_dataset
 from headstart.data.folders import discover
-from headstart.data.shards import shard_member, write_shards
+from headstart.data.shard_writer import write_shards
+from headstart.data.shards import shard_member
 from headstart.evaluate import evaluate_run
 
 

@@ -14,7 +14,8 @@ import torch
 from conftest import make_synthetic_dataset
 from headstart import config
 from headstart.backbones.model import build_network
-from headstart.backbones.registry import get_spec, in_stage
+from headstart.backbones.registry import get_spec
+from headstart.backbones.spec import in_stage
 from headstart.config import TrainConfig
 from headstart.data.folders import discover
 from headstart.data.loading import decode_split

@@ -24,7 +24,7 @@ from headstart.backbones.model import HeadstartNet
 from headstart.backbones.registry import get_spec
 from headstart.config import MACHINE_SETTINGS, ConfigError, TrainConfig
 from headstart.data.check import Problem
-from headstart.data.folders import DataError
+from headstart.data.dataset import DataError
 from headstart.data.loading import DecodedSplit
 from headstart.training.modes import FitResult
 from headstart.training.run import RunResult, _model_id, _refuse_leakage, plan_data, resolve_config

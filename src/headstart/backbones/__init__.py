@@ -1,21 +1,6 @@
 """Backbones: the registry of specs, their weights, and the network built from a spec."""
 
-from headstart.backbones.registry import (
-    BackboneSpec,
-    Preprocessing,
-    UnknownBackboneError,
-    WeightSource,
-    get_spec,
-    list_specs,
-    register,
-)
+from headstart.backbones.registry import get_spec, list_specs, register
+from headstart.backbones.spec import BackboneSpec, UnknownBackboneError, WeightSource
 
-__all__ = [
-    "BackboneSpec",
-    "Preprocessing",
-    "UnknownBackboneError",
-    "WeightSource",
-    "get_spec",
-    "list_specs",
-    "register",
-]
+__all__ = ["BackboneSpec", "UnknownBackboneError", "WeightSource", "get_spec", "list_specs", "register"]

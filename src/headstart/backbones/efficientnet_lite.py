@@ -10,7 +10,7 @@ import importlib
 import re
 from typing import TYPE_CHECKING
 
-from headstart.backbones.registry import BackboneSpec, WeightSource, imagenet_classes, register
+from headstart.backbones.spec import BackboneSpec, WeightSource, imagenet_classes
 from headstart.backbones.weights import WeightsError, load_strict
 from headstart.runtime.preprocess import Preprocessing
 
@@ -83,8 +83,10 @@ def _builder(variant: int):
     return build
 
 
+SPECS: list[BackboneSpec] = []  # this family's backbones, registered by registry.py
+
 for _variant, _size in _VARIANTS.items():
-    register(
+    SPECS.append(
         BackboneSpec(
             name=f"efficientnet_lite{_variant}",
             family="efficientnet_lite",

@@ -6,7 +6,8 @@ import importlib.util
 import os
 from pathlib import Path
 
-from headstart.backbones.registry import BackboneSpec, get_spec, in_stage, list_specs
+from headstart.backbones.registry import get_spec, list_specs
+from headstart.backbones.spec import BackboneSpec, in_stage
 
 __all__ = ["describe_backbones", "inspect_backbone", "weights_available_offline"]
 

@@ -7,7 +7,7 @@ import logging
 import torch
 from torch import nn
 
-from headstart.backbones.registry import BackboneSpec, in_stage
+from headstart.backbones.spec import BackboneSpec, in_stage
 from headstart.backbones.weights import WeightsError, load_state_dict_file, load_strict
 
 __all__ = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import re
 
-from headstart.backbones.registry import BackboneSpec, WeightSource, imagenet_classes
+from headstart.backbones.spec import BackboneSpec, WeightSource, imagenet_classes
 from headstart.backbones.weights import offline_error
 from headstart.runtime.preprocess import Preprocessing
 

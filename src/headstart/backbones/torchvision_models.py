@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from headstart.backbones.registry import BackboneSpec, WeightSource, imagenet_classes, register
+from headstart.backbones.spec import BackboneSpec, WeightSource, imagenet_classes
 from headstart.backbones.weights import offline_error
 from headstart.runtime.preprocess import Preprocessing
 
@@ -86,8 +86,10 @@ def _builder(name: str, weights_name: str):
     return build
 
 
+SPECS: list[BackboneSpec] = []  # this family's backbones, registered by registry.py
+
 for _name, (_weights, _head, _width, _stages, _vit, (_crop, _resize, _interpolation)) in _MODELS.items():
-    register(
+    SPECS.append(
         BackboneSpec(
             name=_name,
             family="torchvision",

@@ -87,7 +87,7 @@ def datasets_shard_command(
 ) -> None:
     """Write DATA as WebDataset tar shards (images, class indices, split) for `headstart train SHARDS`."""
     setup_logging(False)
-    from headstart.data.shards import parse_size, write_shards
+    from headstart.data.shard_writer import parse_size, write_shards
 
     try:
         size = parse_size(shard_size)

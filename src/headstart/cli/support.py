@@ -23,10 +23,10 @@ TRAIN_EXTRA_MODULES = {"torch", "torchvision", "timm", "lightning_fabric", "matp
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from headstart.artifact import ArtifactError
-    from headstart.backbones.registry import UnknownBackboneError
+    from headstart.backbones.spec import UnknownBackboneError
     from headstart.backbones.weights import WeightsError
     from headstart.config import ConfigError
-    from headstart.data.folders import DataError
+    from headstart.data.dataset import DataError
     from headstart.runtime.images import ImageLoadError
     from headstart.training.errors import NonFiniteLossError
 

@@ -22,19 +22,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from headstart.data.dataset import SPLIT_ALIASES, SPLIT_ORDER, DataError, _stratified_split, data_base
 from headstart.data.exclusions import FIX_SPLIT_FILE
 from headstart.data.file_list import is_file_list
-from headstart.data.folders import (
-    SPLIT_ALIASES,
-    SPLIT_ORDER,
-    DataError,
-    _class_dirs,
-    _find_split,
-    _stratified_split,
-    data_base,
-    discover,
-    list_images,
-)
+from headstart.data.folders import _class_dirs, _find_split, discover, list_images
 from headstart.data.loading import map_items
 from headstart.data.shards import is_shards_dir, load_index
 from headstart.runtime.images import ImageLoadError, image_info, is_image_file, open_image

@@ -29,7 +29,8 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 from headstart._version import __version__
-from headstart.data.folders import DataError, _find_split, list_images
+from headstart.data.dataset import DataError
+from headstart.data.folders import _find_split, list_images
 
 __all__ = ["DATASETS", "DatasetSpec", "DownloadError", "RemoteFile", "UnsafeArchiveError", "default_dir",
            "download", "list_datasets", "safe_extract"]

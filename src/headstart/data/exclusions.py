@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from headstart.artifact import atomic_write_text
+from headstart.data.dataset import SPLIT_ALIASES, SPLIT_ORDER, data_base
 from headstart.data.file_list import is_file_list
-from headstart.data.folders import SPLIT_ALIASES, SPLIT_ORDER, data_base, discover
+from headstart.data.folders import discover
 from headstart.data.shards import ShardReader, is_shards_dir, shard_member
 
 if TYPE_CHECKING:

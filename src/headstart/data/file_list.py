@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from headstart.data.folders import SPLIT_ALIASES, DataError, Dataset, finish_split
+from headstart.data.dataset import SPLIT_ALIASES, DataError, Dataset, finish_split
 
 __all__ = ["FileListRow", "is_file_list", "parse_file_list", "read_file_list"]
 

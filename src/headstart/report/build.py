@@ -92,8 +92,9 @@ def _spread(items: list, k: int) -> list:
 
 def _dataset(run: Path, data, classes: list[str], config: dict):
     """(Dataset, None) rebuilt as training saw it (split.json, exclusions), or (None, why not)."""
+    from headstart.data.dataset import DataError
     from headstart.data.exclusions import load_exclusions
-    from headstart.data.folders import DataError, discover
+    from headstart.data.folders import discover
 
     split_file = run / "split.json"
     root = data or _json(split_file).get("root")

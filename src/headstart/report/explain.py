@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from headstart.backbones.registry import BackboneSpec
+    from headstart.backbones.spec import BackboneSpec
     from headstart.runtime.classifier import Classifier
 
 __all__ = [

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from headstart.backbones.registry import in_stage
+from headstart.backbones.spec import in_stage
 
 __all__ = ["FrozenPrefix", "find_frozen_prefix"]
 

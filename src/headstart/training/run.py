@@ -80,8 +80,9 @@ def plan_data(cfg: TrainConfig, resume=None) -> DataPlan:
     """The backbone's spec, the doctor's fast check (fatal problems raise) and the splits. No torch."""
     from headstart.backbones.registry import get_spec
     from headstart.data.check import check_dataset
+    from headstart.data.dataset import DataError
     from headstart.data.exclusions import load_exclusions
-    from headstart.data.folders import DataError, discover
+    from headstart.data.folders import discover
 
     spec = get_spec(cfg.backbone)
     preprocessing = spec.preprocessing if cfg.image_size is None else spec.preprocessing.with_crop(cfg.image_size)
@@ -224,7 +225,7 @@ def _class_weights(train_labels: list[int], num_classes: int, mode: str):
 def _refuse_leakage(decoded: dict, data: str, fresh_run_dir: Path | None) -> None:
     """The same image in two splits inflates every score: refuse, as `headstart check` does (the hashes come
     free with decoding). A run directory created for this run is removed: it holds nothing yet."""
-    from headstart.data.folders import DataError
+    from headstart.data.dataset import DataError
 
     seen: dict[str, str] = {}
     leaked = []

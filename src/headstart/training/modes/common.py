@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from headstart.backbones.model import HeadstartNet
-from headstart.backbones.registry import BackboneSpec
+from headstart.backbones.spec import BackboneSpec
 from headstart.config import TrainConfig
 from headstart.data.loading import DecodedSplit
 from headstart.data.transforms import pixel_transform, transform_key
