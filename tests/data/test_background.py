@@ -203,3 +203,28 @@ def test_the_helper_stops_when_its_parent_is_killed(tmp_path):
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert exits_within(int(proc.stdout.strip()), 5)
 
+
+
+def test_a_large_set_keeps_its_pixels_in_a_file_on_disk_not_in_memory(splits, monkeypatch):
+    """in_memory=False: one decode, the pixels left in a temp-folder file (never /dev/shm), read back per image,
+    still readable after the job is closed, and equal to what an in-memory decode gives."""
+    made = []
+    real = background._pixels_file
+
+    def spy(*args, **kwargs):
+        made.append(kwargs.get("in_memory"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(background, "_pixels_file", spy)
+    monkeypatch.setattr(background, "_SHM", "/nonexistent-so-any-shm-use-would-fail")
+    job = DecodeJob.start(splits, short_side=32, interpolation="bicubic", in_memory=False)
+    got = job.result()
+    job.close()
+    assert made == [False]
+    expected = _expected(splits)
+    for split, want in expected.items():
+        have = got[split]
+        assert have.images is None and have.store is not None
+        assert (have.paths, have.hashes, have.failures) == (want.paths, want.hashes, want.failures)
+        order = list(range(len(want.paths)))[::-1]
+        assert [img.tobytes() for img in have.load(order)] == [want.images[i].tobytes() for i in order]

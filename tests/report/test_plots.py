@@ -117,6 +117,33 @@ def test_confusion_matrix_rows_are_true_classes_and_columns_predicted(tmp_path, 
     assert not np.allclose(flipped_recall, matrix / matrix.sum(axis=1, keepdims=True), atol=0.005)
 
 
+def test_a_confusion_matrix_of_many_classes_stays_small_and_unwritten(tmp_path, monkeypatch):
+    """102 classes: the cells' numbers are left out (20,808 texts made the figure the report's slowest part)
+    and the figure's side is capped, so the PNG's size no longer grows with the number of classes."""
+    import matplotlib.axes
+
+    texts, sizes = [], []
+    real_text, real_save = matplotlib.axes.Axes.text, plots._save
+
+    def count_text(self, *args, **kwargs):
+        texts.append(args)
+        return real_text(self, *args, **kwargs)
+
+    def spy_save(fig, path):
+        sizes.append(tuple(fig.get_size_inches()))
+        return real_save(fig, path)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "text", count_text)
+    monkeypatch.setattr(plots, "_save", spy_save)
+    k = 102
+    matrix = np.random.default_rng(0).integers(0, 5, (k, k)).tolist()
+    path = plots.plot_confusion_matrix(matrix, [f"class {i}" for i in range(k)], tmp_path / "cm.png")
+    assert texts == [] and max(sizes[0]) <= 2 * plots.MATRIX_INCHES + 1
+    assert Image.open(path).size[0] < 4000
+    plots.plot_confusion_matrix([[1, 2], [3, 4]], ["a", "b"], tmp_path / "small.png")
+    assert len(texts) == 8  # a small matrix keeps its numbers, in both panels
+
+
 def test_confidence_histogram(tmp_path, rng):
     _assert_png(plots.plot_confidence_histogram(rng.random(50), rng.random(50) > 0.3, tmp_path / "conf.png"))
 

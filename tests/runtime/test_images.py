@@ -244,3 +244,28 @@ def test_image_load_error_survives_a_one_argument_reraise():
 
     again = ImageLoadError(str(ImageLoadError("a.jpg", "truncated")))
     assert again.reason == "a.jpg: truncated" and again.path is None
+
+
+def test_reduce_to_decodes_a_jpeg_at_the_smallest_scale_that_covers_the_resize(tmp_path):
+    """Draft mode: a 1024x768 JPEG to be resized to a short side of 256 decodes at 1/2 scale (384 >= 256, and
+    1/4 would give 192), upright, with pixels close to a full decode's once both are resized."""
+    import numpy as np
+    from PIL import Image
+
+    from headstart.runtime.preprocess import resize_short_side
+
+    y, x = np.mgrid[0:768, 0:1024]
+    pixels = np.stack([x % 256, y % 256, (x + y) % 256], -1).astype(np.uint8)
+    path = tmp_path / "big.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: displayed 768 wide, 1024 high
+    Image.fromarray(pixels).save(path, quality=95, exif=exif)
+    full, reduced = open_image(path), open_image(path, reduce_to=256)
+    assert full.size == (768, 1024) and reduced.size == (384, 512)
+    assert open_image(path, reduce_to=500).size == (768, 1024)  # half would be below 500: no reduction
+    a = np.asarray(resize_short_side(full, 256, "bicubic"), dtype=float)
+    b = np.asarray(resize_short_side(reduced, 256, "bicubic"), dtype=float)
+    assert a.shape == b.shape and np.abs(a - b).mean() < 8
+    png = tmp_path / "big.png"
+    Image.fromarray(pixels).save(png)
+    assert open_image(png, reduce_to=256).size == (1024, 768)  # only JPEGs have DCT scales

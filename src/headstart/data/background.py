@@ -28,7 +28,7 @@ from typing import BinaryIO
 from PIL import Image
 
 from headstart.child import child_pipes, end_child, start_child
-from headstart.data.loading import DecodedSplit, decode_split
+from headstart.data.loading import DecodedSplit, PixelStore, decode_split
 from headstart.runtime import images
 
 __all__ = ["DecodeJob"]
@@ -46,8 +46,9 @@ class DecodeJob:
     {split: DecodedSplit} (or raises what decoding raised); close() stops the work if it is still running."""
 
     def __init__(self, splits: dict[str, Items], short_side: int | None, interpolation: str, keep_images: bool,
-                 progress: Progress | None):
+                 progress: Progress | None, in_memory: bool = True):
         self._args = (splits, short_side, interpolation, keep_images)
+        self._in_memory = in_memory  # False: the pixels stay in a file on disk, read back per image
         self._progress = progress
         self._process = None
         self._pixels = None  # the shared temporary file the child writes pixels into
@@ -57,8 +58,10 @@ class DecodeJob:
 
     @classmethod
     def start(cls, splits: dict[str, Items], *, short_side: int | None, interpolation: str = "bilinear",
-              keep_images: bool = True, progress: Progress | None = None) -> DecodeJob:
-        job = cls(splits, short_side, interpolation, keep_images, progress)
+              keep_images: bool = True, in_memory: bool = True, progress: Progress | None = None) -> DecodeJob:
+        """in_memory=False (a large set): the images are kept decoded in a file on disk instead of in memory
+        (DecodedSplit.store), where a helper process can write them; else they are decoded again when used."""
+        job = cls(splits, short_side, interpolation, keep_images, progress, in_memory)
         try:
             started = job._start_process()
         except BaseException:  # an interrupt while starting: no helper left behind
@@ -103,7 +106,7 @@ class DecodeJob:
         if os.name != "posix" or not _only_pil_formats():  # posix: the pixels file is an inherited descriptor
             return False
         try:
-            self._pixels = _pixels_file(*self._args)
+            self._pixels = _pixels_file(*self._args, in_memory=self._in_memory)
         except OSError:
             return False
         if self._pixels is None:  # no room anywhere for the pixels: a thread holds them in memory as it goes
@@ -143,6 +146,8 @@ class DecodeJob:
             return None
         splits, size = reply[1], reply[2]
         (_, short_side, interpolation, _) = self._args
+        if not self._in_memory:
+            return self._stored(splits, short_side, interpolation)
         # writable: MADV_REMOVE (see _free) works on shared writable mappings only
         mapped = mmap.mmap(self._pixels.fileno(), size, access=mmap.ACCESS_WRITE) if size else None
         try:
@@ -163,11 +168,24 @@ class DecodeJob:
             if mapped is not None:
                 mapped.close()
 
+    def _stored(self, splits: dict, short_side: int | None, interpolation: str) -> dict[str, DecodedSplit]:
+        """The splits with their pixels left in the file: a descriptor of its own, open as long as they are."""
+        file = os.fdopen(os.dup(self._pixels.fileno()), "rb")
+        decoded = {}
+        for split, (paths, labels, hashes, failures, layout) in splits.items():
+            for path, reason in failures:
+                log.warning("skipping %s: %s", path, reason)
+            decoded[split] = DecodedSplit(paths, labels, None, hashes, failures, short_side=short_side,
+                                          interpolation=interpolation,
+                                          store=PixelStore(file, layout) if layout is not None else None)
+        return decoded
+
     def _start_thread(self) -> None:
         """The same work on a daemon thread: when the run fails before it needs the images (a bad --out), the
         process exits at once instead of waiting for a large set to finish decoding."""
         self._future = future = Future()
         splits, short_side, interpolation, keep_images = self._args
+        keep_images = keep_images and self._in_memory  # a thread holds what it keeps in memory
 
         def work() -> None:
             try:
@@ -190,19 +208,19 @@ def _only_pil_formats() -> bool:
     return all(getattr(factory, "__module__", "").startswith("PIL.") for factory, _ in Image.OPEN.values())
 
 
-def _pixels_file(splits: dict[str, Items], short_side: int | None, interpolation: str, keep_images: bool
-                 ) -> BinaryIO | None:
+def _pixels_file(splits: dict[str, Items], short_side: int | None, interpolation: str, keep_images: bool, *,
+                 in_memory: bool = True) -> BinaryIO | None:
     """An unnamed file for the helper's pixels: in /dev/shm (memory) with room reserved for them up front, so
     that several runs at once (the ranks of one machine) cannot fill it together and break others' shared
-    memory (containers often give it 64 MB); else in the temporary folder when it has room (the OS caches its
-    pages); else None."""
+    memory (containers often give it 64 MB); else, or for pixels that stay in the file (not in_memory), in the
+    temporary folder when it has room (the OS caches its pages, and can let them go); else None."""
     if not keep_images:
         return tempfile.TemporaryFile()  # checked and hashed only: nothing is written to it
     if short_side is None:  # sizes unknown until decoded
         return None
     # a short side of `short_side`, a long side of 1.5x on average, 3 bytes per pixel
     needed = int(sum(map(len, splits.values())) * short_side * short_side * 1.5 * 3)
-    if os.path.isdir(_SHM):
+    if os.path.isdir(_SHM) and in_memory:
         pixels = tempfile.TemporaryFile(dir=_SHM)  # noqa: SIM115
         try:
             os.posix_fallocate(pixels.fileno(), 0, needed)

@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 from PIL import Image
 
@@ -23,18 +23,36 @@ from headstart.data.shards import ShardReader, read_member, shard_member
 from headstart.runtime.images import ImageLoadError, open_image
 from headstart.runtime.preprocess import resize_short_side
 
-__all__ = ["DecodedSplit", "decode_split", "map_items"]
+__all__ = ["DECODER", "DecodedSplit", "PixelStore", "decode_split", "map_items"]
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
+# How decode_split makes pixels, part of the feature cache's key: "draft" decodes a JPEG at the smallest DCT scale
+# that still covers the resize (runtime/images.py), whose pixels differ slightly from a full decode's.
+DECODER = "draft"
+
+class PixelStore:
+    """Decoded images kept in a file instead of in memory: `layout` gives each one's (offset, length, mode,
+    size). Reads go through the OS's page cache, so a large split costs no memory of this process, and a
+    forked DataLoader worker reads the same file."""
+
+    def __init__(self, file: BinaryIO, layout: list[tuple[int, int, str, tuple[int, int]]]):
+        self.file, self.layout = file, layout
+
+    def image(self, i: int) -> Image.Image:
+        offset, length, mode, size = self.layout[i]
+        return Image.frombytes(mode, size, os.pread(self.file.fileno(), length, offset))
+
+
 @dataclass
 class DecodedSplit:
     """Decoded images of one split with labels and content hashes; failures as (path, reason).
 
-    `images` is None when the split was decoded with keep_images=False (checked, hashed, then let go: a large
-    split would not fit in memory); `load` then decodes the requested images again.
+    `images` is None when the split is not held in memory: its pixels are then in `store` (a file the
+    decoding helper wrote, read back per image), or, decoded with keep_images=False (checked, hashed, then let
+    go), nowhere: `load` then decodes the requested images again.
     """
 
     paths: list[str]
@@ -44,11 +62,14 @@ class DecodedSplit:
     failures: list[tuple[str, str]] = field(default_factory=list)
     short_side: int | None = None
     interpolation: str = "bilinear"
+    store: PixelStore | None = None
 
     def load(self, indices: Sequence[int], *, threads: int | None = None) -> list[Image.Image]:
-        """The decoded, resized images at these positions: kept ones, or decoded again in threads."""
+        """The decoded, resized images at these positions: kept ones, stored ones, or decoded again in threads."""
         if self.images is not None:
             return [self.images[i] for i in indices]
+        if self.store is not None:
+            return [self.store.image(i) for i in indices]
         if len(indices) == 1:  # one item, as a DataLoader worker asks: no thread pool, random access in a shard
             return [_decode_one(self.paths[indices[0]], self.short_side, self.interpolation)[0]]
         again = decode_split([(self.paths[i], self.labels[i]) for i in indices], short_side=self.short_side,
@@ -99,7 +120,7 @@ def _decode_one(path: str, short_side: int | None, interpolation: str, data: byt
             data = b""  # opened by path below, which names the reason: not found, permission denied...
     digest = hashlib.sha1(data).hexdigest()
     # An empty file is opened by its path, so that a missing one says "file not found", not "empty file"
-    img = open_image(data if data or member else path)
+    img = open_image(data if data or member else path, reduce_to=short_side)
     if short_side is not None:
         img = resize_short_side(img, short_side, interpolation)
     return img, digest
@@ -109,9 +130,9 @@ def decode_split(items: list[tuple[str, int]], *, short_side: int | None, interp
                  threads: int | None = None, progress=None, keep_images: bool = True) -> DecodedSplit:
     """Open every image once (threads: PIL decodes outside the GIL), resized to `short_side`.
 
-    Resizing to the eval transform's own resize size here changes nothing about eval preprocessing (the
-    later Resize is then a no-op) and makes every later epoch cheap. keep_images=False checks and hashes
-    every image without holding it: memory stays flat however large the split (see DecodedSplit.load).
+    Resizing to the eval transform's own resize size here makes the later Resize a no-op and every later epoch
+    cheap; a JPEG is decoded straight at a reduced scale that still covers `short_side` (DECODER).
+    keep_images=False checks and hashes every image without holding it (see DecodedSplit.load).
     """
     out = DecodedSplit([], [], [] if keep_images else None, [], short_side=short_side, interpolation=interpolation)
     workers = threads or min(8, os.cpu_count() or 1)

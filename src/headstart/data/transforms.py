@@ -80,5 +80,7 @@ def _pixel_ops(pre: Preprocessing, preset: str) -> list:
 
 
 def transform_key(pre: Preprocessing, preset: str) -> str:
-    """A stable description of a transform, part of the feature cache's key."""
-    return f"{preset}|{pre.resize_size}|{pre.crop_size}|{pre.interpolation}|{pre.mean}|{pre.std}"
+    """A stable description of a transform and of the decoding before it, part of the feature cache's key."""
+    from headstart.data.loading import DECODER
+
+    return f"{preset}|{pre.resize_size}|{pre.crop_size}|{pre.interpolation}|{pre.mean}|{pre.std}|{DECODER}"

@@ -33,6 +33,13 @@ CORRECT, WRONG = "#1a7f37", "#cf222e"  # green / red, readable on white and for 
 DPI = 100
 
 
+
+# Confusion matrices: cells written out up to this many classes; the figure's side in inches at most; tick labels
+# for every class up to MATRIX_TICKS, else for every n-th.
+ANNOTATED_CLASSES = 20
+MATRIX_INCHES = 14.0
+MATRIX_TICKS = 60
+
 def _canvas(figsize: tuple[float, float]):
     """An empty figure at DPI on its own Agg canvas.
 
@@ -210,21 +217,27 @@ def plot_history(rows: Sequence[Mapping], path: str | Path, *, title: str = "Tra
 
 def plot_confusion_matrix(matrix: list[list[int]], classes: list[str], path: str | Path, *,
                           title: str = "Confusion matrix") -> Path:
-    """Raw counts and row-normalised rates side by side."""
+    """Raw counts and row-normalised rates side by side, each cell written out. With many classes the cells are
+    left unwritten and the figure keeps a readable size: its cost no longer grows with the square of them."""
     counts = np.asarray(matrix, dtype=float)
     rates = counts / np.clip(counts.sum(axis=1, keepdims=True), 1, None)
-    size = max(4.0, 0.6 * len(classes) + 2)
+    k = len(classes)
+    size = min(max(4.0, 0.6 * k + 2), MATRIX_INCHES)
     fig, axes = _figure((2 * size + 1, size), ncols=2)
+    ticks = range(0, k, max(1, -(-k // MATRIX_TICKS)))  # every class up to MATRIX_TICKS, else every n-th
     for ax, data, name, fmt in ((axes[0], counts, "counts", "{:.0f}"), (axes[1], rates, "normalized", "{:.2f}")):
         ax.imshow(data, cmap="Blues", vmin=0)
         ax.set_title(_plain(f"{title} ({name})"))
-        ax.set_xticks(range(len(classes)), [_wrap(c, 16) for c in classes], rotation=45, ha="right")
-        ax.set_yticks(range(len(classes)), [_wrap(c, 16) for c in classes])
+        ax.set_xticks(list(ticks), [_wrap(classes[i], 16) for i in ticks], rotation=45 if k <= MATRIX_TICKS
+                      else 90, ha="right" if k <= MATRIX_TICKS else "center", fontsize=None if k <= 20 else 6)
+        ax.set_yticks(list(ticks), [_wrap(classes[i], 16) for i in ticks], fontsize=None if k <= 20 else 6)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
+        if k > ANNOTATED_CLASSES:
+            continue
         top = data.max() if data.size else 0
-        for i in range(len(classes)):
-            for j in range(len(classes)):
+        for i in range(k):
+            for j in range(k):
                 ax.text(j, i, fmt.format(data[i, j]), ha="center", va="center",
                         color="white" if data[i, j] > top / 2 else "black", fontsize=8)
     fig.tight_layout()

@@ -65,15 +65,20 @@ def is_image_file(path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def open_image(source: Source, *, max_pixels: int | None = None, min_size: int = 1) -> Image.Image:
+def open_image(source: Source, *, max_pixels: int | None = None, min_size: int = 1,
+               reduce_to: int | None = None) -> Image.Image:
     """Open a path, bytes or binary file object as a fully loaded, upright RGB image.
 
     Images with more than ``max_pixels`` pixels (default MAX_IMAGE_PIXELS) are refused from the
     header, before any pixel memory is allocated. Every failure raises ImageLoadError.
+    reduce_to: the short side the caller will resize to; a JPEG is then decoded at the smallest DCT scale
+    (1/2, 1/4, 1/8: Pillow's draft mode) whose short side is still at least that, instead of at full size.
     """
     with _opened(source, max_pixels) as (img, name):
         try:
             img.seek(0)  # animated GIF/WebP: the first frame
+            if reduce_to is not None and img.format == "JPEG":
+                _draft(img, reduce_to)
             img.load()
             orientation = _orientation(img)
             rgb = _to_rgb(img)
@@ -85,6 +90,15 @@ def open_image(source: Source, *, max_pixels: int | None = None, min_size: int =
         w, h = rgb.size
         raise ImageLoadError(name, f"too small: {w}x{h} (needs at least {min_size}x{min_size})")
     return rgb
+
+
+def _draft(img: Image.Image, short_side: int) -> None:
+    """Ask the JPEG decoder for a reduced scale that keeps the short side >= short_side (orientation swaps the
+    axes, never the short side). The mode is left alone: CMYK and grey JPEGs convert as at full size."""
+    w, h = img.size
+    short = min(w, h)
+    if short >= 2 * short_side:  # a reduction is possible at all
+        img.draft(None, (-(-w * short_side // short), -(-h * short_side // short)))
 
 
 def image_info(source: Source, *, max_pixels: int | None = None) -> dict[str, Any]:
