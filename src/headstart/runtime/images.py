@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import re
 import warnings
@@ -49,6 +50,11 @@ _TRANSPOSE = {
 }
 
 
+# A JPEG decoded at a reduced DCT scale may come out this much below the short side it is resized to: the few
+# percent left are a slight upscale (docs/benchmarks.md, "Decoding at a reduced scale", has the probe accuracy).
+DRAFT_SLACK = 0.9
+
+
 class ImageLoadError(Exception):
     """An image that cannot be used; ``reason`` is short and human readable."""
 
@@ -72,7 +78,8 @@ def open_image(source: Source, *, max_pixels: int | None = None, min_size: int =
     Images with more than ``max_pixels`` pixels (default MAX_IMAGE_PIXELS) are refused from the
     header, before any pixel memory is allocated. Every failure raises ImageLoadError.
     reduce_to: the short side the caller will resize to; a JPEG is then decoded at the smallest DCT scale
-    (1/2, 1/4, 1/8: Pillow's draft mode) whose short side is still at least that, instead of at full size.
+    (1/2, 1/4, 1/8: Pillow's draft mode) whose short side is still at least DRAFT_SLACK of that, instead of
+    at full size: a 500 px photo for a 256 px resize decodes at 250 px, a quarter of the pixels.
     """
     with _opened(source, max_pixels) as (img, name):
         try:
@@ -93,12 +100,13 @@ def open_image(source: Source, *, max_pixels: int | None = None, min_size: int =
 
 
 def _draft(img: Image.Image, short_side: int) -> None:
-    """Ask the JPEG decoder for a reduced scale that keeps the short side >= short_side (orientation swaps the
-    axes, never the short side). The mode is left alone: CMYK and grey JPEGs convert as at full size."""
+    """Ask the JPEG decoder for a reduced scale that keeps the short side >= DRAFT_SLACK * short_side
+    (orientation swaps the axes, never the short side). The mode is left alone: CMYK and grey JPEGs convert as
+    at full size."""
     w, h = img.size
-    short = min(w, h)
-    if short >= 2 * short_side:  # a reduction is possible at all
-        img.draft(None, (-(-w * short_side // short), -(-h * short_side // short)))
+    short, wanted = min(w, h), math.ceil(DRAFT_SLACK * short_side)
+    if short >= 2 * wanted:  # a reduction is possible at all
+        img.draft(None, (-(-w * wanted // short), -(-h * wanted // short)))
 
 
 def image_info(source: Source, *, max_pixels: int | None = None) -> dict[str, Any]:
