@@ -33,7 +33,11 @@ def features(backbone, spec, paths: list[str], reduce: bool) -> np.ndarray:
 
 
 def probe(train_x, train_y, test_x, test_y) -> float:
+    import warnings
+
     from sklearn.linear_model import LogisticRegressionCV
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # scikit-learn's notices of changing defaults
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(train_x)

@@ -228,3 +228,6 @@ def test_a_large_set_keeps_its_pixels_in_a_file_on_disk_not_in_memory(splits, mo
         assert (have.paths, have.hashes, have.failures) == (want.paths, want.hashes, want.failures)
         order = list(range(len(want.paths)))[::-1]
         assert [img.tobytes() for img in have.load(order)] == [want.images[i].tobytes() for i in order]
+        view = have.view(order)  # read per item: a batch at a time in memory during extraction
+        assert len(view) == len(order) and view[0].tobytes() == want.images[order[0]].tobytes()
+        assert [img.tobytes() for img in view[1:3]] == [want.images[i].tobytes() for i in order[1:3]]

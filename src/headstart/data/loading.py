@@ -46,6 +46,19 @@ class PixelStore:
         return Image.frombytes(mode, size, os.pread(self.file.fileno(), length, offset))
 
 
+class _StoredView(Sequence):
+    def __init__(self, store: PixelStore, indices: list[int]):
+        self.store, self.indices = store, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.store.image(j) for j in self.indices[i]]
+        return self.store.image(self.indices[i])
+
+
 @dataclass
 class DecodedSplit:
     """Decoded images of one split with labels and content hashes; failures as (path, reason).
@@ -63,6 +76,13 @@ class DecodedSplit:
     short_side: int | None = None
     interpolation: str = "bilinear"
     store: PixelStore | None = None
+
+    def view(self, indices: Sequence[int]) -> Sequence[Image.Image]:
+        """The images at these positions as a sequence that reads each one when indexed, where they are stored
+        (a batch at a time stays in memory, not the whole chunk); else as `load` gives them."""
+        if self.images is None and self.store is not None:
+            return _StoredView(self.store, list(indices))
+        return self.load(indices)
 
     def load(self, indices: Sequence[int], *, threads: int | None = None) -> list[Image.Image]:
         """The decoded, resized images at these positions: kept ones, stored ones, or decoded again in threads."""

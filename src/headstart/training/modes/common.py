@@ -115,7 +115,7 @@ def split_features(ctx: RunContext, backbone: FrozenBackbone, split: str, preset
                                       "the same command continues from them)")
         chunk = mine[start:start + feature_cache.SHARD_ROWS]
         seeds = None if seed is None else [view_seed(seed, view, decoded.hashes[i]) for i in chunk]
-        rows = extract_features(backbone, decoded.load(chunk), transform, seeds=seeds,
+        rows = extract_features(backbone, decoded.view(chunk), transform, seeds=seeds,
                                 progress=lambda d, t, s=start: report_progress(ctx, task, s + d, len(mine)))
         ctx.cache.write(key, [decoded.hashes[i] for i in chunk], rows)
         ctx.extracted_ids.extend(decoded.hashes[i] for i in chunk)
