@@ -11,6 +11,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[train,dev]'
+	$(BIN)/python scripts/fetch_web_runtime.py || echo "warning: no onnxruntime-web (needs npm): --format web will say how to get it" >&2
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -105,3 +105,22 @@ def _alive(pid: int) -> bool:
             return f.read().split(") ")[1][0] != "Z"
     except OSError:
         return True
+
+
+def noisy_dataset(root: Path) -> Path:
+    """The synthetic dataset with a red image filed as green and one train image copied byte for byte into test."""
+    import shutil
+
+    data = make_synthetic_dataset(root)
+    shutil.move(data / "train" / "red" / "red_3.jpg", data / "train" / "green" / "red_3.jpg")
+    shutil.copy(data / "train" / "blue" / "blue_0.jpg", data / "test" / "blue" / "copy_of_blue_0.jpg")
+    return data
+
+
+@pytest.fixture(scope="session")
+def audited(tmp_path_factory):
+    """(DATA, AuditReport) of noisy_dataset, audited once with the real default backbone at 64 px."""
+    from headstart.audit.report import audit_dataset
+
+    data = noisy_dataset(tmp_path_factory.mktemp("audit") / "photos")
+    return data, audit_dataset(data, image_size=64)

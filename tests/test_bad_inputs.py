@@ -89,12 +89,19 @@ def test_check_warns_but_is_not_fatal(messy):
     assert text.returncode == 0 and "next:" in text.stdout
 
 
-def test_check_exits_non_zero_on_leakage(messy, tmp_path):
+def test_check_exits_non_zero_on_leakage_and_train_leaves_the_copy_out_unless_strict(messy, tmp_path):
     data, _ = messy
     leaky = tmp_path / "leaky"
     shutil.copytree(data, leaky)
     shutil.copy(leaky / "train" / "red" / "red_0.jpg", leaky / "val" / "red" / "copy.jpg")
     proc = run("check", leaky)
     assert proc.returncode == 1 and "leak" in proc.stdout.lower()
-    refused = run("train", leaky, "--out", tmp_path / "r", "--image-size", 64, "--no-progress")
-    assert refused.returncode == 2 and "headstart check" in refused.stderr
+    refused = run("train", leaky, "--out", tmp_path / "r", "--image-size", 64, "--no-progress", "--strict")
+    assert refused.returncode == 2 and "headstart check" in refused.stderr and not (tmp_path / "r").exists()
+    trained = run("train", leaky, "--out", tmp_path / "t", "--image-size", 64, "--no-progress", "--epochs", 1,
+                  "--no-report")
+    assert trained.returncode == 0, trained.stderr
+    summary = json.loads((tmp_path / "t" / "summary.json").read_text())
+    assert summary["leakage_left_out"] == [{"path": "val/red/copy.jpg", "split": "val",
+                                            "copy_of": "train/red/red_0.jpg", "kind": "exact"}]
+    assert "left 1 copies" in trained.stdout

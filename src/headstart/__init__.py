@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from headstart.data.check import check_dataset as check
     from headstart.evaluate import evaluate_run as evaluate
     from headstart.inference.classifier import load
-    from headstart.inference.export import export_onnx as export
+    from headstart.inference.deploy import export
     from headstart.runtime.classifier import Classifier
     from headstart.training import RunResult, train
 
@@ -33,7 +33,7 @@ _LAZY = {
     "Classifier": ("headstart.runtime.classifier", "Classifier"),
     "check": ("headstart.data.check", "check_dataset"),
     "evaluate": ("headstart.evaluate", "evaluate_run"),
-    "export": ("headstart.inference.export", "export_onnx"),
+    "export": ("headstart.inference.deploy", "export"),
     "compare": ("headstart.compare", "compare"),
 }
 

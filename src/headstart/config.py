@@ -63,6 +63,9 @@ class TrainConfig:
     dropout: float = 0.2
     val_fraction: float = 0.2
     exclude: str | None = None
+    fixes: str | None = None  # a fixes.json from `headstart check --deep` (relabel / exclude), applied, never written
+    strict: bool = False  # refuse leaked copies instead of leaving them out of val/test
+    deep: bool = False  # leave near copies (not only exact ones) out of val/test, found as `check --deep` finds them
     image_size: int | None = None
     seed: int = 42
     precision: str = "auto"

@@ -24,10 +24,10 @@ from headstart.backbones.model import HeadstartNet
 from headstart.backbones.registry import get_spec
 from headstart.config import MACHINE_SETTINGS, ConfigError, TrainConfig
 from headstart.data.check import Problem
-from headstart.data.dataset import DataError
+from headstart.data.dataset import DataError, Dataset
 from headstart.data.loading import DecodedSplit
 from headstart.training.modes import FitResult
-from headstart.training.run import RunResult, _model_id, _refuse_leakage, plan_data, resolve_config
+from headstart.training.run import DataPlan, RunResult, _leave_out_leakage, _model_id, plan_data, resolve_config
 from headstart.training.session import open_session, prepare_run_dir
 from headstart.training.write import write_run
 
@@ -163,34 +163,56 @@ def test_best_is_the_highest_val_accuracy_then_the_lowest_val_loss_then_the_firs
     assert _result([]).best is None
 
 
-# _refuse_leakage
+# _leave_out_leakage
 
 def _split(paths, hashes):
     return DecodedSplit(list(paths), [0] * len(paths), None, list(hashes))
 
 
+def _plan(decoded, root="/d"):
+    dataset = Dataset(root, ["a"], {s: [(p, 0) for p in d.paths] for s, d in decoded.items()}, "folders")
+    return DataPlan(None, None, dataset, set(), [])
+
+
 def test_the_same_image_within_one_split_is_not_leakage(tmp_path):
     fresh = tmp_path / "run"
     fresh.mkdir()
-    _refuse_leakage({"train": _split(["a", "b"], ["h1", "h1"]), "val": _split(["c"], ["h2"])}, "data", fresh)
-    assert fresh.is_dir()
+    decoded = {"train": _split(["/d/a", "/d/b"], ["h1", "h1"]), "val": _split(["/d/c"], ["h2"])}
+    assert _leave_out_leakage(decoded, TrainConfig(data="/d", strict=True), _plan(decoded), fresh) == []
+    assert fresh.is_dir() and decoded["train"].paths == ["/d/a", "/d/b"]
 
 
-def test_the_same_image_in_two_splits_is_refused_and_the_fresh_run_dir_removed(tmp_path):
-    decoded = {"train": _split(["t/a.jpg", "t/b.jpg"], ["h1", "h2"]), "val": _split(["v/c.jpg"], ["h2"]),
-               "test": _split(["x/d.jpg", "x/e.jpg"], ["h1", "h9"])}
+def _leaky():
+    return {"train": _split(["/d/t/a.jpg", "/d/t/b.jpg"], ["h1", "h2"]), "val": _split(["/d/v/c.jpg"], ["h2"]),
+            "test": _split(["/d/x/d.jpg", "/d/x/e.jpg"], ["h1", "h9"])}
+
+
+def test_copies_in_val_and_test_are_left_out_and_listed():
+    decoded = _leaky()
+    plan = _plan(decoded)
+    left = _leave_out_leakage(decoded, TrainConfig(data="/d"), plan, None)
+    assert left == [{"path": "v/c.jpg", "split": "val", "copy_of": "t/b.jpg", "kind": "exact"},
+                    {"path": "x/d.jpg", "split": "test", "copy_of": "t/a.jpg", "kind": "exact"}]
+    assert decoded["val"].paths == [] and decoded["test"].paths == ["/d/x/e.jpg"]
+    assert decoded["test"].hashes == ["h9"] and decoded["train"].paths == ["/d/t/a.jpg", "/d/t/b.jpg"]
+    assert plan.dataset.splits["test"] == [("/d/x/e.jpg", 0)]  # split.json records the split as trained
+
+
+def test_strict_refuses_leakage_and_removes_the_fresh_run_dir(tmp_path):
+    decoded = _leaky()
     fresh = tmp_path / "run"
     fresh.mkdir()
     (fresh / "config.json").write_text("{}")
-    with pytest.raises(DataError, match=r"^2 image\(s\) appear in more than one split \(e\.g\. t/b\.jpg and "
-                                        r"v/c\.jpg\).*headstart check photos --fix-split"):
-        _refuse_leakage(decoded, "photos", fresh)
+    cfg = TrainConfig(data="photos", strict=True)
+    with pytest.raises(DataError, match=r"^2 image\(s\) appear in more than one split \(e\.g\. /d/t/b\.jpg and "
+                                        r"/d/v/c\.jpg\).*Without --strict"):
+        _leave_out_leakage(decoded, cfg, _plan(decoded), fresh)
     assert not fresh.exists()
 
     resumed = tmp_path / "resumed"  # not this run's own folder: left alone
     resumed.mkdir()
     with pytest.raises(DataError):
-        _refuse_leakage(decoded, "photos", None)
+        _leave_out_leakage(_leaky(), cfg, _plan(_leaky()), None)
     assert resumed.is_dir()
 
 
@@ -330,7 +352,9 @@ def test_write_run_writes_every_file_of_the_run(tmp_path):
                           decoded=decoded)
     dataset = SimpleNamespace(root="/data/photos", classes=classes, split_origin="folders", notes=["a note"])
     plan = SimpleNamespace(dataset=dataset, excluded={"/data/photos/train/x.jpg"},
-                           warnings=[Problem("warning", "imbalance", "imbalanced", ["train/cat"])])
+                           warnings=[Problem("warning", "imbalance", "imbalanced", ["train/cat"])], relabeled=[],
+                           left_out=[{"path": "val/v9.jpg", "split": "val", "copy_of": "train/t0.jpg",
+                                      "kind": "exact"}])
 
     write_run(session, ctx, plan, result, temperature=1.5, metrics=metrics, skipped=[("bad.jpg", "truncated")],
               seconds=12.5, figures=None)
@@ -362,6 +386,7 @@ def test_write_run_writes_every_file_of_the_run(tmp_path):
     assert summary["skipped"] == [{"path": "bad.jpg", "reason": "truncated"}]
     assert summary["warnings"] == [{"code": "imbalance", "message": "imbalanced", "paths": ["train/cat"]}]
     assert summary["excluded"] == ["/data/photos/train/x.jpg"] and summary["notes"] == ["a note"]
+    assert summary["leakage_left_out"] == plan.left_out and summary["fixes"] is None
     assert (summary["epochs_run"], summary["extraction"], summary["seconds"]) == (2, {"computed": 5}, 12.5)
     assert (summary["strategy"], summary["world_size"], summary["mode"]) == ("SingleDeviceLike", 1, "auto")
     assert summary["weights_bytes"] == (run_dir / "model.safetensors").stat().st_size

@@ -23,24 +23,64 @@ def check_command(
     fix_split: Annotated[bool, typer.Option("--fix-split", help="write the list of leaked duplicates to drop")
                          ] = False,
     fast: Annotated[bool, typer.Option(help="headers only (what train runs at start-up)")] = False,
+    deep: Annotated[bool, typer.Option(
+        help="also label issues, near-duplicates, outliers and class health from the backbone's cached features; "
+             "writes audit.html")] = False,
+    out_dir: Annotated[Optional[Path], typer.Option(
+        "--out", help="folder for what check writes  [default: ./<data name>-check]")] = None,
+    accept_suggested: Annotated[bool, typer.Option(
+        "--accept-suggested", help="with --deep: write fixes.json with every suggested fix")] = False,
+    backbone: Annotated[str, typer.Option(help="with --deep: the backbone whose features are used")
+                        ] = "efficientnet_lite0",
+    image_size: Annotated[Optional[int], typer.Option(help="with --deep: as train's --image-size")] = None,
     val_fraction: float = 0.2,
     seed: int = 42,
 ) -> None:
-    """The dataset doctor: unusable files, modes, duplicates and leakage, class balance. Exit 1 if fatal."""
+    """The dataset doctor: unusable files, modes, duplicates and leakage, class balance (--deep: label issues,
+    near-duplicates, outliers, a review page). Exit 1 if fatal. Nothing in DATA is ever changed."""
     from headstart.data.check import check_dataset, summary_lines
     from headstart.data.exclusions import fix_split as write_fix
 
-    with Progress(not as_json) as progress:
-        report = check_dataset(data, fast=fast, val_fraction=val_fraction, seed=seed, progress=progress)
-    if as_json:
-        sys.stdout.write(json.dumps(report.to_dict()) + "\n")
+    if accept_suggested and not deep:
+        raise typer.BadParameter("needs --deep", param_hint="--accept-suggested")
+    if deep and fast:
+        raise typer.BadParameter("--deep reads every image; leave out --fast", param_hint="--deep")
+    target = out_dir
+    if deep:
+        from headstart.audit.report import audit_dataset, audit_lines, default_out_dir, write_audit
+
+        setup_logging(False)
+        target = out_dir or default_out_dir(data)
+        with friendly_errors(), Progress(not as_json) as progress:
+            audit = audit_dataset(data, backbone=backbone, image_size=image_size, val_fraction=val_fraction,
+                                  seed=seed, progress=progress)
+            written = write_audit(audit, target, accept_suggested=accept_suggested)
+        report = audit.check
     else:
-        for line in summary_lines(report):
-            out.print(line, highlight=False)
+        with Progress(not as_json) as progress:
+            report = check_dataset(data, fast=fast, val_fraction=val_fraction, seed=seed, progress=progress)
+    if as_json:
+        sys.stdout.write(json.dumps(audit.to_dict() if deep else report.to_dict()) + "\n")
+    else:
+        for line in summary_lines(report) + (audit_lines(audit, written) if deep else []):
+            out.print(escape(line), highlight=False, soft_wrap=True)
     if fix_split:
+        from headstart.audit.report import default_out_dir
+
+        target = target or default_out_dir(data)
         with friendly_errors():
-            out.print(f"files to leave out written to {write_fix(data, report)}")
-    raise typer.Exit(1 if report.fatal else 0)
+            _outside_data(target, report.root)
+            target.mkdir(parents=True, exist_ok=True)
+            out.print(f"files to leave out written to {write_fix(data, report, target)}")
+    raise typer.Exit(1 if report.fatal or (deep and any(f.kind == "leakage" for f in audit.findings)) else 0)
+
+
+def _outside_data(target: Path, root: str) -> None:
+    from headstart.data.dataset import DataError
+
+    resolved, data_root = target.expanduser().resolve(), Path(root)
+    if resolved == data_root or data_root in resolved.parents:
+        raise DataError(f"--out {resolved} is inside the data folder {data_root}: check never writes into DATA")
 
 
 datasets_app = typer.Typer(no_args_is_help=True, help="Datasets by name, downloaded with checksums.")

@@ -80,7 +80,9 @@ def predict_command(
     top_k: int = 3,
     tta: Annotated[str, typer.Option(help="test-time augmentation: none | flip | five-crop (torch engine)")
                    ] = "none",
-    engine: Annotated[str, typer.Option(help="torch | onnx (RUN/model.onnx from `headstart export`)")] = "torch",
+    engine: Annotated[str, typer.Option(
+        help="torch | onnx | onnx-int8 | openvino | openvino-int8 (the exports of `headstart export --format`)")
+    ] = "torch",
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
 ) -> None:
     """Predict labels with confidence and top-k for new images."""
@@ -157,30 +159,63 @@ def report_command(
 
 def export_command(
     run: Annotated[Path, typer.Argument(help="run directory")],
-    format: Annotated[str, typer.Option("--format", help="onnx")] = "onnx",
+    format: Annotated[str, typer.Option(
+        "--format", help="onnx | onnx-int8 | openvino | openvino-int8 | web")] = "onnx",
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="output folder (default: the run directory)")
+                       ] = None,
+    calibration: Annotated[Optional[Path], typer.Option(
+        help="int8 formats: a folder of calibration images (default: the run's train split)")] = None,
+    quantize: Annotated[Optional[str], typer.Option(help="int8: the same as --format onnx-int8")] = None,
+    floor: Annotated[Optional[float], typer.Option(
+        help="minimum top-1 agreement with PyTorch (default 1.0 for fp32 formats, 0.99 for int8)")] = None,
     opset: int = 18,
-    out_file: Annotated[Optional[Path], typer.Option("--out", help="output file (default RUN/model.onnx)")] = None,
-    quantize: Annotated[Optional[str], typer.Option(help="int8: static quantization, accuracy checked")] = None,
     exporter: Annotated[str, typer.Option(help="dynamo | torchscript")] = "dynamo",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Export to ONNX (dynamic batch, metadata for any client), checked for parity with PyTorch."""
-    setup_logging(False)
-    if format != "onnx":
-        console.print(f"[bold red]error:[/] unknown format {format!r}; only onnx is supported")
-        raise typer.Exit(2)
-    with friendly_errors():
-        from headstart.inference.export import export_onnx
+    """Export for deployment, scored on the run's test split with the format's own runtime (export.json).
 
-        result = export_onnx(run, out_file, opset=opset, exporter=exporter, quantize=quantize)
+    A format below its floor of top-1 agreement with PyTorch (100% fp32, 99% int8) exits 1 and writes nothing.
+    """
+    setup_logging(False)
+    if quantize is not None:
+        if quantize != "int8" or format != "onnx":
+            console.print(f"[bold red]error:[/] --quantize {quantize!r}: only int8, with --format onnx "
+                          f"(the same as --format onnx-int8)", highlight=False)
+            raise typer.Exit(2)
+        format = "onnx-int8"
+    with friendly_errors():
+        from headstart.inference.deploy import EXPORT_RECORD, FLOORS, ExportRefused, export, read_export_record
+
+        try:
+            report = export(run, format, out_dir, calibration=calibration, exporter=exporter, opset=opset,
+                            floor=floor)
+        except ExportRefused as exc:
+            console.print(f"[bold red]refused:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
     if as_json:
-        sys.stdout.write(json.dumps({"path": str(result.path), "bytes": result.bytes, "seconds": result.seconds,
-                                     "parity": result.parity}) + "\n")
+        sys.stdout.write(json.dumps(report.to_dict()) + "\n")
         return
-    parity = result.parity
-    out.print(f"wrote [bold]{result.path}[/] ({result.bytes / 1e6:.1f} MB, {result.seconds:.1f}s, opset {opset})")
-    out.print(f"parity on {parity.get('n')} images: top-1 agreement {parity.get('top1_agreement'):.2%}, "
-              f"max |logit diff| {parity.get('max_abs_logit_diff'):.2e}", highlight=False)
+    out.print(f"wrote [bold]{escape(str(report.path))}[/] ({report.bytes / 1e6:.1f} MB, {report.seconds:.1f}s)",
+              highlight=False)
+    record = read_export_record(report.path.parent)["exports"]
+    scored = report.scores
+    table = Table(title=f"exports scored on {scored['n']} {scored['source']} images against PyTorch "
+                        f"({escape(str(report.path.parent / EXPORT_RECORD))})")
+    for column in ("format", "MB", "top-1 agree", "floor", "acc change", "ECE change", "max |logit diff|",
+                   "p50 ms (1 img)", "img/s (batch 32)"):
+        table.add_column(column, justify="left" if column == "format" else "right")
+
+    def signed(row: dict, key: str, scale: float = 100.0, unit: str = " pt") -> str:
+        return f"{row[key] * scale:+.2f}{unit}" if key in row else "n/a"
+
+    for name, row in record.items():
+        table.add_row(f"[bold]{name}[/]" if name == report.format else name, f"{row['bytes'] / 1e6:.1f}",
+                      f"{row['top1_agreement']:.2%}", f"{row.get('floor', FLOORS['fp32']):.0%}",
+                      signed(row, "accuracy_change"), signed(row, "ece_change", 1.0, ""),
+                      f"{row['max_abs_logit_diff']:.2e}",
+                      f"{row['latency_p50_ms']:.1f}" if "latency_p50_ms" in row else "n/a",
+                      f"{row['throughput_ips']:.0f}" if "throughput_ips" in row else "n/a")
+    out.print(table)
 
 
 def serve_command(
@@ -188,8 +223,9 @@ def serve_command(
     host: Annotated[str, typer.Option(help="bind address (loopback by default: there is no authentication)")
                     ] = "127.0.0.1",
     port: int = 8000,
-    engine: Annotated[str, typer.Option(help="auto | onnx | torch (auto: onnx when RUN/model.onnx exists)")
-                      ] = "auto",
+    engine: Annotated[str, typer.Option(
+        help="auto | torch | onnx | onnx-int8 | openvino | openvino-int8 (auto: onnx when RUN/model.onnx exists)")
+    ] = "auto",
     max_body_mb: Annotated[float, typer.Option(help="largest request body accepted")] = 10.0,
     max_images: Annotated[int, typer.Option(help="most images in one request")] = 32,
     batch_window_ms: Annotated[float, typer.Option(help="micro-batching wait; 0 turns batching off")] = 5.0,

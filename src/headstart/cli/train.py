@@ -50,6 +50,11 @@ def _print_run(result, title: str) -> None:
     best = result.best
     out.print(f"best epoch {best['epoch']} of {len(result.history)} (val accuracy {best['val_accuracy']:.4f}); "
               f"temperature {next(iter(result.metrics.values()))['temperature']:.3f}")
+    if result.relabeled:
+        out.print(f"fixes: {len(result.relabeled)} image(s) relabelled (listed in summary.json)")
+    if result.left_out:
+        out.print(f"[yellow]left {len(result.left_out)} copies of other splits' images out of val/test[/] "
+                  "(listed in summary.json; --strict refuses them instead)")
     if result.skipped:
         out.print(f"[yellow]skipped {len(result.skipped)} unreadable file(s):[/]")
         for path, reason in result.skipped:
@@ -114,6 +119,14 @@ def train_command(
                          ] = DEFAULTS.threshold,
     exclude: Annotated[Optional[Path], typer.Option(help="files to leave out (from `headstart check --fix-split`)")
                        ] = None,
+    fixes: Annotated[Optional[Path], typer.Option(
+        help="a fixes.json from `headstart check --deep` (or its review page): relabel and exclude as listed; "
+             "DATA is not changed")] = None,
+    strict: Annotated[bool, typer.Option(
+        help="refuse images copied across splits instead of leaving them out of val/test")] = DEFAULTS.strict,
+    deep: Annotated[bool, typer.Option(
+        help="leave near copies (resized, recompressed...) out of val/test too, not only exact ones")
+                    ] = DEFAULTS.deep,
     overwrite: bool = DEFAULTS.overwrite,
     report: Annotated[bool, typer.Option(help="write report.html (plots, calibration, top losses with CAMs)")
                       ] = DEFAULTS.report,
@@ -141,7 +154,8 @@ def train_command(
             augment=augment, views=views, unfreeze=unfreeze, stage_lr_mult=stage_lr_mult,
             gradual_unfreeze=gradual_unfreeze, freeze_bn=freeze_bn, image_size=image_size, precision=precision,
             accumulate=accumulate, sync_bn=sync_bn, threshold=threshold, overwrite=overwrite, **engine,
-            exclude=str(exclude) if exclude else None, report=report,
+            exclude=str(exclude) if exclude else None, fixes=str(fixes) if fixes else None, strict=strict,
+            deep=deep, report=report,
         )
         _print_run(result, f"{backbone} · {mode}")
 

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from headstart.data.dataset import SPLIT_ALIASES, SPLIT_ORDER, DataError, _stratified_split, data_base
-from headstart.data.exclusions import FIX_SPLIT_FILE
 from headstart.data.file_list import is_file_list
 from headstart.data.folders import _class_dirs, _find_split, discover, list_images
 from headstart.data.loading import map_items
@@ -360,7 +359,7 @@ def _duplicate_problems(splits: dict[str, list[_Facts]], root: Path, origin: str
     if leaked:
         where = "the generated train/val split" if origin == "generated" else "more than one split"
         msg = (f"{len(leaked)} files are copies of each other across {where}: scores would be inflated; "
-               f"run `headstart check {root} --fix-split`")
+               "`headstart train` leaves the val/test copies out (--strict refuses them)")
         problems.append(Problem("fatal", "leakage", msg, leaked))
     if within:
         msg = f"{len(within)} files are exact copies within a split (they count twice): keep one copy of each"
@@ -419,8 +418,9 @@ def summary_lines(report: CheckReport) -> list[str]:
 def _next_step(report: CheckReport) -> str:
     codes = {p.code for p in report.problems if p.severity == "fatal"}
     if codes == {"leakage"}:
-        return (f"next: run `headstart check {report.root} --fix-split`, then train with "
-                f"`--exclude {FIX_SPLIT_FILE}`")
+        return (f"next: `headstart train {report.root}` leaves the leaked val/test copies out and lists them in "
+                f"summary.json; `headstart check {report.root} --deep` also finds near copies and writes a review "
+                "page and fixes.json for `train --fixes`")
     if codes:
         return "next: fix the FATAL problems above, then run `headstart check` again"
     if any(p.severity == "warning" for p in report.problems):

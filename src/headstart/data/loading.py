@@ -29,9 +29,11 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-# How decode_split makes pixels, part of the feature cache's key: "draft" decodes a JPEG at the smallest DCT scale
-# that still covers the resize (runtime/images.py), whose pixels differ slightly from a full decode's.
-DECODER = "draft"
+# How decode_split makes pixels, part of the feature cache's key. "full" decodes every image at full size, as
+# prediction does, so a reloaded model scores an image exactly as training did. "draft" would decode a JPEG at a
+# reduced DCT scale (runtime/images.py `reduce_to`): the probe is unchanged by it (docs/benchmarks.md), but until
+# prediction decodes the same way it would cost that exact agreement.
+DECODER = "full"
 
 class PixelStore:
     """Decoded images kept in a file instead of in memory: `layout` gives each one's (offset, length, mode,
@@ -140,7 +142,7 @@ def _decode_one(path: str, short_side: int | None, interpolation: str, data: byt
             data = b""  # opened by path below, which names the reason: not found, permission denied...
     digest = hashlib.sha1(data).hexdigest()
     # An empty file is opened by its path, so that a missing one says "file not found", not "empty file"
-    img = open_image(data if data or member else path, reduce_to=short_side)
+    img = open_image(data if data or member else path, reduce_to=short_side if DECODER == "draft" else None)
     if short_side is not None:
         img = resize_short_side(img, short_side, interpolation)
     return img, digest
@@ -151,7 +153,7 @@ def decode_split(items: list[tuple[str, int]], *, short_side: int | None, interp
     """Open every image once (threads: PIL decodes outside the GIL), resized to `short_side`.
 
     Resizing to the eval transform's own resize size here makes the later Resize a no-op and every later epoch
-    cheap; a JPEG is decoded straight at a reduced scale that still covers `short_side` (DECODER).
+    cheap.
     keep_images=False checks and hashes every image without holding it (see DecodedSplit.load).
     """
     out = DecodedSplit([], [], [] if keep_images else None, [], short_side=short_side, interpolation=interpolation)

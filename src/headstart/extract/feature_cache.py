@@ -20,11 +20,21 @@ from torch.utils.data import Dataset
 from headstart.artifact import atomic_write_bytes, atomic_write_json
 from headstart.cache import cache_root
 
-__all__ = ["SHARD_ROWS", "FeatureCache", "FeatureRows"]
+__all__ = ["SHARD_ROWS", "FeatureCache", "FeatureRows", "model_id"]
 
 log = logging.getLogger(__name__)
 
 SHARD_ROWS = 1024  # rows per cache shard: 2.6 MB at 1280 fp16 features; what an interruption can lose
+
+
+def model_id(spec_name: str, weight_kind: str, weight_ref: str, weights_file: str | None = None) -> str:
+    """The backbone + weights part of a cache key; one definition for training and the data audit, so that
+    features one of them computed are found by the other."""
+    if weights_file:
+        from headstart.artifact import sha256_file
+
+        return f"{spec_name}|file:{sha256_file(weights_file)}"
+    return f"{spec_name}|{weight_kind}:{weight_ref}"
 
 
 class FeatureCache:

@@ -16,7 +16,10 @@ from headstart.artifact import read_manifest, verify_weights
 from headstart.runtime.classifier import Classifier
 from headstart.runtime.results import UNSURE
 
-__all__ = ["UNSURE", "Classifier", "TorchClassifier", "expand_paths", "load"]
+__all__ = ["ENGINES", "UNSURE", "Classifier", "TorchClassifier", "expand_paths", "load"]
+
+# The engines `load` (and `headstart predict/serve --engine`) can run: torch, and the torch-free exports.
+ENGINES = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
 
 log = logging.getLogger(__name__)
 
@@ -87,17 +90,29 @@ def load(run_dir: str | os.PathLike, *, engine: str = "torch", device: str = "cp
     """Rebuild a trained classifier from its run directory alone.
 
     engine="torch": model.json + model.safetensors (needs the [train] extra's torch).
-    engine="onnx": RUN/model.onnx from `headstart export`, on ONNX Runtime; imports no torch.
+    engine="onnx" / "onnx-int8": RUN/model.onnx / RUN/model.int8.onnx from `headstart export`, on ONNX Runtime;
+    engine="openvino" / "openvino-int8": RUN/openvino/ / RUN/openvino-int8/, on OpenVINO. These import no torch.
     """
-    if engine == "onnx":
+    if engine in ("onnx", "onnx-int8"):
+        from headstart.artifact import ArtifactError
         from headstart.runtime import load_onnx
 
-        return load_onnx(run_dir, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
+        path = Path(run_dir)
+        if engine == "onnx-int8" and path.is_dir():
+            path = path / "model.int8.onnx"
+            if not path.is_file():
+                raise ArtifactError(f"{path}: not found; create it with `headstart export {run_dir} --format "
+                                    f"onnx-int8`")
+        return load_onnx(path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
                          if device.startswith("cuda") else None)
+    if engine in ("openvino", "openvino-int8"):
+        from headstart.runtime.openvino_engine import load_openvino
+
+        return load_openvino(run_dir, engine=engine)
     if engine != "torch":
         from headstart.config import ConfigError
 
-        raise ConfigError(f"unknown engine {engine!r}; choose torch or onnx")
+        raise ConfigError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     manifest = read_manifest(run_dir)
     weights = verify_weights(run_dir, manifest)
 

@@ -39,8 +39,8 @@ from headstart.runtime.onnx_engine import (
 )
 from headstart.runtime.preprocess import PREPROCESSING_STEPS, preprocess_batch
 
-__all__ = ["DEFAULT_OPSET", "EXPORTERS", "ExportError", "ExportResult", "check_parity", "export_onnx",
-           "run_images"]
+__all__ = ["CALIBRATION_IMAGES", "DEFAULT_OPSET", "EXPORTERS", "ExportError", "ExportResult", "calibration_images",
+           "check_parity", "export_metadata", "export_onnx", "finish_onnx", "fp32_onnx", "run_images"]
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ EXPORTERS = ("dynamo", "torchscript")
 QUANTIZE = ("int8",)
 TOLERANCE = 1e-3  # max |logit difference| accepted between PyTorch and ONNX Runtime (fp32)
 MAX_PARITY_IMAGES = 200
-CALIBRATION_IMAGES = 64
+CALIBRATION_IMAGES = 300  # "a few hundred": evenly sampled from the train split
 _USAGE = ("input 'input': float32 [batch, 3, crop_size, crop_size], preprocessed as in 'preprocessing' (steps "
           "below); output 'logits': float32 [batch, len(classes)]; calibrated probabilities = "
           "softmax(logits / temperature); predict 'unsure' when the top probability < threshold.\n")
@@ -197,6 +197,22 @@ def _export_proto(net, crop: int, exporter: str, opset: int):
     return onnx.load_from_string(graph)
 
 
+def export_metadata(manifest: dict) -> dict:
+    """What every export format carries for a client (classes, preprocessing, temperature, threshold, the source
+    weights), as plain data: ONNX files hold it as metadata_props, other formats as a model.json beside them."""
+    return {
+        "classes": list(manifest["classes"]),
+        "preprocessing": {k: manifest["preprocessing"][k] for k in
+                          ("resize_size", "crop_size", "interpolation", "mean", "std")},
+        "temperature": float(manifest.get("temperature", 1.0)),
+        "threshold": float(manifest.get("threshold", 0.5)),
+        "backbone": str(manifest["backbone"]),
+        "headstart_version": __version__,
+        "weights_sha256": str(manifest["weights_sha256"]),
+        "usage": _USAGE + PREPROCESSING_STEPS,
+    }
+
+
 def _metadata(manifest: dict, exporter: str, opset: int) -> dict[str, str]:
     import torch
 
@@ -221,7 +237,32 @@ def _set_metadata(model, meta: dict[str, str]) -> None:
         model.metadata_props.add(key=key, value=value)
 
 
-def _quantize_int8(model, run_dir: Path, preprocessing: dict, workdir: Path) -> tuple:
+def calibration_images(run_dir: Path, count: int = CALIBRATION_IMAGES, folder: str | os.PathLike | None = None
+                       ) -> list[Image.Image]:
+    """Up to `count` decoded images for int8 calibration: the run's train split (evenly sampled), or `folder`'s
+    images (recursive). An ExportError when there are none, before anything is quantized or written."""
+    if folder is not None:
+        from headstart.data.folders import list_images
+
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ExportError(f"calibration set {folder}: no such folder; nothing written")
+        paths = [str(p) for p in list_images(folder)]
+        if len(paths) > count:
+            paths = [paths[i] for i in np.unique(np.linspace(0, len(paths) - 1, count).round().astype(int))]
+        where = str(folder)
+    else:
+        paths, _, _ = run_images(run_dir, count, splits=("train",))
+        where = f"the run's train split ({run_dir / 'split.json'})"
+    images, _ = _decode(paths)
+    if not images:
+        raise ExportError(f"int8 calibration needs training images and none can be read from {where}; pass a "
+                          f"folder of them with --calibration DIR; nothing written")
+    return images
+
+
+def _quantize_int8(model, run_dir: Path, preprocessing: dict, workdir: Path,
+                   images: list[Image.Image] | None = None) -> tuple:
     """Static int8 (QDQ, per-channel weights), calibrated on up to CALIBRATION_IMAGES of the run's train images.
 
     Not quantize_dynamic: on EfficientNet-Lite0 its ConvInteger kernels ran slower than fp32 on the CPU and
@@ -234,8 +275,9 @@ def _quantize_int8(model, run_dir: Path, preprocessing: dict, workdir: Path) -> 
 
     from headstart.runtime.preprocess import Preprocessing
 
-    paths, _, _ = run_images(run_dir, CALIBRATION_IMAGES, splits=("train", "val"))
-    images, _ = _decode(paths)
+    if images is None:
+        paths, _, _ = run_images(run_dir, CALIBRATION_IMAGES, splits=("train", "val"))
+        images, _ = _decode(paths)
     if not images:
         raise ExportError(f"int8 quantization calibrates on the run's training images, and none of them can be "
                           f"read (see {run_dir / 'split.json'}); export without quantize")
@@ -257,6 +299,40 @@ def _quantize_int8(model, run_dir: Path, preprocessing: dict, workdir: Path) -> 
     quantize_static(str(pre), str(dst), Calibration(), quant_format=QuantFormat.QDQ, per_channel=True,
                     weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
     return onnx.load(dst), len(images)
+
+
+def torch_network(torch_clf):
+    """A fresh fp32 copy of the loaded net in the default memory format (the loaded one is channels_last)."""
+    import torch
+
+    return torch_clf.net.float().eval().to(memory_format=torch.contiguous_format)
+
+
+def fp32_onnx(torch_clf, exporter: str = "dynamo", opset: int = DEFAULT_OPSET):
+    """The run's network as an fp32 onnx.ModelProto (dynamic batch), no metadata yet."""
+    crop = int(torch_clf.manifest["preprocessing"]["crop_size"])
+    return _export_proto(torch_network(torch_clf), crop, exporter, opset)
+
+
+def finish_onnx(model, run_dir: Path, manifest: dict, *, exporter: str, opset: int, quantize: str | None,
+                images: list[Image.Image] | None = None) -> tuple:
+    """(the model, quantized when asked, with headstart's metadata and checked by onnx.checker; the metadata)."""
+    import onnx
+
+    meta = _metadata(manifest, exporter, opset)
+    if quantize:
+        with tempfile.TemporaryDirectory() as tmp:
+            model, calibrated = _quantize_int8(model, run_dir, manifest["preprocessing"], Path(tmp), images)
+        meta["quantization"] = f"int8 static QDQ, per-channel weights, calibrated on {calibrated} train images"
+    else:
+        model = onnx.ModelProto.FromString(model.SerializeToString())
+    _set_metadata(model, meta)
+    model.doc_string = f"headstart {manifest['backbone']} classifier; see metadata 'usage'"
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"the exported model does not pass onnx.checker: {exc}") from exc
+    return model, meta
 
 
 def _checked_parity(model, torch_clf, run_dir: Path, images: Sequence | None, tolerance: float | None) -> dict:
@@ -290,7 +366,6 @@ def export_onnx(run_dir: str | os.PathLike, out: str | os.PathLike | None = None
     not held to the tolerance; its parity and accuracy are reported instead. images: parity images instead of
     the run's test/val images.
     """
-    import onnx
     import torch
 
     from headstart.inference.classifier import load
@@ -310,17 +385,7 @@ def export_onnx(run_dir: str | os.PathLike, out: str | os.PathLike | None = None
     crop = int(manifest["preprocessing"]["crop_size"])
     log.info("exporting %s (%s) with the %s exporter, opset %d", run_dir, manifest["backbone"], exporter, opset)
     model = _export_proto(net, crop, exporter, opset)
-    meta = _metadata(manifest, exporter, opset)
-    if quantize:
-        with tempfile.TemporaryDirectory() as tmp:
-            model, calibrated = _quantize_int8(model, run_dir, manifest["preprocessing"], Path(tmp))
-        meta["quantization"] = f"int8 static QDQ, per-channel weights, calibrated on {calibrated} train images"
-    _set_metadata(model, meta)
-    model.doc_string = f"headstart {manifest['backbone']} classifier; see metadata 'usage'"
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise ExportError(f"the exported model does not pass onnx.checker: {exc}") from exc
+    model, meta = finish_onnx(model, run_dir, manifest, exporter=exporter, opset=opset, quantize=quantize)
     parity: dict = {}
     if check:
         parity = _checked_parity(model, torch_clf, run_dir, images, tolerance=None if quantize else tolerance)

@@ -41,7 +41,7 @@ __all__ = ["ENGINES", "LOOPBACK", "create_app", "resolve_engine", "serve"]
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("auto", "onnx", "torch")
+ENGINES = ("auto", "onnx", "torch", "onnx-int8", "openvino", "openvino-int8")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 STATIC = Path(__file__).parent / "static"
 TOP_K_MAX = 100

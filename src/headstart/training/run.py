@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from headstart.artifact import atomic_write_json, sha256_file
+from headstart.artifact import atomic_write_json
 from headstart.config import MACHINE_SETTINGS, ConfigError, TrainConfig
 
 __all__ = ["DataPlan", "RunResult", "plan_data", "resolve_config", "train"]
@@ -19,7 +20,9 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, int], None]
 
-KEEP_DECODED_IMAGES = 10_000  # up to this many images (~2.6 GB at 256 px) stay decoded in memory
+# Up to this many decoded images (~0.6 GB at 256 px) stay in memory; a larger set's stay in a file on disk that
+# the decoding helper writes (or are decoded again where no helper can run): memory stays flat.
+KEEP_DECODED_IMAGES = 2_000
 
 
 @dataclass
@@ -34,6 +37,8 @@ class RunResult:
     seconds: float
     config: TrainConfig
     is_main: bool = True  # False in the other processes of a multi-process run: rank 0 wrote the run
+    left_out: list[dict] = field(default_factory=list)  # leaked val/test copies left out (summary.json lists them)
+    relabeled: list[dict] = field(default_factory=list)  # the --fixes relabels applied
 
     @property
     def best(self) -> dict:
@@ -51,13 +56,15 @@ class RunResult:
 @dataclass
 class DataPlan:
     """What to train on, settled before torch is imported: the backbone's spec and preprocessing, the splits,
-    the files left out and the doctor's warnings."""
+    the files left out, the fixes applied and the doctor's warnings."""
 
     spec: object
     preprocessing: object
     dataset: object
     excluded: set
     warnings: list
+    relabeled: list = field(default_factory=list)  # {"path", "split", "from", "to"} per --fixes relabel
+    left_out: list = field(default_factory=list)  # leaked val/test copies left out, filled once decoded
 
 
 def resolve_config(data, config: TrainConfig | None, resume, settings: dict) -> TrainConfig:
@@ -87,6 +94,12 @@ def plan_data(cfg: TrainConfig, resume=None) -> DataPlan:
     spec = get_spec(cfg.backbone)
     preprocessing = spec.preprocessing if cfg.image_size is None else spec.preprocessing.with_crop(cfg.image_size)
     excluded = load_exclusions(cfg.exclude, cfg.data) if cfg.exclude else set()
+    fixes = None
+    if cfg.fixes:
+        from headstart.audit.fixes import load_fixes
+
+        fixes = load_fixes(cfg.fixes, cfg.data)  # a bad file is refused here, before anything runs
+        excluded |= fixes.exclude
     doctor = check_dataset(cfg.data, fast=True, val_fraction=cfg.val_fraction, seed=cfg.seed, exclude=excluded)
     if doctor.fatal:
         raise DataError(" ".join(p.message for p in doctor.problems if p.severity == "fatal")
@@ -96,7 +109,13 @@ def plan_data(cfg: TrainConfig, resume=None) -> DataPlan:
         log.warning("%s", problem.message)
     dataset = discover(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, exclude=excluded,
                        split_file=Path(resume) / "split.json" if resume is not None else None)
-    return DataPlan(spec, preprocessing, dataset, excluded, warnings)
+    relabeled = []
+    if fixes is not None:
+        from headstart.audit.fixes import apply_relabels
+
+        relabeled = apply_relabels(dataset, fixes)
+        log.info("fixes from %s: %d relabelled, %d excluded", cfg.fixes, len(relabeled), len(fixes.exclude))
+    return DataPlan(spec, preprocessing, dataset, excluded, warnings, relabeled)
 
 
 def train(data: str | Path | None = None, *, config: TrainConfig | None = None, progress: ProgressFn | None = None,
@@ -116,11 +135,10 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
     cfg = resolve_config(data, config, resume, settings)
     plan = plan_data(cfg, resume)
     # Decoding starts (in a helper process) before torch, timm and Fabric are imported, on the core that the
-    # imports leave idle. A large set is checked and hashed now, then decoded again where it is used: memory
-    # stays flat.
-    keep_images = sum(map(len, plan.dataset.splits.values())) <= KEEP_DECODED_IMAGES
+    # imports leave idle.
+    in_memory = sum(map(len, plan.dataset.splits.values())) <= KEEP_DECODED_IMAGES
     decoding = DecodeJob.start(plan.dataset.splits, short_side=plan.preprocessing.resize_size,
-                               interpolation=plan.preprocessing.interpolation, keep_images=keep_images,
+                               interpolation=plan.preprocessing.interpolation, in_memory=in_memory,
                                progress=progress)
     figures = None
     try:
@@ -171,12 +189,12 @@ def _fit_and_write(session, cfg: TrainConfig, plan: DataPlan, decoding, figures,
     run_dir, rank0 = session.run_dir, session.rank0
     if rank0:
         atomic_write_json(run_dir / "config.json", cfg.to_dict())  # on resume: the machine settings used now
-        if resume is None:
-            atomic_write_json(run_dir / "split.json", plan.dataset.split_record(cfg.seed, cfg.val_fraction))
     torch.manual_seed(cfg.seed)
     net = build_network(plan.spec, len(plan.dataset.classes), weights=cfg.weights, dropout=cfg.dropout)
     decoded = decoding.result()
-    _refuse_leakage(decoded, cfg.data, run_dir if session.created and rank0 else None)
+    plan.left_out = _leave_out_leakage(decoded, cfg, plan, run_dir if session.created and rank0 else None)
+    if rank0 and resume is None:  # the split as trained: without the copies left out
+        atomic_write_json(run_dir / "split.json", plan.dataset.split_record(cfg.seed, cfg.val_fraction))
     skipped = [f for d in decoded.values() for f in d.failures]
     if not decoded["train"].labels or not decoded["val"].labels:
         raise ConfigError("no readable images left in train or val after skipping unreadable files")
@@ -208,7 +226,8 @@ def _fit_and_write(session, cfg: TrainConfig, plan: DataPlan, decoding, figures,
     if any_rank(session.fabric, failure is not None):
         raise failure or RuntimeError("rank 0 could not write the run directory: see its error")
     log.info("run written to %s in %.1fs", run_dir, seconds)
-    return RunResult(run_dir, metrics, result.history, plan.dataset.classes, skipped, seconds, cfg, rank0)
+    return RunResult(run_dir, metrics, result.history, plan.dataset.classes, skipped, seconds, cfg, rank0,
+                     plan.left_out, plan.relabeled)
 
 
 def _class_weights(train_labels: list[int], num_classes: int, mode: str):
@@ -222,27 +241,82 @@ def _class_weights(train_labels: list[int], num_classes: int, mode: str):
     return None if weights is None else torch.tensor(weights, dtype=torch.float32)
 
 
-def _refuse_leakage(decoded: dict, data: str, fresh_run_dir: Path | None) -> None:
-    """The same image in two splits inflates every score: refuse, as `headstart check` does (the hashes come
-    free with decoding). A run directory created for this run is removed: it holds nothing yet."""
-    from headstart.data.dataset import DataError
+def _leaked(decoded: dict) -> list[tuple[str, str, str]]:
+    """(split, path, copy_of) of every val/test image whose content an earlier split holds (the hashes come free
+    with decoding)."""
+    from headstart.data.dataset import SPLIT_ORDER
 
     seen: dict[str, str] = {}
     leaked = []
-    for split, d in decoded.items():
+    for split in sorted(decoded, key=SPLIT_ORDER.index):
+        d = decoded[split]
         for path, digest in zip(d.paths, d.hashes):
             if digest in seen and seen[digest].split(":", 1)[0] != split:
-                leaked.append((seen[digest].split(":", 1)[1], path))
+                leaked.append((split, path, seen[digest].split(":", 1)[1]))
             seen.setdefault(digest, f"{split}:{path}")
-    if leaked:
+    return leaked
+
+
+def _near_leaked(decoded: dict, cfg: TrainConfig, plan: DataPlan) -> list[tuple[str, str, str, float]]:
+    """(split, path, copy_of, similarity) of near copies across splits, found as `check --deep` finds them; their
+    features land in the cache the features mode reads next."""
+    from headstart.audit.duplicates import near_duplicates
+    from headstart.audit.features import embed_dataset
+    from headstart.data.dataset import SPLIT_ORDER, Dataset
+
+    splits = {s: list(zip(d.paths, d.labels)) for s, d in decoded.items()}
+    dataset = Dataset(plan.dataset.root, plan.dataset.classes, splits, plan.dataset.split_origin)
+    emb = embed_dataset(dataset, backbone=cfg.backbone, weights=cfg.weights, image_size=cfg.image_size,
+                        precision=cfg.precision, accelerator=cfg.accelerator, engine=cfg.extract_engine)
+    tiny = {p for w in plan.warnings if w.code == "too_small" for p in w.paths}
+    out = []
+    for d in near_duplicates(emb, tiny):
+        if d.leakage:
+            (kept, _), (copy, split) = sorted([(d.first, d.first_split), (d.second, d.second_split)],
+                                              key=lambda x: SPLIT_ORDER.index(x[1]))
+            out.append((split, copy, kept, d.similarity))
+    return out
+
+
+def _leave_out_leakage(decoded: dict, cfg: TrainConfig, plan: DataPlan, fresh_run_dir: Path | None) -> list[dict]:
+    """Copies of training images in val/test inflate every score: leave them out of those splits (exact copies;
+    near ones too with cfg.deep) and return what was left out. With cfg.strict, refuse instead, as `headstart
+    check` does; a run directory created for this run is then removed (it holds nothing yet)."""
+    from headstart.data.dataset import DataError, data_base
+    from headstart.data.loading import DecodedSplit
+
+    found = [{"path": p, "split": s, "copy_of": c, "kind": "exact"} for s, p, c in _leaked(decoded)]
+    if cfg.deep:
+        exact = {f["path"] for f in found}
+        found += [{"path": p, "split": s, "copy_of": c, "kind": "near", "similarity": sim}
+                  for s, p, c, sim in _near_leaked(decoded, cfg, plan) if p not in exact]
+    if not found:
+        return []
+    if cfg.strict:
         if fresh_run_dir is not None:
             shutil.rmtree(fresh_run_dir, ignore_errors=True)
-        first, second = leaked[0]
-        raise DataError(f"{len(leaked)} image(s) appear in more than one split (e.g. {first} and {second}): scores "
-                        f"would be inflated. Run `headstart check {data} --fix-split`, then train with --exclude")
+        first = found[0]
+        raise DataError(f"{len(found)} image(s) appear in more than one split (e.g. {first['copy_of']} and "
+                        f"{first['path']}): scores would be inflated. Without --strict, train leaves them out of "
+                        f"val/test; or run `headstart check {cfg.data} --deep` and train with --fixes")
+    gone = {f["path"] for f in found}
+    for split, d in decoded.items():
+        keep = [i for i, p in enumerate(d.paths) if p not in gone]
+        if len(keep) < len(d.paths):
+            decoded[split] = DecodedSplit([d.paths[i] for i in keep], [d.labels[i] for i in keep],
+                                          None if d.images is None else [d.images[i] for i in keep],
+                                          [d.hashes[i] for i in keep], d.failures, d.short_side, d.interpolation)
+    for split, items in plan.dataset.splits.items():
+        plan.dataset.splits[split] = [(p, y) for p, y in items if p not in gone]
+    log.warning("left %d copies of other splits' images out of val/test (%d exact, %d near; listed in summary.json)"
+                "; --strict refuses them instead", len(found), sum(f["kind"] == "exact" for f in found),
+                sum(f["kind"] == "near" for f in found))
+    base = data_base(plan.dataset.root)
+    return [{**f, "path": os.path.relpath(f["path"], base), "copy_of": os.path.relpath(f["copy_of"], base)}
+            for f in found]
 
 
 def _model_id(cfg: TrainConfig, spec) -> str:
-    if cfg.weights:
-        return f"{spec.name}|file:{sha256_file(cfg.weights)}"
-    return f"{spec.name}|{spec.weights.kind}:{spec.weights.ref}"
+    from headstart.extract.feature_cache import model_id
+
+    return model_id(spec.name, spec.weights.kind, spec.weights.ref, cfg.weights)
