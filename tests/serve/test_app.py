@@ -106,6 +106,8 @@ def test_health_model_and_docs_offline(client):
     page = client.get("/")
     assert page.status_code == 200 and "default-src 'self'" in page.headers["content-security-policy"]
     assert client.get("/static/app.js").status_code == 200
+    style = client.get("/static/style.css")  # the one stylesheet, shared with the web export's page
+    assert style.status_code == 200 and style.headers["content-type"].startswith("text/css") and "body" in style.text
 
 
 @pytest.mark.parametrize("name, payload, needle", [

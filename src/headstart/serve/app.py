@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 ENGINES = ("auto", "onnx", "torch", "onnx-int8", "openvino", "openvino-int8")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 STATIC = Path(__file__).parent / "static"
+# One stylesheet for the served page and the web export's page (which must also work with no server).
+STYLE = Path(__file__).resolve().parents[1] / "inference" / "web" / "style.css"
 TOP_K_MAX = 100
 # The multipart fields read as image uploads: `files`, and `file` as `curl -F file=@cat.jpg` sends it.
 FILE_FIELDS = ("files", "file")
@@ -334,6 +336,11 @@ def create_app(run_dir: str | os.PathLike, *, engine: str = "auto", max_body_byt
     app.state.classifier, app.state.engine, app.state.info = clf, engine, info
     start_workers()
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+
+    @app.get("/static/style.css", include_in_schema=False)
+    async def style() -> FileResponse:
+        return FileResponse(STYLE, media_type="text/css")
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     errors = {code: {"model": Error} for code in (400, 413, 415, 422)}
 
