@@ -9,9 +9,10 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from headstart.runtime.preprocess import Preprocessing, preprocess_batch
 from headstart.runtime.results import Inputs, predict_images
 
-__all__ = ["Classifier"]
+__all__ = ["BatchEngine", "Classifier"]
 
 
 class Classifier(abc.ABC):
@@ -48,3 +49,22 @@ class Classifier(abc.ABC):
         return predict_images(inputs, lambda images: self.logits(images, batch_size, **options),
                               classes=self.classes, temperature=self.temperature, top_k=top_k,
                               threshold=self.threshold if threshold is None else threshold)
+
+
+class BatchEngine(Classifier):
+    """A torch-free engine (ONNX Runtime, OpenVINO): the numpy preprocessing here, `run` on the engine."""
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.from_dict(self.manifest["preprocessing"])
+
+    @abc.abstractmethod
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Logits for an already preprocessed float32 NCHW batch."""
+
+    def logits(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        """Raw logits [N, classes] for decoded RGB images."""
+        spec = self.preprocessing
+        out = [self.run(preprocess_batch(images[start:start + batch_size], spec))
+               for start in range(0, len(images), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), dtype=np.float32)

@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from headstart.artifact import MANIFEST_FILE, ArtifactError
-from headstart.runtime.classifier import Classifier
-from headstart.runtime.preprocess import Preprocessing, preprocess_batch
+from headstart.runtime.classifier import BatchEngine
+from headstart.runtime.preprocess import Preprocessing
 
 __all__ = ["ONNX_FILE", "ONNX_FORMAT", "OnnxClassifier", "load_onnx", "read_onnx_metadata"]
 
@@ -51,7 +50,7 @@ def read_onnx_metadata(props: dict[str, str], source: str) -> dict[str, Any]:
 
 
 @dataclass
-class OnnxClassifier(Classifier):
+class OnnxClassifier(BatchEngine):
     """The Classifier on an onnxruntime.InferenceSession."""
 
     session: Any
@@ -59,22 +58,11 @@ class OnnxClassifier(Classifier):
     path: Path
 
     def __post_init__(self) -> None:
-        self._spec = Preprocessing.from_dict(self.manifest["preprocessing"])
         self._input = self.session.get_inputs()[0].name
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return self._spec
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Logits for an already preprocessed float32 NCHW batch."""
         return self.session.run(None, {self._input: np.ascontiguousarray(batch, dtype=np.float32)})[0]
-
-    def logits(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
-        """Raw logits [N, classes] for decoded RGB images."""
-        out = [self.run(preprocess_batch(images[start:start + batch_size], self._spec))
-               for start in range(0, len(images), batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
 
 
 def _resolve(run_or_onnx: str | os.PathLike) -> tuple[Path, Path | None]:

@@ -10,17 +10,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from headstart.artifact import MANIFEST_FILE, ArtifactError, read_manifest
-from headstart.runtime.classifier import Classifier
-from headstart.runtime.preprocess import Preprocessing, preprocess_batch
+from headstart.runtime.classifier import BatchEngine
+from headstart.runtime.preprocess import Preprocessing
 
 __all__ = ["OPENVINO_DIRS", "OPENVINO_FORMAT", "OpenVinoClassifier", "load_openvino", "read_export_manifest"]
 
@@ -54,7 +52,7 @@ def read_export_manifest(folder: Path, expected_format: str) -> dict[str, Any]:
 
 
 @dataclass
-class OpenVinoClassifier(Classifier):
+class OpenVinoClassifier(BatchEngine):
     """The Classifier on an OpenVINO compiled model (CPU, fp32 inference precision for non-int8 layers)."""
 
     compiled: Any
@@ -62,23 +60,12 @@ class OpenVinoClassifier(Classifier):
     path: Path
 
     def __post_init__(self) -> None:
-        self._spec = Preprocessing.from_dict(self.manifest["preprocessing"])
         self._request = self.compiled.create_infer_request()
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return self._spec
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Logits for an already preprocessed float32 NCHW batch."""
         result = self._request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
         return np.array(result[self.compiled.output(0)], dtype=np.float32, copy=True)
-
-    def logits(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
-        """Raw logits [N, classes] for decoded RGB images."""
-        out = [self.run(preprocess_batch(images[start:start + batch_size], self._spec))
-               for start in range(0, len(images), batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
 
 
 def _resolve(path: Path, engine: str) -> tuple[Path, Path | None]:
