@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import io
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +26,24 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.formparsers import MultiPartException
+from pydantic import BaseModel
 
 from headstart.runtime.images import ImageLoadError, open_image
 from headstart.runtime.preprocess import resize_short_side
 from headstart.serve.batching import MicroBatcher
+from headstart.serve.requests import (
+    TOP_K_MAX,
+    BodyLimit,
+    Error,
+    ExplainJSON,
+    ExplainResponse,
+    PredictJSON,
+    PredictResponse,
+    Upload,
+    body_spec,
+    message,
+    read_images,
+)
 
 __all__ = ["ENGINES", "LOOPBACK", "create_app", "resolve_engine", "serve"]
 
@@ -46,64 +54,8 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 STATIC = Path(__file__).parent / "static"
 # One stylesheet for the served page and the web export's page (which must also work with no server).
 STYLE = Path(__file__).resolve().parents[1] / "inference" / "web" / "style.css"
-TOP_K_MAX = 100
-# The multipart fields read as image uploads: `files`, and `file` as `curl -F file=@cat.jpg` sends it.
-FILE_FIELDS = ("files", "file")
-# The page loads only its own files: nothing from the network, no inline script.
 PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
             "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
-
-
-class Error(BaseModel):
-    detail: str
-
-
-class Prediction(BaseModel):
-    filename: str
-    label: str = Field(description='the top class, or "unsure" when its confidence is below the threshold')
-    confidence: float = Field(description="calibrated probability of the top class")
-    top_k: list[tuple[str, float]]
-
-
-class ImageError(BaseModel):
-    filename: str
-    error: str
-
-
-class PredictResponse(BaseModel):
-    predictions: list[Prediction | ImageError]
-    model: str
-    engine: str
-
-
-class ExplainResponse(BaseModel):
-    filename: str
-    label: str = Field(description="the class explained: class_name, or the top class")
-    confidence: float = Field(description="calibrated probability of the class explained")
-    predicted: str = Field(description='the model\'s answer ("unsure" below the threshold)')
-    overlay_png: str = Field(description="base64 PNG: Grad-CAM heatmap over the center crop the model sees")
-    engine: str
-
-
-class PredictJSON(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    images: list[str] = Field(min_length=1, description="base64 image files (a data: URL prefix is accepted)")
-    top_k: int | None = Field(None, ge=1, le=TOP_K_MAX)
-    threshold: float | None = Field(None, ge=0, le=1)
-
-
-class ExplainJSON(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    images: list[str] = Field(min_length=1, max_length=1, description="one base64 image file")
-    class_name: str | None = Field(None, description="explain this class instead of the prediction")
-    threshold: float | None = Field(None, ge=0, le=1)
-
-
-@dataclass
-class _Upload:
-    filename: str
-    data: bytes | None
-    error: str | None = None
 
 
 def resolve_engine(run_dir: str | os.PathLike, engine: str) -> str:
@@ -134,139 +86,6 @@ def _model_info(clf: Any, run_dir: Path, engine: str, threshold: float) -> dict:
             "preprocessing": manifest.get("preprocessing"), "engine": engine, "unsure_label": "unsure"}
 
 
-def _message(exc: ValidationError | RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        parts.append(f"{where}: {err['msg']}" if where else err["msg"])
-    return "; ".join(parts)
-
-
-def _b64(text: str) -> bytes:
-    if text.startswith("data:") and "," in text:  # a data: URL, as a browser's FileReader makes
-        text = text.split(",", 1)[1]
-    return base64.b64decode("".join(text.split()), validate=True)
-
-
-async def _read_images(request: Request, model: type[BaseModel], max_images: int) -> tuple[list[_Upload], dict]:
-    """The request's images (bytes, or a per-image error) and its options, or a 4xx HTTPException."""
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    names = [n for n in model.model_fields if n != "images"]
-    if media == "multipart/form-data":
-        try:
-            form = await request.form(max_files=max_images, max_fields=len(names) + 4)
-        except (StarletteHTTPException, MultiPartException) as exc:
-            detail = getattr(exc, "detail", None) or getattr(exc, "message", str(exc))
-            if "too many files" in str(detail).lower():
-                raise HTTPException(422, f"too many images: more than {max_images} in one request "
-                                         f"(the server's limit)") from exc
-            raise HTTPException(400, f"malformed multipart body: {detail}") from exc
-        try:
-            files, fields = [], {}
-            for key, value in form.multi_items():
-                if key in FILE_FIELDS and isinstance(value, UploadFile):
-                    files.append(value)
-                elif key in FILE_FIELDS:
-                    raise HTTPException(422, f"field {key!r} must hold file uploads, not text")
-                elif key not in names or isinstance(value, UploadFile) or key in fields:
-                    raise HTTPException(422, f"unexpected form field {key!r}: send images in 'files' (or 'file') "
-                                             f"and optionally {', '.join(repr(n) for n in names)} once each")
-                else:
-                    fields[key] = value
-            uploads = [_Upload(f.filename or f"files[{i}]", await f.read()) for i, f in enumerate(files)]
-        finally:
-            await form.close()
-        try:
-            options = model.model_validate({"images": ["-"], **fields}).model_dump(exclude={"images"})
-        except ValidationError as exc:
-            raise HTTPException(422, f"bad form field: {_message(exc)}") from exc
-    elif media == "application/json" or media.endswith("+json"):
-        try:
-            parsed = model.model_validate_json(await request.body())
-        except ValidationError as exc:
-            raise HTTPException(422, f"bad JSON body: {_message(exc)}") from exc
-        options = parsed.model_dump(exclude={"images"})
-        uploads = []
-        for i, text in enumerate(parsed.images):
-            try:
-                uploads.append(_Upload(f"images[{i}]", _b64(text)))
-            except (binascii.Error, ValueError) as exc:
-                uploads.append(_Upload(f"images[{i}]", None, f"not valid base64 ({exc})"))
-    elif not media and not await request.body():
-        uploads, options = [], {}
-    else:
-        raise HTTPException(415, f"unsupported content type {media!r}: send multipart/form-data with image "
-                                 f"files in 'files' (or 'file'), or application/json with base64 strings in "
-                                 f"'images'")
-    if not uploads:
-        raise HTTPException(422, "no image: send one or more image files in the multipart field 'files' (or "
-                                 "'file'), or base64 strings in the JSON field 'images'")
-    if len(uploads) > max_images:
-        raise HTTPException(422, f"too many images: {len(uploads)} in one request, the limit is {max_images}")
-    return uploads, options
-
-
-def _body_spec(model: type[BaseModel], max_images: int) -> dict:
-    """OpenAPI requestBody for an endpoint that takes multipart files or JSON base64 (parsed by hand)."""
-    schema = model.model_json_schema()
-    fields = {name: next((s for s in prop.get("anyOf", [prop]) if s.get("type") != "null"), prop)
-              for name, prop in schema["properties"].items() if name != "images"}
-    files = {"type": "array", "minItems": 1, "maxItems": max_images,
-             "items": {"type": "string", "format": "binary"}}
-    # `file` is the same field under curl's usual name (-F file=@cat.jpg); either one carries the images.
-    multipart = {"type": "object", "anyOf": [{"required": [name]} for name in FILE_FIELDS], "properties": {
-        "files": files, "file": {**files, "description": "the same as files"}, **fields}}
-    return {"requestBody": {"required": True, "content": {
-        "multipart/form-data": {"schema": multipart}, "application/json": {"schema": schema}}}}
-
-
-class BodyLimit:
-    """413 for a body over `max_bytes`: a declared Content-Length at once, else counted as it arrives.
-
-    The body is read here in full (it is bounded) and replayed to the app, so no handler sees a partial one.
-    """
-
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        limit = f"the server's limit of {self.max_bytes:,} bytes"
-        if declared is not None:
-            if not declared.isdigit():
-                return await _reply(send, 400, f"invalid Content-Length header {declared[:40].decode('latin-1')!r}")
-            if int(declared) > self.max_bytes:
-                return await _reply(send, 413, f"request body is {int(declared):,} bytes, over {limit}")
-        chunks, total = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunks.append(message.get("body", b""))
-            total += len(chunks[-1])
-            if total > self.max_bytes:
-                return await _reply(send, 413, f"request body exceeds {limit}")
-            if not message.get("more_body"):
-                break
-        body, replayed = b"".join(chunks), False
-
-        async def replay() -> dict:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        return await self.app(scope, replay, send)
-
-
-async def _reply(send: Any, status: int, detail: str) -> None:
-    await JSONResponse({"detail": detail}, status)({"type": "http"}, None, send)
-
-
 def create_app(run_dir: str | os.PathLike, *, engine: str = "auto", max_body_bytes: int = 10_000_000,
                max_images: int = 32, batch_window_ms: float = 5, max_batch: int = 32,
                default_threshold: float | None = None) -> FastAPI:
@@ -287,7 +106,7 @@ def create_app(run_dir: str | os.PathLike, *, engine: str = "auto", max_body_byt
     log.info("serving %s (%s, %d classes) with the %s engine", run_dir, info["backbone"], len(clf.classes),
              engine)
 
-    def decode(uploads: list[_Upload]) -> list[tuple[_Upload, Any]]:
+    def decode(uploads: list[Upload]) -> list[tuple[Upload, Any]]:
         out = []
         for up in uploads:
             if up.error is not None:
@@ -305,7 +124,7 @@ def create_app(run_dir: str | os.PathLike, *, engine: str = "auto", max_body_byt
         return out
 
     async def decoded(request: Request, model: type[BaseModel], limit: int) -> tuple[list, dict]:
-        uploads, options = await _read_images(request, model, limit)
+        uploads, options = await read_images(request, model, limit)
         items = await asyncio.get_running_loop().run_in_executor(app.state.decoders, decode, uploads)
         if all(img is None for _, img in items):
             raise HTTPException(422, "no usable image: " + "; ".join(f"{u.filename}: {u.error}" for u, _ in items))
@@ -346,7 +165,7 @@ def create_app(run_dir: str | os.PathLike, *, engine: str = "auto", max_body_byt
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _message(exc)}, 422)
+        return JSONResponse({"detail": message(exc)}, 422)
 
     @app.exception_handler(Exception)
     async def server_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -368,7 +187,7 @@ def create_app(run_dir: str | os.PathLike, *, engine: str = "auto", max_body_byt
                 "batch_window_ms": batch_window_ms, "max_batch": max_batch}
 
     @app.post("/predict", response_model=PredictResponse, responses=errors,
-              openapi_extra=_body_spec(PredictJSON, max_images))
+              openapi_extra=body_spec(PredictJSON, max_images))
     async def predict(request: Request, top_k: int | None = Query(None, ge=1, le=TOP_K_MAX),
                       threshold: float | None = Query(None, ge=0, le=1)) -> dict:
         """Labels for one or more images: multipart `files` (or `file`), or JSON `{"images": [base64, ...]}`.
@@ -388,7 +207,7 @@ def create_app(run_dir: str | os.PathLike, *, engine: str = "auto", max_body_byt
         return {"predictions": predictions, "model": info["backbone"], "engine": engine}
 
     @app.post("/explain", response_model=ExplainResponse, responses=errors,
-              openapi_extra=_body_spec(ExplainJSON, 1))
+              openapi_extra=body_spec(ExplainJSON, 1))
     async def explain(request: Request, class_name: str | None = Query(None),
                       threshold: float | None = Query(None, ge=0, le=1)) -> dict:
         """Grad-CAM for one image (torch engine only): where the model looked for its answer or `class_name`."""
