@@ -166,7 +166,7 @@ def test_report_reuses_the_logits_saved_by_training(run, monkeypatch):
 
 
 def test_with_the_saved_logits_only_the_shown_images_are_opened(run, monkeypatch):
-    from headstart.report import build
+    from headstart.report import sections
     from headstart.runtime import images
 
     run_dir, clf, _ = run
@@ -175,7 +175,7 @@ def test_with_the_saved_logits_only_the_shown_images_are_opened(run, monkeypatch
     original = images.open_image
     monkeypatch.setattr(images, "open_image", lambda source, *a, **k: opened.append(str(source)) or
                         original(source, *a, **k))
-    monkeypatch.setattr(build, "GRID_IMAGES", 3)
+    monkeypatch.setattr(sections, "GRID_IMAGES", 3)
     build_report(run_dir, classifier=clf, top_n=2)
     assert 0 < len([p for p in opened if p in val]) <= 5 < len(val)
 
@@ -198,11 +198,11 @@ def test_a_val_image_unreadable_since_training_is_left_out_of_the_grid(run, tmp_
     """The saved logits still stand (nothing is scored again); the grid skips the file that cannot be opened
     any more, and says so."""
     from headstart.inference.classifier import TorchClassifier as Classifier
-    from headstart.report import build
+    from headstart.report import sections
 
     run_dir, clf, _ = run
     copy, data = _moved_run(run_dir, tmp_path)
-    monkeypatch.setattr(build, "GRID_IMAGES", 100)  # every val image in the grid, the broken one too
+    monkeypatch.setattr(sections, "GRID_IMAGES", 100)  # every val image in the grid, the broken one too
     monkeypatch.setattr(Classifier, "logits", lambda *a, **k: pytest.fail("the split was scored again"))
     broken = sorted((data / "val").rglob("*.jpg"))[0]
     broken.write_bytes(b"no longer a jpeg")
@@ -255,7 +255,8 @@ def _before_details(text: str) -> str:
 def test_many_classes_are_summarised_and_their_tables_collapsed():
     """102 classes (Flowers-102): the report opens with a summary, not a 102-row table; the tables are in
     <details> elements, closed until clicked, and every class is still in them."""
-    from headstart.report.build import _dataset_section, _per_class_section
+    from headstart.report.sections import dataset_section as _dataset_section
+    from headstart.report.sections import per_class_section as _per_class_section
 
     classes, summary, metrics = _many_classes()
     for section in (_dataset_section(summary, classes), _per_class_section(metrics)):
@@ -273,7 +274,8 @@ def test_many_classes_are_summarised_and_their_tables_collapsed():
 
 
 def test_few_classes_keep_their_plain_tables():
-    from headstart.report.build import _dataset_section, _per_class_section
+    from headstart.report.sections import dataset_section as _dataset_section
+    from headstart.report.sections import per_class_section as _per_class_section
 
     classes, summary, metrics = _many_classes(5)
     for section in (_dataset_section(summary, classes), _per_class_section(metrics)):

@@ -14,8 +14,6 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,43 +21,12 @@ import numpy as np
 from headstart.artifact import atomic_write_text, read_manifest
 from headstart.device import one_torch_thread
 from headstart.report import html as H
-from headstart.report import plots
+from headstart.report import sections as S
 from headstart.report.figures import FigureWorker
 
 __all__ = ["build_report"]
 
 log = logging.getLogger(__name__)
-
-GRID_IMAGES = 12
-# Above this many classes a per-class table is summarised, and shown whole only in a closed <details>: the
-# page would otherwise open on 102 rows for Flowers-102.
-MANY_CLASSES = 20
-WORST_SHOWN = 10
-
-# FigureWorker.draw: starts a plot function, returns a function that waits for the figure's path.
-Draw = Callable[..., Callable[[], Path]]
-
-
-@dataclass
-class _Scored:
-    """The readable images of one split with labels (indices into the model's classes) and logits. Images
-    are opened when first asked for: the stored logits spare opening the others."""
-
-    split: str
-    root: str
-    paths: list[str]
-    labels: np.ndarray
-    logits: np.ndarray
-    opened: dict[int, object]
-
-    def image(self, i: int):
-        """The i-th image (raises ImageLoadError when it has become unreadable since it was scored)."""
-        from headstart.runtime.images import open_image
-
-        if i not in self.opened:
-            self.opened[i] = open_image(self.paths[i])
-        return self.opened[i]
-
 
 def _json(path: Path) -> dict:
     try:
@@ -75,19 +42,6 @@ def _history(path: Path) -> list[dict]:
             return list(csv.DictReader(f))
     except OSError:
         return []
-
-
-def _ordered(splits) -> list[str]:
-    """Split names in reading order: train, val, test, then any others."""
-    rank = {"train": 0, "val": 1, "test": 2}
-    return sorted(splits, key=lambda s: (rank.get(s, 3), s))
-
-
-def _spread(items: list, k: int) -> list:
-    """k items evenly spread over a list sorted by class, so every class shows up."""
-    if len(items) <= k:
-        return list(items)
-    return [items[i] for i in np.linspace(0, len(items) - 1, k).round().astype(int)]
 
 
 def _dataset(run: Path, data, classes: list[str], config: dict):
@@ -122,7 +76,7 @@ def _stored_logits(run_dir, split: str) -> tuple[list[str], np.ndarray] | None:
         return saved[f"paths_{split}"].tolist(), saved[f"logits_{split}"]
 
 
-def _score(clf, dataset, split: str, run_dir=None, skipped: frozenset = frozenset()) -> _Scored | None:
+def _score(clf, dataset, split: str, run_dir=None, skipped: frozenset = frozenset()) -> S.Scored | None:
     """skipped: the files training could not read (summary.json)."""
     from headstart.runtime.images import ImageLoadError, open_image
 
@@ -134,7 +88,7 @@ def _score(clf, dataset, split: str, run_dir=None, skipped: frozenset = frozense
         paths, logits = stored
         saved = set(paths)
         if saved <= label_of.keys() and label_of.keys() - saved <= skipped:
-            return _Scored(split, dataset.root, paths, np.asarray([label_of[p] for p in paths]), logits, {})
+            return S.Scored(split, dataset.root, paths, np.asarray([label_of[p] for p in paths]), logits, {})
     paths, images = [], []
     for path in label_of:
         try:
@@ -145,241 +99,8 @@ def _score(clf, dataset, split: str, run_dir=None, skipped: frozenset = frozense
         paths.append(path)
     if not images:
         return None
-    return _Scored(split, dataset.root, paths, np.asarray([label_of[p] for p in paths]), clf.logits(images),
+    return S.Scored(split, dataset.root, paths, np.asarray([label_of[p] for p in paths]), clf.logits(images),
                    dict(enumerate(images)))
-
-
-def _dataset_section(summary: dict, classes: list[str]) -> H.Section:
-    counts = summary.get("counts", {})
-    splits = _ordered(counts)
-    rows = [[c] + [counts[s].get(c, 0) for s in splits] for c in classes]
-    rows.append(["total"] + [sum(counts[s].values()) for s in splits])
-    table = H.table(["class"] + splits, rows)
-    body = [H.para(f"{len(classes)} classes from {summary.get('data', '?')}; "
-                   f"split: {summary.get('split_origin', '?')}.")]
-    if len(classes) > MANY_CLASSES and splits:
-        first = counts[splits[0]]
-        body += [H.para(_counts_line(splits[0], {c: first.get(c, 0) for c in classes})),
-                 H.details(f"Images per class and split, all {len(classes)} classes", table)]
-    else:
-        body.append(table)
-    body += [H.note(n) for n in summary.get("notes", [])]
-    skipped = summary.get("skipped", [])
-    body.append(H.para(f"Skipped files: {len(skipped)}."))
-    if skipped:
-        body.append(H.table(["file", "reason"], [(s["path"], s["reason"]) for s in skipped[:50]]))
-        if len(skipped) > 50:
-            body.append(H.note(f"... and {len(skipped) - 50} more (summary.json lists them all)"))
-    return H.Section("dataset", "Dataset", "".join(body))
-
-
-def _counts_line(split: str, per_class: dict[str, int]) -> str:
-    """Many classes' image counts in one line: their range, and the classes with the fewest (the ones that
-    most need more images)."""
-    fewest = sorted(per_class.items(), key=lambda item: (item[1], item[0]))[:5]
-    values = list(per_class.values())
-    return (f"Images per class in {split}: {min(values)} to {max(values)}, median {np.median(values):g}; "
-            f"fewest: {', '.join(f'{c} ({n})' for c, n in fewest)}.")
-
-
-def _model_section(manifest: dict) -> H.Section:
-    params = manifest.get("parameters", {})
-    rows = {
-        "backbone": manifest.get("backbone"),
-        "weights": manifest.get("weight_source", {}).get("description") or manifest.get("weight_source"),
-        "mode": manifest.get("mode"),
-        "trainable parameters": params.get("trainable"),
-        "total parameters": params.get("total"),
-        "head": manifest.get("head"),
-        "preprocessing": manifest.get("preprocessing"),
-        "temperature": manifest.get("temperature"),
-        "threshold": manifest.get("threshold"),
-        "headstart version": manifest.get("headstart_version"),
-        "created": manifest.get("created"),
-        "weights sha256": manifest.get("weights_sha256"),
-    }
-    return H.Section("model", "Model", H.kv_table(rows))
-
-
-def _curves_section(history: list[dict], out: Path, draw: Draw) -> H.Section:
-    if not history:
-        return H.Section("curves", "Training curves", H.note("history.csv is missing or empty"))
-    png = draw(plots.plot_history, history, out / "curves.png")
-    return H.Section("curves", "Training curves", lambda: H.figure(png(), "loss and accuracy per epoch"))
-
-
-_METRIC_ROWS = (("images", "n"), ("accuracy", "accuracy"), ("loss (NLL)", "loss"),
-                ("NLL after temperature", "nll_calibrated"), ("ECE", "ece"), ("ECE after temperature",
-                                                                               "ece_calibrated"))
-
-
-def _metrics_section(metrics: dict) -> H.Section:
-    splits = list(metrics)
-    rows = [[name] + [metrics[s].get(key) for s in splits] for name, key in _METRIC_ROWS]
-    return H.Section("metrics", "Metrics", H.table(["metric"] + splits, rows))
-
-
-def _per_class_section(metrics: dict) -> H.Section:
-    header = ["class", "precision", "recall", "F1", "support"]
-    body = []
-    for split, m in metrics.items():
-        rows = [(c, v["precision"], v["recall"], v["f1"], v["support"])
-                for c, v in m.get("per_class", {}).items()]
-        body.append(f"<h3>{H.esc(split)}</h3>")
-        if len(rows) > MANY_CLASSES:  # the classes that need attention first, all of them a click away
-            worst = sorted(rows, key=lambda row: (row[3], row[0]))[:WORST_SHOWN]
-            body += [H.table(header, worst, caption=f"the {len(worst)} classes with the lowest F1"),
-                     H.details(f"All {len(rows)} classes", H.table(header, rows))]
-        else:
-            body.append(H.table(header, rows))
-    return H.Section("per-class", "Per-class metrics", "".join(body))
-
-
-def _confusion_section(metrics: dict, classes: list[str], out: Path, draw: Draw) -> H.Section:
-    pngs = [(s, draw(plots.plot_confusion_matrix, m["confusion_matrix"], classes, out / f"confusion_{s}.png",
-                     title=f"{s} split")) for s, m in metrics.items() if "confusion_matrix" in m]
-    if not pngs:
-        return H.Section("confusion", "Confusion matrix", H.note("metrics.json has no matrix"))
-    return H.Section("confusion", "Confusion matrix",
-                     lambda: "".join(H.figure(png(), f"confusion matrix, {s}") for s, png in pngs))
-
-
-def _calibration_section(metrics: dict, temperature: float, scored: _Scored | None, why: str,
-                         out: Path, draw: Draw) -> H.Section:
-    from headstart.runtime.metrics import softmax
-
-    body = [H.para(f"Temperature T = {temperature:.4g}, fitted on val to minimise its NLL; probabilities "
-                   "are softmax(logits / T). ECE: expected calibration error, 15 equal-width bins."),
-            H.table(["split", "ECE before", "ECE after", "NLL before", "NLL after"],
-                    [(s, m.get("ece"), m.get("ece_calibrated"), m.get("loss"), m.get("nll_calibrated"))
-                     for s, m in metrics.items()])]
-    if scored is None:
-        return H.Section("calibration", "Calibration", "".join(body) + H.note(why))
-    caveat = " (the split T was fitted on, so 'after' is optimistic)" if scored.split == "val" else ""
-    probs = softmax(scored.logits, temperature)
-    reliability = draw(plots.plot_reliability, scored.logits, scored.labels, temperature, out / "reliability.png",
-                       title=f"Reliability, {scored.split}")
-    confidence = draw(plots.plot_confidence_histogram, probs.max(axis=1), probs.argmax(axis=1) == scored.labels,
-                      out / "confidence.png", title=f"Calibrated confidence, {scored.split}")
-    return H.Section("calibration", "Calibration", lambda: "".join(body) + H.figure(
-        reliability(), "reliability diagram", f"{scored.split} split{caveat}") + H.figure(
-        confidence(), "confidence histogram"))
-
-
-def _rejection_section(metrics: dict, threshold: float, temperature: float, scored: _Scored | None, why: str,
-                       out: Path, draw: Draw) -> H.Section:
-    from headstart.runtime.metrics import softmax
-
-    rejection = {s: m["rejection"] for s, m in metrics.items() if "rejection" in m}
-    rows = [(s, r["threshold"], r["rejected_rate"], r["accepted_accuracy"]) for s, r in rejection.items()]
-    body = [H.para(f"Predictions whose calibrated confidence is below {threshold:.2f} are answered "
-                   "'unsure'."),
-            H.table(["split", "threshold", "rejected", "accuracy of accepted"], rows)]
-    if scored is None:
-        return H.Section("rejection", "Rejection", "".join(body) + H.note(why))
-    png = draw(plots.plot_coverage, softmax(scored.logits, temperature), scored.labels, threshold,
-               out / "coverage.png", title=f"Accuracy and coverage, {scored.split}")
-    return H.Section("rejection", "Rejection", lambda: "".join(body) + H.figure(png(), "accuracy against coverage"))
-
-
-def _predictions_section(clf, scored: _Scored | None, why: str, out: Path, draw: Draw) -> H.Section:
-    from headstart.report.explain import display_crop
-    from headstart.runtime.images import ImageLoadError
-    from headstart.runtime.metrics import softmax
-
-    if scored is None:
-        return H.Section("predictions", "Predictions", H.note(why))
-    chosen, images = [], []
-    for i in _spread(list(range(len(scored.paths))), GRID_IMAGES):
-        try:
-            images.append(display_crop(clf, scored.image(i)))
-            chosen.append(i)
-        except ImageLoadError as exc:  # changed since training scored it
-            log.warning("report: skipping %s: %s", scored.paths[i], exc.reason)
-    if not chosen:
-        return H.Section("predictions", "Predictions", H.note(f"no readable images in the {scored.split} split"))
-    probs = softmax(scored.logits[chosen], clf.temperature)
-    png = draw(
-        plots.plot_prediction_grid, images, [clf.classes[scored.labels[i]] for i in chosen],
-        [clf.classes[j] for j in probs.argmax(axis=1)], probs.max(axis=1), out / "predictions.png",
-        title=f"Predictions on {scored.split} (calibrated confidence)")
-    return H.Section("predictions", "Predictions", lambda: H.figure(png(), "a grid of predictions"))
-
-
-def _top_losses_section(clf, scored: _Scored | None, why: str, n: int, out: Path, draw: Draw) -> H.Section:
-    from headstart.report.explain import cam_panels, top_loss_captions, top_losses
-
-    if scored is None:
-        return H.Section("top-losses", "Top losses", H.note(why))
-    items = list(zip(scored.paths, scored.labels.tolist()))
-    result = top_losses(clf, items, n, logits=scored.logits)
-    body = [H.para(f"The {len(result.rows)} {scored.split} images with the highest loss; {result.wrong} of "
-                   f"{len(items)} are misclassified. Grad-CAM shows where the model looked for its "
-                   "prediction.")]
-    png = None
-    if result.rows:  # the Grad-CAMs here (torch), their grid in the worker
-        png = draw(plots.plot_top_losses, *cam_panels(clf, result.images, [r["pred"] for r in result.rows]),
-                   *top_loss_captions(result.rows), out / "top_losses.png", title=result.title)
-    table = H.table([f"file (in {scored.root})", "true", "predicted", "confidence", "loss"],
-                    [(os.path.relpath(r["path"], scored.root), r["true"], r["pred"], r["confidence"], r["loss"])
-                     for r in result.rows])
-    return H.Section("top-losses", "Top losses", lambda: "".join(body) + (
-        H.figure(png(), "top losses with Grad-CAM") if png else "") + table)
-
-
-def _samples_section(clf, dataset, augment: str, why: str, out: Path, draw: Draw) -> H.Section:
-    import torch
-
-    from headstart.data.transforms import train_transform
-    from headstart.runtime.images import ImageLoadError, open_image
-    from headstart.runtime.preprocess import Preprocessing
-
-    title = "Training samples"
-    if dataset is None or not dataset.splits.get("train"):
-        return H.Section("samples", title, H.note(why or "no training images"))
-    pre = Preprocessing.from_dict(clf.manifest["preprocessing"])
-    transform = train_transform(pre, augment)
-    torch.manual_seed(0)  # the same augmented samples every time the report is rebuilt
-    tensors, labels = [], []
-    for path, y in _spread(dataset.splits["train"], GRID_IMAGES):
-        try:
-            tensors.append(transform(open_image(path)).numpy())
-            labels.append(dataset.classes[y])
-        except ImageLoadError:
-            continue
-    if not tensors:
-        return H.Section("samples", title, H.note("no readable training images"))
-    png = draw(plots.plot_image_grid, tensors, labels, out / "samples.png", mean=pre.mean, std=pre.std,
-               title=f"Training samples, augmentation preset '{augment}'")
-    return H.Section("samples", title, lambda: H.figure(png(), "augmented training samples"))
-
-
-def _filters_section(clf, out: Path, draw: Draw) -> H.Section:
-    from headstart.report.explain import first_conv_weights
-
-    weights = first_conv_weights(clf.net)
-    if weights is None:
-        return H.Section("filters", "First-layer filters", H.note("the network has no RGB convolution"))
-    png = draw(plots.plot_conv_filters, weights, out / "filters.png")
-    return H.Section("filters", "First-layer filters", lambda: H.figure(png(), "first convolution filters"))
-
-
-def _time_size_section(run: Path, summary: dict, history: list[dict], manifest: dict) -> H.Section:
-    seconds = [float(r["seconds"]) for r in history if r.get("seconds") not in (None, "")]
-    weights = run / manifest.get("weights_file", "model.safetensors")
-    size = weights.stat().st_size if weights.is_file() else manifest.get("weights_bytes")
-    extraction = summary.get("extraction") if isinstance(summary.get("extraction"), dict) else None
-    rows = {
-        "whole run (s)": summary.get("seconds"),
-        "epochs": summary.get("epochs_run", len(history)),
-        "seconds per epoch, mean": float(np.mean(seconds)) if seconds else None,
-        "seconds per epoch, min / max": f"{min(seconds):.3g} / {max(seconds):.3g}" if seconds else None,
-        "feature extraction, computed / total": (f"{extraction.get('computed')} / {extraction.get('total')}"
-                                                 if extraction else None),
-        "accelerator, precision": f"{summary.get('accelerator', '?')}, {summary.get('precision', '?')}",
-        "model.safetensors": f"{size / 2**20:.1f} MiB ({size:,} bytes)" if size else None,
-    }
-    return H.Section("time-size", "Time and size", H.kv_table(rows, header=("measure", "value")))
 
 
 def build_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = None, *, split: str = "val",
@@ -398,7 +119,7 @@ def build_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
     run = Path(run_dir)
     manifest = read_manifest(run)
     metrics, summary = _json(run / "metrics.json"), _json(run / "summary.json")
-    metrics = {s: metrics[s] for s in _ordered(metrics)}
+    metrics = {s: metrics[s] for s in S.ordered(metrics)}
     config, history = _json(run / "config.json"), _history(run / "history.csv")
     worker = figures or FigureWorker.start()  # before loading the model: its start-up overlaps torch's import
     try:
@@ -419,7 +140,7 @@ def build_report(run_dir: str | os.PathLike, data: str | os.PathLike | None = No
 
 
 def _page(run: Path, data, split: str, top_n: int, clf, manifest: dict, metrics: dict, summary: dict,
-          config: dict, history: list[dict], out: Path, draw: Draw) -> str:
+          config: dict, history: list[dict], out: Path, draw: S.Draw) -> str:
     dataset, why = _dataset(run, data, clf.classes, config)
     scored = None
     if dataset is not None:
@@ -430,23 +151,23 @@ def _page(run: Path, data, split: str, top_n: int, clf, manifest: dict, metrics:
     # next: first those whose data is at hand, then the top losses, whose Grad-CAMs take this process longest
     # and whose grid takes a worker longest; the cheap figures last, so that the last one sent ends soon.
     drawn = {
-        "curves": _curves_section(history, out, draw),
-        "confusion": _confusion_section(metrics, clf.classes, out, draw),
-        "calibration": _calibration_section(metrics, clf.temperature, scored, why, out, draw),
-        "rejection": _rejection_section(metrics, clf.threshold, clf.temperature, scored, why, out, draw),
-        "top-losses": _top_losses_section(clf, scored, why, top_n, out, draw),
-        "predictions": _predictions_section(clf, scored, why, out, draw),
-        "samples": _samples_section(clf, dataset, config.get("augment") or "none", why, out, draw),
-        "filters": _filters_section(clf, out, draw),
+        "curves": S.curves_section(history, out, draw),
+        "confusion": S.confusion_section(metrics, clf.classes, out, draw),
+        "calibration": S.calibration_section(metrics, clf.temperature, scored, why, out, draw),
+        "rejection": S.rejection_section(metrics, clf.threshold, clf.temperature, scored, why, out, draw),
+        "top-losses": S.top_losses_section(clf, scored, why, top_n, out, draw),
+        "predictions": S.predictions_section(clf, scored, why, out, draw),
+        "samples": S.samples_section(clf, dataset, config.get("augment") or "none", why, out, draw),
+        "filters": S.filters_section(clf, out, draw),
     }
     sections = [
-        _dataset_section(summary, clf.classes),
-        _model_section(manifest),
+        S.dataset_section(summary, clf.classes),
+        S.model_section(manifest),
         H.Section("config", "Configuration",
                   H.kv_table(config, columns=2) if config else H.note("config.json is missing")),
         drawn["curves"],
-        _metrics_section(metrics),
-        _per_class_section(metrics),
+        S.metrics_section(metrics),
+        S.per_class_section(metrics),
         drawn["confusion"],
         drawn["calibration"],
         drawn["rejection"],
@@ -454,7 +175,7 @@ def _page(run: Path, data, split: str, top_n: int, clf, manifest: dict, metrics:
         drawn["top-losses"],
         drawn["samples"],
         drawn["filters"],
-        _time_size_section(run, summary, history, manifest),
+        S.time_size_section(run, summary, history, manifest),
     ]
     headline = [(f"{m['accuracy']:.1%}", f"{s} accuracy") for s, m in metrics.items() if "accuracy" in m]
     headline += [(str(manifest.get("backbone")), str(manifest.get("mode", ""))),
