@@ -106,26 +106,9 @@ def create_app(run_dir: str | os.PathLike, *, engine: str = "auto", max_body_byt
     log.info("serving %s (%s, %d classes) with the %s engine", run_dir, info["backbone"], len(clf.classes),
              engine)
 
-    def decode(uploads: list[Upload]) -> list[tuple[Upload, Any]]:
-        out = []
-        for up in uploads:
-            if up.error is not None:
-                out.append((up, None))
-                continue
-            try:
-                # The first step of the model's preprocessing, done here: it is exact (a short side already
-                # at resize_size is left alone) and frees the full-size image before it waits for a batch.
-                img = open_image(up.data)
-                out.append((up, resize_short_side(img, pre["resize_size"], pre["interpolation"])))
-            except ImageLoadError as exc:
-                up.error = exc.reason
-                out.append((up, None))
-            up.data = None
-        return out
-
     async def decoded(request: Request, model: type[BaseModel], limit: int) -> tuple[list, dict]:
         uploads, options = await read_images(request, model, limit)
-        items = await asyncio.get_running_loop().run_in_executor(app.state.decoders, decode, uploads)
+        items = await asyncio.get_running_loop().run_in_executor(app.state.decoders, _decode, uploads, pre)
         if all(img is None for _, img in items):
             raise HTTPException(422, "no usable image: " + "; ".join(f"{u.filename}: {u.error}" for u, _ in items))
         return items, options
@@ -156,26 +139,8 @@ def create_app(run_dir: str | os.PathLike, *, engine: str = "auto", max_body_byt
     start_workers()
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
-    @app.get("/static/style.css", include_in_schema=False)
-    async def style() -> FileResponse:
-        return FileResponse(STYLE, media_type="text/css")
-
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _add_page_and_errors(app)
     errors = {code: {"model": Error} for code in (400, 413, 415, 422)}
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": message(exc)}, 422)
-
-    @app.exception_handler(Exception)
-    async def server_error(_request: Request, exc: Exception) -> JSONResponse:
-        # a bug or a model failure, never bad input: still JSON, so clients and the page can show it
-        log.error("internal error: %r", exc, exc_info=exc)
-        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server's log"}, 500)
-
-    @app.get("/", include_in_schema=False)
-    async def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_CSP})
 
     @app.get("/health")
     async def health() -> dict:
@@ -224,6 +189,49 @@ def create_app(run_dir: str | os.PathLike, *, engine: str = "auto", max_body_byt
         return {"filename": up.filename, **result, "engine": engine}
 
     return app
+
+
+def _decode(uploads: list[Upload], pre: dict) -> list[tuple[Upload, Any]]:
+    """Each upload decoded and resized to the model's resize size, or None with its error."""
+    out = []
+    for up in uploads:
+        if up.error is not None:
+            out.append((up, None))
+            continue
+        try:
+            # The first step of the model's preprocessing, done here: it is exact (a short side already at
+            # resize_size is left alone) and frees the full-size image before it waits for a batch.
+            img = open_image(up.data)
+            out.append((up, resize_short_side(img, pre["resize_size"], pre["interpolation"])))
+        except ImageLoadError as exc:
+            up.error = exc.reason
+            out.append((up, None))
+        up.data = None
+    return out
+
+
+def _add_page_and_errors(app: FastAPI) -> None:
+    """The page and its files, and errors as JSON: a validation error is a 422, anything else a 500."""
+
+    @app.get("/static/style.css", include_in_schema=False)
+    async def style() -> FileResponse:
+        return FileResponse(STYLE, media_type="text/css")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": message(exc)}, 422)
+
+    @app.exception_handler(Exception)
+    async def server_error(_request: Request, exc: Exception) -> JSONResponse:
+        # a bug or a model failure, never bad input: still JSON, so clients and the page can show it
+        log.error("internal error: %r", exc, exc_info=exc)
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server's log"}, 500)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_CSP})
 
 
 def _explain(clf: Any, image: Any, target: str | None, threshold: float) -> dict:
