@@ -9,10 +9,23 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from headstart.artifact import ArtifactError
 from headstart.runtime.preprocess import Preprocessing, preprocess_batch
 from headstart.runtime.results import Inputs, predict_images
 
-__all__ = ["BatchEngine", "Classifier"]
+__all__ = ["BatchEngine", "Classifier", "checked_manifest"]
+
+
+def checked_manifest(meta: dict, source: str) -> dict:
+    """What every engine reads from an export's metadata, normalized: preprocessing, temperature, threshold and
+    classes; anything missing or malformed is an ArtifactError naming `source`."""
+    try:
+        meta["preprocessing"] = Preprocessing.from_dict(meta["preprocessing"]).to_dict()
+        meta["temperature"], meta["threshold"] = float(meta["temperature"]), float(meta["threshold"])
+        meta["classes"] = [str(c) for c in meta["classes"]]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ArtifactError(f"{source}: damaged headstart metadata ({type(exc).__name__}: {exc})") from exc
+    return meta
 
 
 class Classifier(abc.ABC):

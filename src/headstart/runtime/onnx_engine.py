@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 
 from headstart.artifact import MANIFEST_FILE, ArtifactError
-from headstart.runtime.classifier import BatchEngine
-from headstart.runtime.preprocess import Preprocessing
+from headstart.runtime.classifier import BatchEngine, checked_manifest
 
 __all__ = ["ONNX_FILE", "ONNX_FORMAT", "OnnxClassifier", "load_onnx", "read_onnx_metadata"]
 
@@ -28,7 +27,6 @@ ONNX_FORMAT = "headstart.onnx/1"
 ONNX_FILE = "model.onnx"
 # Metadata values that are JSON documents rather than plain strings.
 _JSON_KEYS = ("classes", "preprocessing", "parity")
-_FLOAT_KEYS = ("temperature", "threshold")
 
 
 def read_onnx_metadata(props: dict[str, str], source: str) -> dict[str, Any]:
@@ -41,12 +39,9 @@ def read_onnx_metadata(props: dict[str, str], source: str) -> dict[str, Any]:
         for key in _JSON_KEYS:
             if key in meta:
                 meta[key] = json.loads(meta[key])
-        for key in _FLOAT_KEYS:
-            meta[key] = float(meta[key])
-        meta["preprocessing"] = Preprocessing.from_dict(meta["preprocessing"]).to_dict()
-    except (KeyError, ValueError, TypeError) as exc:
+    except ValueError as exc:
         raise ArtifactError(f"{source}: damaged headstart metadata ({type(exc).__name__}: {exc})") from exc
-    return meta
+    return checked_manifest(meta, source)
 
 
 @dataclass

@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 
 from headstart.artifact import MANIFEST_FILE, ArtifactError, read_manifest
-from headstart.runtime.classifier import BatchEngine
-from headstart.runtime.preprocess import Preprocessing
+from headstart.runtime.classifier import BatchEngine, checked_manifest
 
 __all__ = ["OPENVINO_DIRS", "OPENVINO_FORMAT", "OpenVinoClassifier", "load_openvino", "read_export_manifest"]
 
@@ -42,13 +41,7 @@ def read_export_manifest(folder: Path, expected_format: str) -> dict[str, Any]:
     if meta.get("format") != expected_format:
         raise ArtifactError(f"{path}: not a {expected_format} export (format {meta.get('format')!r}); export it "
                             f"with `headstart export RUN --format ...`")
-    try:
-        meta["preprocessing"] = Preprocessing.from_dict(meta["preprocessing"]).to_dict()
-        meta["temperature"], meta["threshold"] = float(meta["temperature"]), float(meta["threshold"])
-        meta["classes"] = [str(c) for c in meta["classes"]]
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ArtifactError(f"{path}: damaged headstart metadata ({type(exc).__name__}: {exc})") from exc
-    return meta
+    return checked_manifest(meta, str(path))
 
 
 @dataclass
