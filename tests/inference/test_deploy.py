@@ -70,7 +70,7 @@ def test_every_artifact_describes_itself(run):
     assert "NNCF" in json.loads((run / "openvino-int8" / "model.json").read_text())["quantization"]
     ir = (run / "openvino" / "model.xml").read_text()
     assert 'element_type="f16"' not in ir  # fp32 weights, not OpenVINO's default fp16 compression
-    assert {p.name for p in (run / "web").iterdir()} == {"index.html", "app.js", "style.css", "ort.js",
+    assert {p.name for p in (run / "web").iterdir()} == {"index.html", "topk.js", "app.js", "style.css", "ort.js",
                                                          "ort-wasm.js", "model.js", "model.json"}
 
 

@@ -108,6 +108,7 @@ def test_health_model_and_docs_offline(client):
     assert client.get("/static/app.js").status_code == 200
     style = client.get("/static/style.css")  # the one stylesheet, shared with the web export's page
     assert style.status_code == 200 and style.headers["content-type"].startswith("text/css") and "body" in style.text
+    assert "headstartTopK" in client.get("/static/topk.js").text  # the top-k bars, shared likewise
 
 
 @pytest.mark.parametrize("name, payload, needle", [

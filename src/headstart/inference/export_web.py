@@ -1,6 +1,7 @@
 """The web export (`--format web`): a static folder that classifies in the browser with no server.
 
-    index.html, app.js, style.css   the page (inference/web/): drag and drop, top-k bars, "unsure"
+    index.html, topk.js, app.js,    the page (inference/web/): drag and drop, top-k bars, "unsure"; topk.js
+    style.css                       and style.css are the served page's too
     ort.js                          onnxruntime-web's wasm backend as a classic script (vendored, see below)
     ort-wasm.js                     its WebAssembly binary, gzip + base64
     model.js                        the fp32 ONNX model (base64) and its metadata
@@ -45,7 +46,7 @@ def write_web(onnx_bytes: bytes, folder: Path, meta: dict) -> dict:
     """The static folder in `folder` (which exists and is empty). Returns the metadata written."""
     runtime = runtime_files()
     meta = dict(meta, format=WEB_FORMAT, runtime=f"onnxruntime-web {runtime['version']} (wasm, 1 thread)")
-    for name in ("index.html", "app.js", "style.css"):
+    for name in ("index.html", "topk.js", "app.js", "style.css"):
         shutil.copyfile(PAGE / name, folder / name)
     shutil.copyfile(runtime["ort.js"], folder / "ort.js")
     wasm = base64.b64encode(runtime["wasm_gz"].read_bytes()).decode("ascii")

@@ -52,8 +52,8 @@ log = logging.getLogger(__name__)
 ENGINES = ("auto", "onnx", "torch", "onnx-int8", "openvino", "openvino-int8")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 STATIC = Path(__file__).parent / "static"
-# One stylesheet for the served page and the web export's page (which must also work with no server).
-STYLE = Path(__file__).resolve().parents[1] / "inference" / "web" / "style.css"
+# What the served page shares with the web export's page (which must also work with no server).
+SHARED_PAGE = Path(__file__).resolve().parents[1] / "inference" / "web"
 PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
             "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 
@@ -215,7 +215,11 @@ def _add_page_and_errors(app: FastAPI) -> None:
 
     @app.get("/static/style.css", include_in_schema=False)
     async def style() -> FileResponse:
-        return FileResponse(STYLE, media_type="text/css")
+        return FileResponse(SHARED_PAGE / "style.css", media_type="text/css")
+
+    @app.get("/static/topk.js", include_in_schema=False)
+    async def topk() -> FileResponse:
+        return FileResponse(SHARED_PAGE / "topk.js", media_type="text/javascript")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

@@ -10,7 +10,7 @@
 (function () {
   const META = globalThis.HEADSTART_MODEL_META;
   const $ = (selector, root = document) => root.querySelector(selector);
-  const percent = (p) => `${(100 * p).toFixed(1)}%`;
+  const percent = headstartPercent;  // topk.js
 
   // ---- Pillow's resampling (libImaging/Resample.c and Geometry.c), for 8-bit RGB ----
   const PRECISION_BITS = 32 - 8 - 2;
@@ -277,25 +277,7 @@
       const [best, p] = prediction.top_k[0];
       $(".note", card).textContent = `best guess ${best} (${percent(p)}) is below the ${percent(META.threshold)} threshold`;
     }
-    const list = $(".topk", card);
-    list.replaceChildren();
-    for (const [name, p] of prediction.top_k) {
-      const item = document.createElement("li");
-      const label = document.createElement("span");
-      label.className = "name";
-      label.textContent = name;
-      const bar = document.createElement("span");
-      bar.className = "bar";
-      const fill = document.createElement("span");
-      fill.className = "fill";
-      fill.style.width = `${Math.max(0.5, 100 * p)}%`;
-      bar.append(fill);
-      const value = document.createElement("span");
-      value.className = "pct";
-      value.textContent = percent(p);
-      item.append(label, bar, value);
-      list.append(item);
-    }
+    headstartTopK($(".topk", card), prediction.top_k);
   }
 
   let pending = 0;

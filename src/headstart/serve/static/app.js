@@ -6,7 +6,7 @@ const PARALLEL = 4; // requests in flight at once
 const state = { model: null, queue: [], active: 0, cards: [] };
 
 const $ = (selector, root = document) => root.querySelector(selector);
-const percent = (p) => `${(100 * p).toFixed(1)}%`;
+const percent = headstartPercent;  // topk.js
 
 function setStatus(text) {
   $("#status").textContent = text;
@@ -81,25 +81,7 @@ function showPrediction(entry, prediction) {
     const [best, p] = prediction.top_k[0];
     $(".note", card).textContent = `best guess ${best} (${percent(p)}) is below the ${percent(state.model?.threshold ?? 0.5)} threshold`;
   }
-  const list = $(".topk", card);
-  list.replaceChildren();
-  for (const [name, p] of prediction.top_k) {
-    const item = document.createElement("li");
-    const label = document.createElement("span");
-    label.className = "name";
-    label.textContent = name;
-    const bar = document.createElement("span");
-    bar.className = "bar";
-    const fill = document.createElement("span");
-    fill.className = "fill";
-    fill.style.width = `${Math.max(0.5, 100 * p)}%`;
-    bar.append(fill);
-    const value = document.createElement("span");
-    value.className = "pct";
-    value.textContent = percent(p);
-    item.append(label, bar, value);
-    list.append(item);
-  }
+  headstartTopK($(".topk", card), prediction.top_k);
   entry.ok = true;
   if ($("#gradcam").checked) showCam(entry);
 }
