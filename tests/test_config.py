@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from headstart.config import ConfigError, TrainConfig
+from headstart.config import AUTO_BUDGET, ConfigError, TrainConfig, budget_seconds
 
 
 def test_defaults_resolve_by_mode():
@@ -51,3 +51,23 @@ def test_fsdp_is_refused_until_its_weights_can_be_saved():
 
     with pytest.raises(ConfigError, match="fsdp is not supported yet"):
         TrainConfig(data="x", mode="finetune", accelerator="cuda", strategy="fsdp")
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("10m", 600), ("1.5h", 5400), ("45", 45), (" 2M ", 120)])
+def test_budget_reads_seconds_minutes_and_hours(text, seconds):
+    assert budget_seconds(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0s", "-1m", "ten minutes", "10x"])
+def test_a_malformed_budget_is_one_line(text):
+    with pytest.raises(ConfigError, match="budget must be a positive time"):
+        TrainConfig(data="d", mode="auto", budget=text)
+
+
+def test_budget_belongs_to_auto_mode_which_defaults_it_and_runs_in_one_process():
+    with pytest.raises(ConfigError, match="use it with --mode auto"):
+        TrainConfig(data="d", budget="1m")
+    assert TrainConfig(data="d", mode="auto").resolved().budget == AUTO_BUDGET
+    assert TrainConfig(data="d").resolved().budget is None
+    with pytest.raises(ConfigError, match="one process"):
+        TrainConfig(data="d", mode="auto", devices=2)

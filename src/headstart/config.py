@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MACHINE_SETTINGS", "ConfigError", "TrainConfig"]
+__all__ = ["AUTO_BUDGET", "MACHINE_SETTINGS", "ConfigError", "TrainConfig", "budget_seconds"]
 
 MODES = ("features", "finetune", "auto")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -20,12 +20,29 @@ ACCELERATORS = ("auto", "cpu", "cuda")
 STRATEGIES = ("auto", "ddp", "fsdp")
 # Settings of the machine, not of the model: a resumed run may change them (another world size, a GPU).
 MACHINE_SETTINGS = ("accelerator", "devices", "num_nodes", "strategy", "num_workers", "extract_engine")
+AUTO_BUDGET = "10m"  # auto mode's search budget when none is given
 # headstart.extract.engines.ENGINES (what runs the frozen forward pass), without importing torch
 EXTRACT_ENGINES = ("auto", "torch", "openvino", "onnxruntime")
 
 
 class ConfigError(ValueError):
     """A setting is unknown, out of range, or contradicts another one. The message is one line."""
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def budget_seconds(budget: str | float) -> float:
+    """"90s", "10m", "1.5h" or a plain number of seconds, as seconds."""
+    text = str(budget).strip().lower()
+    unit = _UNITS.get(text[-1:])
+    try:
+        seconds = float(text[:-1] if unit else text) * (unit or 1)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ConfigError(f"budget must be a positive time such as 90s, 10m or 1h (got {budget!r})")
+    return seconds
 
 
 def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -78,6 +95,7 @@ class TrainConfig:
     extract_engine: str = "auto"
     num_workers: int | None = None
     threshold: float = 0.5
+    budget: str | None = None  # auto mode: the search's time limit ("10m", "90s", "1h"); default AUTO_BUDGET
     out: str | None = None
     overwrite: bool = False
     report: bool = True
@@ -136,6 +154,12 @@ class TrainConfig:
             raise ConfigError("strategy fsdp is not supported yet (the backbones here fit one GPU): use ddp")
         if self.mode == "features" and (self.accumulate > 1 or self.sync_bn):
             raise ConfigError("accumulate and sync_bn apply to fine-tuning: features mode trains only the head")
+        if self.mode == "auto" and self.devices * self.num_nodes > 1:
+            raise ConfigError("auto mode's search runs in one process: train the recipe it picks with --devices")
+        if self.budget is not None:
+            if self.mode != "auto":
+                raise ConfigError("budget is auto mode's time limit: use it with --mode auto")
+            budget_seconds(self.budget)  # a malformed budget is refused here
         if self.epochs is not None and self.warmup_epochs >= self.epochs:
             raise ConfigError(f"warmup_epochs ({self.warmup_epochs}) must be fewer than epochs ({self.epochs})")
 
@@ -148,6 +172,7 @@ class TrainConfig:
             lr=self.lr if self.lr is not None else (3e-3 if features else 1e-3),
             augment=self.augment if self.augment is not None else ("none" if features else "light"),
             views=self.views if self.views is not None else (1 if features else 0 if self.unfreeze == "all" else 4),
+            budget=self.budget if self.budget is not None or self.mode != "auto" else AUTO_BUDGET,
         )
 
     def to_dict(self) -> dict[str, Any]:

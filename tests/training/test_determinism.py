@@ -59,14 +59,3 @@ def test_finetune_with_cached_prefix_matches_the_image_path(synthetic_data, tmp_
     test_a, test_b = cached.metrics["test"], plain.metrics["test"]
     differing = round(abs(test_a["accuracy"] - test_b["accuracy"]) * test_a["n"])
     assert differing <= (0 if precision == "32" else 1)  # bf16: one test image at most
-
-
-def test_auto_mode_fine_tunes_when_not_saturated(synthetic_data, tmp_path, monkeypatch):
-    import headstart.training.modes as modes
-
-    monkeypatch.setattr(modes, "SATURATED_ACCURACY", 1.01)  # never saturated: auto must fine-tune
-    result = headstart.train(synthetic_data, out=str(tmp_path / "auto"), mode="auto", epochs=2, image_size=64,
-                             report=False)
-    phases = [r["phase"] for r in result.history]
-    assert phases[0] == "features" and phases[-1] == "finetune" and phases.count("finetune") == 2
-    assert [r["epoch"] for r in result.history] == list(range(1, len(result.history) + 1))

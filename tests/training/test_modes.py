@@ -1,6 +1,6 @@
 """The modes, one by one, on a hand-built RunContext: a random-weight EfficientNet-Lite0 at 64 px, decoded synthetic
 splits and a real one-process CPU Fabric. Features mode trains only the head and reads its second run from the
-cache; finetune trains the chosen stages only; auto fine-tunes only when features mode leaves room."""
+cache; finetune trains the chosen stages only. Auto mode's search has its own tests (tests/training/search/)."""
 
 from __future__ import annotations
 
@@ -20,10 +20,9 @@ from headstart.config import TrainConfig
 from headstart.data.folders import discover
 from headstart.data.loading import decode_split
 from headstart.extract.feature_cache import FeatureCache, FeatureRows
-from headstart.training import modes
 from headstart.training.callbacks import BestCheckpoint, EarlyStopping, ResumeCheckpoint
 from headstart.training.distributed import make_fabric
-from headstart.training.modes import MODES, FitResult, RunContext, fit_auto, run_features, run_finetune
+from headstart.training.modes import MODES, RunContext, fit_auto, run_features, run_finetune
 from headstart.training.modes.common import make_callbacks, make_loader, run_trainer
 from headstart.training.modes.finetune import _stage_count, freeze_bn_wanted
 
@@ -144,54 +143,6 @@ def test_stage_count(unfreeze, expected):
 def test_freeze_bn_wanted(freeze_bn, batch_size, wanted):
     cfg = TrainConfig(data="d", mode="finetune", freeze_bn=freeze_bn, batch_size=batch_size)
     assert freeze_bn_wanted(cfg) is wanted
-
-
-def _fit(history: list[dict], tag: str) -> FitResult:
-    return FitResult(history=history, logits={"val": torch.full((1, 2), float(len(tag)))},
-                     labels={"val": torch.zeros(1, dtype=torch.long)}, extraction={"by": tag})
-
-
-def _rows(accuracies: list[float]) -> list[dict]:
-    return [{"epoch": i, "val_accuracy": a, "val_loss": 1.0 - a} for i, a in enumerate(accuracies, start=1)]
-
-
-@pytest.mark.parametrize("best", [1.0, modes.SATURATED_ACCURACY])
-def test_auto_skips_fine_tuning_when_features_mode_is_saturated(monkeypatch, best):
-    calls = []
-    features = _fit(_rows([0.5, best, 0.7]), "features")
-    monkeypatch.setattr(modes, "fit_features", lambda ctx, **kw: calls.append(("features", kw)) or features)
-    monkeypatch.setattr(modes, "fit_finetune", lambda ctx, **kw: calls.append(("finetune", kw)))
-    ctx = SimpleNamespace(cfg=TrainConfig(data="d", mode="auto", epochs=5, lr=0.1).resolved())
-
-    assert fit_auto(ctx) is features
-    # features mode's own defaults, not the auto run's epochs and lr
-    assert calls == [("features", {"epochs": 30, "lr": 3e-3, "augment": "none", "views": 1})]
-
-
-def test_auto_fine_tunes_below_saturation_and_numbers_both_phases_on(monkeypatch):
-    calls = []
-    features = _fit(_rows([0.4, 0.6, 0.5]), "features")
-    tuned = _fit(_rows([0.7, 0.8]), "finetune")
-    monkeypatch.setattr(modes, "fit_features", lambda ctx, **kw: calls.append("features") or features)
-    monkeypatch.setattr(modes, "fit_finetune", lambda ctx, **kw: calls.append(("finetune", kw)) or tuned)
-    ctx = SimpleNamespace(cfg=TrainConfig(data="d", mode="auto", epochs=5).resolved())
-
-    result = fit_auto(ctx)
-    assert calls == ["features", ("finetune", {"epochs": 5})]
-    assert [(r["phase"], r["epoch"], r["val_accuracy"]) for r in result.history] == [
-        ("features", 1, 0.4), ("features", 2, 0.6), ("features", 3, 0.5), ("finetune", 4, 0.7), ("finetune", 5, 0.8)]
-    # the fine-tuned model is the result: its logits, labels and extraction
-    assert result.logits is tuned.logits and result.labels is tuned.labels and result.extraction == {"by": "finetune"}
-    assert [r["epoch"] for r in tuned.history] == [1, 2] and "phase" not in features.history[0]  # copies, not edits
-
-
-def test_auto_fine_tunes_after_features_extracted_by_torch(world, tmp_path, monkeypatch):
-    """The torch engine (any CUDA run, or no compiled runtime) must leave the weights trainable for the
-    fine-tuning phase, not turned into inference tensors."""
-    monkeypatch.setattr(modes, "SATURATED_ACCURACY", 1.01)  # never saturated: auto must fine-tune
-    ctx = _context(world, tmp_path / "cache", mode="auto", epochs=1, extract_engine="torch")
-    result = fit_auto(ctx)
-    assert [r["phase"] for r in result.history] == ["features"] * 30 + ["finetune"]
 
 
 def test_make_loader_shuffles_by_its_seed_and_reads_feature_rows_whole():

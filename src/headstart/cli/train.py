@@ -10,13 +10,14 @@ import typer
 from rich.table import Table
 
 from headstart.cli.support import STARTED, Progress, console, friendly_errors, out, setup_logging
-from headstart.config import TrainConfig
+from headstart.config import AUTO_BUDGET, TrainConfig
 
 __all__ = ["compare_command", "demo_command", "train_command"]
 
 DEMO_DATA = Path(__file__).parent.parent / "demo_data"
 # The defaults `headstart train` shows and uses: TrainConfig's own, in one place.
 DEFAULTS = TrainConfig("")
+SUGGEST_AUTO_BELOW = 0.99  # features mode: below this val accuracy, suggest auto mode
 _EPOCHS = {mode: TrainConfig("", mode=mode).resolved().epochs for mode in ("features", "finetune")}
 
 
@@ -43,13 +44,41 @@ def _run_training(progress_enabled: bool, **settings):
         return train(progress=progress, on_epoch=on_epoch, **settings)
 
 
+def _search_table(search: dict) -> Table:
+    table = Table(title=f"auto: what was tried, scored by {search['selection']}")
+    for column in ("", "candidate", "CV accuracy", "± spread", "seconds"):
+        table.add_column(column, justify="left" if column in ("", "candidate") else "right")
+    for c in sorted(search["candidates"], key=lambda c: -c["cv_mean"]):
+        table.add_row("★" if c["winner"] else "", c["name"], f"{c['cv_mean']:.4f}", f"{c['cv_std']:.4f}",
+                      f"{c['seconds']:.1f}")
+    for c in search["skipped"]:
+        table.add_row("", f"[dim]{c['name']}[/]", "[dim]skipped[/]", "", f"[dim]{c['reason']}[/]")
+    return table
+
+
+def _print_fit(result) -> None:
+    """How the kept model was chosen: the search's leaderboard in auto mode, the best epoch otherwise."""
+    temperature = next(iter(result.metrics.values()))["temperature"]
+    if result.search is not None:
+        out.print(_search_table(result.search))
+        out.print(f"winner: {result.search['winner']} (refitted on train+val; "
+                  f"search {result.search['seconds']:.0f} s of {result.search['budget_seconds']:.0f} s); "
+                  f"temperature {temperature:.3f}")
+        return
+    best = result.best
+    out.print(f"best epoch {best['epoch']} of {len(result.history)} (val accuracy {best['val_accuracy']:.4f}); "
+              f"temperature {temperature:.3f}")
+    if result.config.mode == "features" and best["val_accuracy"] < SUGGEST_AUTO_BELOW:
+        out.print(f"val accuracy is below {SUGGEST_AUTO_BELOW}: `headstart train {result.config.data} --mode auto "
+                  f"--budget {AUTO_BUDGET}` searches other backbones, views and heads by cross-validation",
+                  highlight=False)
+
+
 def _print_run(result, title: str) -> None:
     if not result.is_main:
         return  # with several processes, rank 0 speaks for the run
     out.print(_metrics_table(result.metrics, title))
-    best = result.best
-    out.print(f"best epoch {best['epoch']} of {len(result.history)} (val accuracy {best['val_accuracy']:.4f}); "
-              f"temperature {next(iter(result.metrics.values()))['temperature']:.3f}")
+    _print_fit(result)
     if result.relabeled:
         out.print(f"fixes: {len(result.relabeled)} image(s) relabelled (listed in summary.json)")
     if result.left_out:
@@ -75,6 +104,8 @@ def train_command(
                       ] = None,
     backbone: Annotated[str, typer.Option(help="a registered backbone or timm:NAME")] = DEFAULTS.backbone,
     mode: Annotated[str, typer.Option(help="features | finetune | auto")] = DEFAULTS.mode,
+    budget: Annotated[Optional[str], typer.Option(
+        help=f"auto: the search's time limit, e.g. 90s, 10m, 1h  [default: {AUTO_BUDGET}]")] = None,
     epochs: Annotated[Optional[int], typer.Option(
         help=f"default: {_EPOCHS['features']} features, {_EPOCHS['finetune']} finetune")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="run directory")] = None,
@@ -155,7 +186,7 @@ def train_command(
             gradual_unfreeze=gradual_unfreeze, freeze_bn=freeze_bn, image_size=image_size, precision=precision,
             accumulate=accumulate, sync_bn=sync_bn, threshold=threshold, overwrite=overwrite, **engine,
             exclude=str(exclude) if exclude else None, fixes=str(fixes) if fixes else None, strict=strict,
-            deep=deep, report=report,
+            deep=deep, report=report, budget=budget,
         )
         _print_run(result, f"{backbone} · {mode}")
 

@@ -151,7 +151,7 @@ def _page(run: Path, data, split: str, top_n: int, clf, manifest: dict, metrics:
     # next: first those whose data is at hand, then the top losses, whose Grad-CAMs take this process longest
     # and whose grid takes a worker longest; the cheap figures last, so that the last one sent ends soon.
     drawn = {
-        "curves": S.curves_section(history, out, draw),
+        "curves": S.history_section(summary, history, out, draw),
         "confusion": S.confusion_section(metrics, clf.classes, out, draw),
         "calibration": S.calibration_section(metrics, clf.temperature, scored, why, out, draw),
         "rejection": S.rejection_section(metrics, clf.threshold, clf.temperature, scored, why, out, draw),

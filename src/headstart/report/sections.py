@@ -12,6 +12,7 @@ import numpy as np
 
 from headstart.report import html as H
 from headstart.report import plots
+from headstart.report.search_plot import plot_search
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,35 @@ def curves_section(history: list[dict], out: Path, draw: Draw) -> H.Section:
         return H.Section("curves", "Training curves", H.note("history.csv is missing or empty"))
     png = draw(plots.plot_history, history, out / "curves.png")
     return H.Section("curves", "Training curves", lambda: H.figure(png(), "loss and accuracy per epoch"))
+
+
+def history_section(summary: dict, history: list[dict], out: Path, draw: Draw) -> H.Section:
+    """An auto run's search (its history.csv lists candidates, not epochs), else the training curves."""
+    search = summary.get("search")
+    return search_section(search, out, draw) if isinstance(search, dict) else curves_section(history, out, draw)
+
+
+def search_section(search: dict, out: Path, draw: Draw) -> H.Section:
+    tried = search.get("candidates") or []
+    if not tried:
+        return H.Section("search", "Search", H.note("summary.json lists no search candidates"))
+    # The search's own order: the best mean, then the lower loss, then the one tried first (sorted is stable).
+    ranked = sorted(tried, key=lambda c: (-(c.get("cv_mean") or 0.0), c.get("cv_loss") or 0.0))
+    winner = next((c["name"] for c in ranked if c.get("winner")), search.get("winner"))
+    body = [H.para(f"{len(tried)} candidates scored by {search.get('selection', '?')}, in "
+                   f"{search.get('seconds') or 0:.0f} s of a {search.get('budget_seconds') or 0:.0f} s budget. "
+                   "The winner has the best mean CV accuracy (then the lower CV loss); ± spread is the standard "
+                   "deviation of a candidate's fold accuracies."),
+            H.table(["candidate", "CV accuracy", "± spread", "seconds", "trials"],
+                    [(f"{c['name']} (winner)" if c["name"] == winner else c["name"], c.get("cv_mean"),
+                      c.get("cv_std"), round(c["seconds"], 1), c.get("trials")) for c in ranked])]
+    if search.get("skipped"):
+        body.append(H.table(["skipped candidate", "reason"],
+                            [(s.get("name"), s.get("reason")) for s in search["skipped"]]))
+    columns = zip(*[(c["name"], c["seconds"], c["cv_mean"], c.get("cv_std") or 0.0) for c in ranked])
+    png = draw(plot_search, *columns, out / "search.png", winner=winner, folds=search.get("folds"))
+    return H.Section("search", "Search", lambda: "".join(body) + H.figure(
+        png(), "cross-validated accuracy against seconds per candidate"))
 
 
 _METRIC_ROWS = (("images", "n"), ("accuracy", "accuracy"), ("loss (NLL)", "loss"),

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from headstart.artifact import atomic_write_json
-from headstart.config import MACHINE_SETTINGS, ConfigError, TrainConfig
+from headstart.config import MACHINE_SETTINGS, ConfigError, TrainConfig, budget_seconds
 
 __all__ = ["DataPlan", "RunResult", "plan_data", "resolve_config", "train"]
 
@@ -39,6 +39,7 @@ class RunResult:
     is_main: bool = True  # False in the other processes of a multi-process run: rank 0 wrote the run
     left_out: list[dict] = field(default_factory=list)  # leaked val/test copies left out (summary.json lists them)
     relabeled: list[dict] = field(default_factory=list)  # the --fixes relabels applied
+    search: dict | None = None  # auto mode: what was tried (summary.json's "search")
 
     @property
     def best(self) -> dict:
@@ -137,7 +138,12 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
     # Decoding starts (in a helper process) before torch, timm and Fabric are imported, on the core that the
     # imports leave idle.
     in_memory = sum(map(len, plan.dataset.splits.values())) <= KEEP_DECODED_IMAGES
-    decoding = DecodeJob.start(plan.dataset.splits, short_side=plan.preprocessing.resize_size,
+    short_side = plan.preprocessing.resize_size
+    if cfg.mode == "auto":  # decoded once, for the largest backbone the search may try
+        from headstart.training.search.plan import search_backbones
+
+        short_side = max(b.preprocessing.resize_size for b in search_backbones(cfg, plan.spec, plan.preprocessing))
+    decoding = DecodeJob.start(plan.dataset.splits, short_side=short_side,
                                interpolation=plan.preprocessing.interpolation, in_memory=in_memory,
                                progress=progress)
     figures = None
@@ -207,6 +213,7 @@ def _fit_and_write(session, cfg: TrainConfig, plan: DataPlan, decoding, figures,
         save_checkpoint=(lambda state, row: save_checkpoint(run_dir, state, row)) if rank0 else None,
         save_resume=(lambda state: save_resume(run_dir, state)) if rank0 else None,
         resume_state=load_resume(run_dir) if resume is not None else None, should_stop=session.should_stop,
+        deadline=started + budget_seconds(cfg.budget) if cfg.mode == "auto" else None,
     )
     result = MODES[cfg.mode](ctx)
     temperature = fit_temperature(result.logits["val"].numpy(), result.labels["val"].numpy())
@@ -227,7 +234,7 @@ def _fit_and_write(session, cfg: TrainConfig, plan: DataPlan, decoding, figures,
         raise failure or RuntimeError("rank 0 could not write the run directory: see its error")
     log.info("run written to %s in %.1fs", run_dir, seconds)
     return RunResult(run_dir, metrics, result.history, plan.dataset.classes, skipped, seconds, cfg, rank0,
-                     plan.left_out, plan.relabeled)
+                     plan.left_out, plan.relabeled, result.search)
 
 
 def _class_weights(train_labels: list[int], num_classes: int, mode: str):

@@ -101,6 +101,8 @@ def write_run(session, ctx, plan, result, *, temperature: float, metrics: dict, 
         "extraction": result.extraction, "seconds": seconds,
         "epochs_run": len(result.history), "weights_bytes": manifest["weights_bytes"],
     }
+    if result.search is not None:
+        summary["search"] = result.search
     atomic_write_json(run_dir / "summary.json", summary)
     if cfg.report:
         _write_report(run_dir, cfg.data, figures)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from headstart.backbones.model import HeadstartNet
+from headstart.backbones.model import HeadstartNet, freeze_backbone
 from headstart.backbones.spec import BackboneSpec
 from headstart.config import TrainConfig
 from headstart.data.loading import DecodedSplit
@@ -27,6 +27,7 @@ __all__ = [
     "IDS_IN_SUMMARY",
     "FitResult",
     "RunContext",
+    "frozen_backbone",
     "make_callbacks",
     "make_loader",
     "mode_loss",
@@ -61,6 +62,7 @@ class RunContext:
     save_resume: object = None
     resume_state: dict | None = None
     should_stop: object = lambda: False
+    deadline: float | None = None  # auto mode: time.perf_counter() by which the search must end
     extracted_ids: list[str] = field(default_factory=list)  # content hashes this rank computed features for
 
     @property
@@ -83,6 +85,17 @@ class FitResult:
     logits: dict[str, torch.Tensor]  # per split, from the best weights
     labels: dict[str, torch.Tensor]
     extraction: dict = field(default_factory=dict)
+    search: dict | None = None  # auto mode: the leaderboard of what was tried (summary.json's "search")
+
+
+def frozen_backbone(ctx: RunContext) -> FrozenBackbone:
+    """The context's backbone, frozen, on the extraction engine. The engine cache sits beside the features'.
+    Several processes may write the same entry at once: the graph is written atomically, and OpenVINO checks
+    its blobs on load and compiles again when one is damaged."""
+    freeze_backbone(ctx.net)
+    return FrozenBackbone(ctx.net.backbone, accelerator=ctx.accelerator, precision=ctx.precision,
+                          channels_last=not ctx.spec.is_vit, engine=ctx.cfg.extract_engine,
+                          engine_cache=ctx.engine_cache, pixels=(ctx.preprocessing.mean, ctx.preprocessing.std))
 
 
 def mode_loss(ctx: RunContext) -> nn.Module:
@@ -101,7 +114,10 @@ def split_features(ctx: RunContext, backbone: FrozenBackbone, split: str, preset
     decoded = ctx.decoded[split]
     transform = pixel_transform(ctx.preprocessing, preset)  # the backbone normalizes (FrozenBackbone pixels)
     seed = None if preset == "none" else ctx.cfg.seed
-    key = FeatureCache.key(ctx.model_id, transform_key(ctx.preprocessing, preset), view, seed, ctx.precision)
+    transform_id = transform_key(ctx.preprocessing, preset)
+    if decoded.short_side != ctx.preprocessing.resize_size:  # decoded for a larger backbone (auto mode)
+        transform_id += f"|decoded@{decoded.short_side}"
+    key = FeatureCache.key(ctx.model_id, transform_id, view, seed, ctx.precision)
     missing = ctx.cache.missing(key, decoded.hashes)
     if ctx.world > 1:
         # Rank 0's view of what is missing, for all: a rank that looked later might already see shards that

@@ -9,17 +9,16 @@ import logging
 import torch
 from torch import nn
 
-from headstart.backbones.model import freeze_backbone
 from headstart.config import TrainConfig
 from headstart.device import one_torch_thread
 from headstart.extract.feature_cache import FeatureRows
-from headstart.extract.frozen import FrozenBackbone
 from headstart.training.distributed import gather_objects
 from headstart.training.loop import Trainer, evaluate_batches
 from headstart.training.modes.common import (
     IDS_IN_SUMMARY,
     FitResult,
     RunContext,
+    frozen_backbone,
     make_callbacks,
     make_loader,
     mode_loss,
@@ -36,12 +35,7 @@ log = logging.getLogger(__name__)
 def fit_features(ctx: RunContext, *, epochs: int, lr: float, augment: str, views: int) -> FitResult:
     """Extract (or read from the cache) pooled features once, then train only the head on them."""
     cfg = ctx.cfg
-    freeze_backbone(ctx.net)
-    # The engine cache sits beside the features'. Several processes may write the same entry at once: the graph
-    # is written atomically, and OpenVINO checks its blobs on load and compiles again when one is damaged.
-    backbone = FrozenBackbone(ctx.net.backbone, accelerator=ctx.accelerator, precision=ctx.precision,
-                              channels_last=not ctx.spec.is_vit, engine=cfg.extract_engine,
-                              engine_cache=ctx.engine_cache, pixels=(ctx.preprocessing.mean, ctx.preprocessing.std))
+    backbone = frozen_backbone(ctx)
     rows, labels, computed, total = {}, {}, 0, 0
     for split in ctx.decoded:
         rows[split], n = split_features(ctx, backbone, split, "none", 0)

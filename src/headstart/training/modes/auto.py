@@ -1,0 +1,59 @@
+"""Auto mode: the search (training/search/) picks a recipe by cross-validation within the budget; the winner is
+refitted on train+val and becomes the run's network, an ordinary HeadstartNet that predict, export and serve
+load unchanged. Its val logits are the held-out ones from the search (the refit has seen val), so the run's
+val metrics and its temperature stay honest."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import torch
+
+from headstart.training.modes.common import FitResult, RunContext, frozen_backbone, split_features
+from headstart.training.search.heads import fit_head
+from headstart.training.search.run import FeatureSet, search
+
+__all__ = ["fit_auto"]
+
+log = logging.getLogger(__name__)
+
+
+def _refit(fs: FeatureSet, labels: np.ndarray, recipe: dict) -> None:
+    """The winning head, fitted on every pool image (and its views), written into the network's Linear."""
+    views = None if not recipe["views"] else fs.views[:recipe["views"]]
+    weight, bias = fit_head(fs.center, views, labels, fs.ctx.net.head[-1].out_features, recipe)
+    linear = fs.ctx.net.head[-1]
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(weight))
+        linear.bias.copy_(torch.from_numpy(bias))
+
+
+def fit_auto(ctx: RunContext) -> FitResult:
+    found = search(ctx)
+    winner = found.winner
+    fs = found.features[winner.backbone]
+    log.info("auto: winner %s (%.4f ± %.4f by %s)", winner.name, winner.mean, winner.std, found.selection)
+    _refit(fs, found.pool_labels, winner.recipe)
+    if fs.ctx is not ctx:  # another backbone won: the run saves its network and preprocessing
+        ctx.spec, ctx.preprocessing, ctx.net, ctx.model_id = fs.ctx.spec, fs.ctx.preprocessing, fs.ctx.net, \
+            fs.ctx.model_id
+        ctx.cfg = dataclasses.replace(ctx.cfg, backbone=fs.backbone.name, weights=fs.backbone.weights)
+    linear = ctx.net.head[-1]
+    n_train = len(ctx.decoded["train"].labels)
+
+    def scores(features: np.ndarray) -> torch.Tensor:
+        with torch.no_grad():
+            return linear(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)))
+
+    logits = {"train": scores(fs.center[:n_train]), "val": torch.from_numpy(winner.oof_logits[n_train:]).float()}
+    if "test" in ctx.decoded:  # read only now, for the kept model: never for a choice
+        rows, _ = split_features(ctx, frozen_backbone(ctx), "test", "none", 0)
+        logits["test"] = scores(rows.__getitems__(list(range(len(rows))))[0].numpy())
+    labels = {split: torch.tensor(d.labels, dtype=torch.long) for split, d in ctx.decoded.items()}
+    history = [{"epoch": i, "phase": "search", "candidate": c.name, "val_accuracy": c.mean, "val_loss": c.loss,
+                "cv_std": c.std, "seconds": c.seconds, "best": c is winner}
+               for i, c in enumerate(found.candidates, 1)]
+    extraction = {"engine": "search", "world_size": ctx.world}
+    return FitResult(history, logits, labels, extraction, search=found.summary())

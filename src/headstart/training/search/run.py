@@ -1,0 +1,253 @@
+"""Auto mode's search: candidates cheapest first, every one scored on the same folds, within the run's budget.
+
+1. heads on the run's backbone's cached features (optuna over the L2 strength; heads.py);
+2. the same on every other backbone whose weights are installed offline, while its extraction fits the budget;
+3. the best backbone's heads trained on K augmented views of each image as well, K as the budget allows.
+Each phase is planned from the throughput measured so far and skipped, with the reason, when it would not fit.
+The winner is the best mean held-out accuracy (then the lower held-out loss, then the cheaper candidate), so it
+is never a candidate that an earlier, cheaper one beat. The test split is never read here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from headstart.config import budget_seconds
+from headstart.training.errors import TrainingInterrupted
+from headstart.training.modes.common import RunContext, frozen_backbone, report_progress, split_features
+from headstart.training.search.folds import selection_folds
+from headstart.training.search.heads import search_head
+from headstart.training.search.plan import SearchBackbone, search_backbones
+
+__all__ = ["Candidate", "FeatureSet", "SearchResult", "search"]
+
+log = logging.getLogger(__name__)
+
+TRIALS = 16  # optuna trials per feature set
+VIEW_PRESET = "light"
+MAX_VIEWS = 4
+RESERVE_FRACTION, MIN_RESERVE = 0.05, 10.0  # of the budget, kept for the refit, the run directory and its report
+FALLBACK_RATE = 0.05  # seconds per image at 224 px, until an extraction has been timed
+
+
+@dataclass
+class FeatureSet:
+    """A backbone's pooled features of the pool (train, then val images), center crops and augmented views."""
+
+    backbone: SearchBackbone
+    ctx: RunContext
+    center: np.ndarray  # [N, D]
+    views: np.ndarray | None = None  # [V, N, D]
+    seconds: float = 0.0  # spent extracting them
+
+
+@dataclass
+class Candidate:
+    name: str
+    family: str  # "head" | "views"
+    backbone: str
+    recipe: dict  # the head's parameters, and the number of views
+    fold_scores: list[float]
+    loss: float
+    seconds: float
+    oof_logits: np.ndarray = field(repr=False)
+    trials: int = 0
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.fold_scores))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.fold_scores))
+
+    def sort_key(self, order: int) -> tuple:
+        return (-self.mean, self.loss, order)
+
+    def row(self) -> dict:
+        return {"name": self.name, "family": self.family, "backbone": self.backbone, "recipe": self.recipe,
+                "cv_mean": self.mean, "cv_std": self.std, "fold_scores": self.fold_scores, "cv_loss": self.loss,
+                "seconds": self.seconds, "trials": self.trials}
+
+
+@dataclass
+class SearchResult:
+    candidates: list[Candidate]
+    features: dict[str, FeatureSet]  # by backbone name
+    selection: str
+    folds: list
+    pool_labels: np.ndarray
+    budget: float | None
+    seconds: float
+    skipped: list[dict] = field(default_factory=list)
+
+    @property
+    def winner(self) -> Candidate:
+        order = {id(c): i for i, c in enumerate(self.candidates)}
+        return min(self.candidates, key=lambda c: c.sort_key(order[id(c)]))
+
+    def summary(self) -> dict:
+        winner = self.winner
+        return {"budget_seconds": self.budget, "seconds": self.seconds, "selection": self.selection,
+                "folds": len(self.folds), "winner": winner.name,
+                "candidates": [dict(c.row(), winner=c is winner) for c in self.candidates], "skipped": self.skipped}
+
+
+class _OutOfBudget(Exception):
+    pass
+
+
+class _Search:
+    def __init__(self, ctx: RunContext):
+        self.ctx, self.cfg = ctx, ctx.cfg
+        self.started = time.perf_counter()
+        # The whole run's budget (the search ends early enough to leave a reserve for writing the run)
+        self.budget = budget_seconds(ctx.cfg.budget) if ctx.cfg.budget else None
+        reserve = max(MIN_RESERVE, RESERVE_FRACTION * (self.budget or 0))
+        self.stop_at = ctx.deadline - reserve if ctx.deadline is not None else float("inf")
+        train, val = ctx.decoded["train"], ctx.decoded["val"]
+        self.labels = np.array(train.labels + val.labels, dtype=np.int64)
+        self.num_classes = ctx.net.head[-1].out_features
+        val_index = np.arange(len(train.labels), len(self.labels))
+        self.folds, self.selection = selection_folds(self.labels, val_index, ctx.cfg.seed)
+        self.rate: float | None = None  # extraction seconds per image per unit of relative cost
+        self.trial_rate: float | None = None  # head-search seconds per trial per training row
+        self.candidates: list[Candidate] = []
+        self.features: dict[str, FeatureSet] = {}
+        self.skipped: list[dict] = []
+
+    def left(self) -> float:
+        return self.stop_at - time.perf_counter()
+
+    def best(self) -> Candidate | None:
+        return min(self.candidates, key=lambda c: c.sort_key(self.candidates.index(c)), default=None)
+
+    def skip(self, name: str, reason: str) -> None:
+        log.info("auto: skipping %s: %s", name, reason)
+        self.skipped.append({"name": name, "reason": reason})
+
+    def _context(self, backbone: SearchBackbone) -> RunContext:
+        ctx = self.ctx
+        if backbone.spec.name == ctx.spec.name:
+            return ctx
+        from headstart.backbones.model import build_network
+        from headstart.extract.feature_cache import model_id
+
+        spec = backbone.spec
+        net = build_network(spec, self.num_classes, weights=backbone.weights, dropout=self.cfg.dropout)
+        # Stops at the budget as at Ctrl-C: split_features checks should_stop between shards.
+        return dataclasses.replace(ctx, spec=spec, preprocessing=backbone.preprocessing, net=net,
+                                   model_id=model_id(spec.name, spec.weights.kind, spec.weights.ref, backbone.weights))
+
+    def _extract(self, ctx: RunContext, frozen, preset: str, view: int, bounded: bool = True) -> np.ndarray:
+        """Pool features (train then val rows) for one view; raises _OutOfBudget past the search's end when
+        bounded (the first backbone's are not: without them there is no model)."""
+        def stop() -> bool:
+            return ctx.should_stop() or (bounded and time.perf_counter() > self.stop_at)
+
+        stoppable = dataclasses.replace(ctx, should_stop=stop)
+        parts, computed, started = [], 0, time.perf_counter()
+        try:
+            for split in ("train", "val"):
+                rows, n = split_features(stoppable, frozen, split, preset, view)
+                parts.append(rows.__getitems__(list(range(len(rows))))[0].numpy())
+                computed += n
+        except TrainingInterrupted:
+            if ctx.should_stop():
+                raise  # the user's Ctrl-C, not the budget
+            raise _OutOfBudget from None
+        if computed:
+            cost = (time.perf_counter() - started) / computed
+            self.rate = cost / self._relative(ctx) if self.rate is None else self.rate
+        return np.concatenate(parts)
+
+    def _relative(self, ctx: RunContext) -> float:
+        return (ctx.preprocessing.crop_size / 224) ** 2
+
+    def estimate_extraction(self, backbone: SearchBackbone, views: int = 1) -> float:
+        rate = self.rate if self.rate is not None else FALLBACK_RATE
+        return rate * backbone.relative_cost * len(self.labels) * views
+
+    def estimate_heads(self, rows: int) -> float:
+        return 0.0 if self.trial_rate is None else self.trial_rate * rows * TRIALS
+
+    def heads(self, fs: FeatureSet, family: str) -> None:
+        views = 0 if fs.views is None else len(fs.views)
+        name = fs.backbone.name + (" · linear head" if not views else f" · linear head + {views} {VIEW_PRESET} views")
+        best = self.best()
+        task = f"search {fs.backbone.name}" + (f" +{views} views" if views else "") + (
+            f" (best {best.mean:.3f})" if best else "")
+        started = time.perf_counter()
+
+        result = search_head(fs.center, fs.views, self.labels, self.folds, self.num_classes, seed=self.cfg.seed,
+                             trials=TRIALS, deadline=self.stop_at,
+                             progress=lambda done, total: report_progress(self.ctx, task, done, total))
+        seconds = time.perf_counter() - started
+        rows = len(self.labels) * (1 + views)
+        if self.trial_rate is None:
+            self.trial_rate = seconds / max(result.trials, 1) / rows
+        recipe = dict(result.best.params, views=views)
+        self.candidates.append(Candidate(name, family, fs.backbone.name, recipe, result.best.fold_scores,
+                                         result.best.loss, seconds + fs.seconds, result.best.oof_logits,
+                                         result.trials))
+        log.info("auto: %s: %.4f ± %.4f (%d trials)", name, self.candidates[-1].mean, self.candidates[-1].std,
+                 result.trials)
+
+    def backbone_phase(self, backbone: SearchBackbone, first: bool) -> None:
+        if not first:
+            needed = self.estimate_extraction(backbone) + self.estimate_heads(len(self.labels))
+            if needed > self.left():
+                self.skip(f"{backbone.name} · linear head",
+                          f"needs about {needed:.0f} s, {max(self.left(), 0):.0f} s left")
+                return
+        ctx = self._context(backbone)
+        frozen = frozen_backbone(ctx)
+        started = time.perf_counter()
+        try:
+            center = self._extract(ctx, frozen, "none", 0, bounded=not first)
+        except _OutOfBudget:
+            self.skip(f"{backbone.name} · linear head", "the budget ran out during its extraction")
+            return
+        fs = FeatureSet(backbone, ctx, center, seconds=time.perf_counter() - started)
+        self.features[backbone.name] = fs
+        self.heads(fs, "head")
+
+    def views_phase(self) -> None:
+        best = self.best()
+        fs = self.features[best.backbone]
+        per_view = self.estimate_extraction(fs.backbone)
+        name = f"{best.backbone} · linear head + {VIEW_PRESET} views"
+        affordable = 0
+        for views in range(1, MAX_VIEWS + 1):
+            if per_view * views + self.estimate_heads(len(self.labels) * (1 + views)) <= self.left():
+                affordable = views
+        if affordable == 0:
+            self.skip(name, f"one view needs about {per_view:.0f} s, {max(self.left(), 0):.0f} s left")
+            return
+        frozen = frozen_backbone(fs.ctx)
+        started = time.perf_counter()
+        try:
+            views = np.stack([self._extract(fs.ctx, frozen, VIEW_PRESET, v) for v in range(1, affordable + 1)])
+        except _OutOfBudget:
+            self.skip(name, "the budget ran out during the views' extraction")
+            return
+        with_views = FeatureSet(fs.backbone, fs.ctx, fs.center, views, fs.seconds + time.perf_counter() - started)
+        self.features[best.backbone] = with_views  # the views are the winner's if this candidate wins
+        self.heads(with_views, "views")
+
+
+def search(ctx: RunContext) -> SearchResult:
+    """Run the candidates that fit the budget and return them all, with the features the winner needs."""
+    s = _Search(ctx)
+    log.info("auto: selecting by %s; search budget %.0f s", s.selection, s.left())
+    backbones = search_backbones(ctx.cfg, ctx.spec, ctx.preprocessing)
+    for i, backbone in enumerate(backbones):
+        s.backbone_phase(backbone, first=i == 0)
+    s.views_phase()
+    return SearchResult(s.candidates, s.features, s.selection, s.folds, s.labels, s.budget,
+                        time.perf_counter() - s.started, s.skipped)

@@ -1,0 +1,104 @@
+"""Auto mode's search on a hand-built RunContext: what it tries, what it skips, what it never reads."""
+
+from __future__ import annotations
+
+import copy
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_synthetic_dataset
+from headstart.backbones.model import build_network
+from headstart.backbones.registry import get_spec
+from headstart.config import TrainConfig
+from headstart.data.folders import discover
+from headstart.data.loading import decode_split
+from headstart.extract.feature_cache import FeatureCache
+from headstart.training.distributed import make_fabric
+from headstart.training.modes import RunContext
+from headstart.training.search import run as search_run
+from headstart.training.search.run import Candidate, SearchResult, search
+
+SPEC = get_spec("efficientnet_lite0")
+
+
+class _Untouchable:
+    """Stands for the test split: any use of it fails the test."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the search read the test split ({name})")
+
+    def __len__(self):
+        raise AssertionError("the search read the test split (len)")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = make_synthetic_dataset(tmp_path_factory.mktemp("search") / "data",
+                                  per_split={"train": 6, "val": 3, "test": 2})
+    pre = SPEC.preprocessing.with_crop(64)
+    decoded = {split: decode_split(items, short_side=pre.resize_size, interpolation=pre.interpolation, threads=2)
+               for split, items in discover(root).splits.items()}
+    fabric = make_fabric(accelerator="cpu", precision="32-true", devices=1, num_nodes=1, strategy="auto")
+    return SimpleNamespace(root=root, pre=pre, decoded=decoded, fabric=fabric,
+                           net=build_network(SPEC, 3, pretrained=False))
+
+
+def _context(world, tmp_path, seconds: float) -> RunContext:
+    cfg = TrainConfig(data=str(world.root), mode="auto", image_size=64, extract_engine="torch",
+                      report=False).resolved()
+    decoded = dict(world.decoded, test=_Untouchable())
+    return RunContext(cfg=cfg, spec=SPEC, preprocessing=world.pre, net=copy.deepcopy(world.net), decoded=decoded,
+                      class_weights=None, fabric=world.fabric, accelerator="cpu", precision="32-true",
+                      model_id=f"{SPEC.name}|random-for-tests", cache=FeatureCache(tmp_path / "cache"),
+                      deadline=time.perf_counter() + seconds)
+
+
+def test_the_search_scores_by_cross_validation_and_never_reads_the_test_split(world, tmp_path):
+    found = search(_context(world, tmp_path, 300))
+    assert len(found.folds) == 5 and found.selection.startswith("5-fold stratified cross-validation")
+    names = [c.name for c in found.candidates]
+    assert names[0] == "efficientnet_lite0 · linear head"  # the run's own backbone first
+    assert {"efficientnet_lite1 · linear head", "efficientnet_lite2 · linear head"} <= set(names)
+    assert any(c.family == "views" for c in found.candidates) and not found.skipped
+    pool = len(world.decoded["train"].labels) + len(world.decoded["val"].labels)
+    for c in found.candidates:
+        assert len(c.fold_scores) == 5 and c.oof_logits.shape == (pool, 3) and c.trials >= 1
+    winner = found.winner
+    assert all(winner.mean >= c.mean for c in found.candidates)  # never below a cheaper candidate
+    assert sum(c["winner"] for c in found.summary()["candidates"]) == 1
+
+
+def test_what_does_not_fit_the_budget_is_skipped_with_its_reason(world, tmp_path):
+    # The reserve for writing the run already exceeds this budget: only the run's own backbone is tried.
+    found = search(_context(world, tmp_path, 1.0))
+    assert [c.name for c in found.candidates] == ["efficientnet_lite0 · linear head"]
+    assert found.candidates[0].trials == 1
+    skipped = {s["name"]: s["reason"] for s in found.skipped}
+    assert "efficientnet_lite2 · linear head" in skipped and "left" in skipped["efficientnet_lite2 · linear head"]
+    assert any("views" in name for name in skipped)
+
+
+def _candidate(name, scores, loss):
+    return Candidate(name, "head", name, {"l2": 1.0, "views": 0}, scores, loss, 1.0, np.zeros((2, 2)))
+
+
+def test_the_winner_is_the_best_mean_then_the_lower_loss_then_the_cheaper():
+    def winner(*candidates):
+        return SearchResult(list(candidates), {}, "", [], np.zeros(2), 60.0, 1.0).winner.name
+
+    assert winner(_candidate("a", [0.8, 0.9], 0.3), _candidate("b", [0.9, 0.9], 0.5)) == "b"
+    assert winner(_candidate("a", [0.9, 0.9], 0.3), _candidate("b", [0.9, 0.9], 0.2)) == "b"
+    assert winner(_candidate("a", [0.9, 0.9], 0.3), _candidate("b", [0.9, 0.9], 0.3)) == "a"  # cheaper first
+
+
+def test_first_backbone_extraction_is_not_cut_by_the_budget(world, tmp_path, monkeypatch):
+    """Without the run's own features there is no model: they are extracted whatever the budget says."""
+    everything = search_run.search_backbones
+    monkeypatch.setattr(search_run, "search_backbones", lambda cfg, spec, pre: everything(cfg, spec, pre)[:1])
+    found = search(_context(world, tmp_path, -5.0))
+    assert [c.backbone for c in found.candidates] == [SPEC.name]
+    assert torch.isfinite(torch.from_numpy(found.winner.oof_logits)).all()
