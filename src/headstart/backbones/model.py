@@ -12,11 +12,13 @@ from headstart.backbones.weights import WeightsError, load_state_dict_file, load
 
 __all__ = [
     "HeadstartNet",
+    "Tapped",
     "build_imagenet_model",
     "build_network",
     "count_parameters",
     "freeze_backbone",
     "stage_parameters",
+    "tap_names",
     "unfreeze_last_stages",
 ]
 
@@ -35,6 +37,39 @@ class HeadstartNet(nn.Module):
         return self.head(self.backbone(x))
 
 
+class Tapped(nn.Module):
+    """A backbone whose pooled features are joined by the globally average-pooled outputs of some inner stages.
+
+    Far from ImageNet (digits, scans), mid-level features keep what the last stage has specialised away; auto
+    mode keeps this network only when cross-validation prefers it. Forward hooks, registered once, collect the
+    stage outputs, so the body runs unchanged (and traces into ONNX as it is).
+    """
+
+    def __init__(self, body: nn.Module, taps: tuple[str, ...]):
+        super().__init__()
+        self.body, self.taps = body, tuple(taps)
+        self._pooled: list[torch.Tensor] = []
+        for name in self.taps:
+            body.get_submodule(name).register_forward_hook(self._collect)
+
+    def _collect(self, _module, _inputs, output: torch.Tensor) -> None:
+        self._pooled.append(output.mean((2, 3)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._pooled = []
+        final = self.body(x)
+        pooled, self._pooled = self._pooled, []
+        return torch.cat([*pooled, final], 1)
+
+
+def tap_names(spec: BackboneSpec) -> tuple[str, ...]:
+    """The modules Tapped pools for a backbone: the three stages below its last one (none for a ViT, whose
+    tokens are not maps)."""
+    if spec.is_vit or len(spec.stages) < 5:
+        return ()
+    return tuple(stage[-1] for stage in spec.stages[-4:-1])
+
+
 def build_imagenet_model(spec: BackboneSpec, weights: str | None = None, pretrained: bool = True) -> nn.Module:
     """The backbone as published, with its ImageNet head: from a local file, the weight source, or random."""
     model = spec.build(pretrained and weights is None)
@@ -44,7 +79,8 @@ def build_imagenet_model(spec: BackboneSpec, weights: str | None = None, pretrai
 
 
 def build_network(spec: BackboneSpec, num_classes: int, *, weights: str | None = None, pretrained: bool = True,
-                  dropout: float = 0.2) -> HeadstartNet:
+                  dropout: float = 0.2, taps: tuple[str, ...] = ()) -> HeadstartNet:
+    """taps: inner modules whose pooled outputs join the features (Tapped); () for the plain backbone."""
     body = build_imagenet_model(spec, weights=weights, pretrained=pretrained)
     old_head = body.get_submodule(spec.head)
     if not isinstance(old_head, nn.Linear) or old_head.in_features != spec.in_features:
@@ -52,7 +88,15 @@ def build_network(spec: BackboneSpec, num_classes: int, *, weights: str | None =
             f"backbone {spec.name!r}: expected a Linear({spec.in_features}, ...) at {spec.head!r}, found {old_head}"
         )
     body.set_submodule(spec.head, nn.Identity())
-    return HeadstartNet(body, spec.in_features, num_classes, dropout)
+    if not taps:
+        return HeadstartNet(body, spec.in_features, num_classes, dropout)
+    tapped = Tapped(body, taps)
+    size = spec.preprocessing.crop_size
+    with torch.no_grad():  # the joined width, from one small forward pass in eval mode
+        was_training = body.training
+        width = tapped.eval()(torch.zeros(1, 3, size, size)).shape[1]
+        body.train(was_training)
+    return HeadstartNet(tapped, width, num_classes, dropout)
 
 
 def stage_parameters(net: HeadstartNet, spec: BackboneSpec) -> list[list[nn.Parameter]]:

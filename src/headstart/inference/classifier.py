@@ -123,7 +123,8 @@ def load(run_dir: str | os.PathLike, *, engine: str = "torch", device: str = "cp
 
     spec = get_spec(manifest["backbone"])
     head = manifest["head"]
-    net = build_network(spec, head["num_classes"], pretrained=False, dropout=head["dropout"])
+    net = build_network(spec, head["num_classes"], pretrained=False, dropout=head["dropout"],
+                        taps=tuple(head.get("taps", ())))
     net.load_state_dict(load_file(str(weights)), strict=True)
     net.eval().to(device)
     if not spec.is_vit:

@@ -61,8 +61,9 @@ def test_the_search_scores_by_cross_validation_and_never_reads_the_test_split(wo
     found = search(_context(world, tmp_path, 300))
     assert len(found.folds) == 5 and found.selection.startswith("5-fold stratified cross-validation")
     names = [c.name for c in found.candidates]
-    assert names[0] == "efficientnet_lite0 · linear head"  # the run's own backbone first
-    assert {"efficientnet_lite1 · linear head", "efficientnet_lite2 · linear head"} <= set(names)
+    assert names[:2] == ["efficientnet_lite0 · linear head",  # the run's own backbone first
+                         "efficientnet_lite0 · multi-stage · linear head"]
+    assert {"efficientnet_lite1 · linear head", "efficientnet_lite2 · multi-stage · linear head"} <= set(names)
     assert any(c.family == "views" for c in found.candidates) and not found.skipped
     pool = len(world.decoded["train"].labels) + len(world.decoded["val"].labels)
     for c in found.candidates:
@@ -73,10 +74,12 @@ def test_the_search_scores_by_cross_validation_and_never_reads_the_test_split(wo
 
 
 def test_what_does_not_fit_the_budget_is_skipped_with_its_reason(world, tmp_path):
-    # The reserve for writing the run already exceeds this budget: only the run's own backbone is tried.
+    # The reserve for writing the run already exceeds this budget: only the run's own backbone is tried, on
+    # the features of its one extraction, one trial each.
     found = search(_context(world, tmp_path, 1.0))
-    assert [c.name for c in found.candidates] == ["efficientnet_lite0 · linear head"]
-    assert found.candidates[0].trials == 1
+    assert [c.name for c in found.candidates] == ["efficientnet_lite0 · linear head",
+                                                  "efficientnet_lite0 · multi-stage · linear head"]
+    assert [c.trials for c in found.candidates] == [1, 1]
     skipped = {s["name"]: s["reason"] for s in found.skipped}
     assert "efficientnet_lite2 · linear head" in skipped and "left" in skipped["efficientnet_lite2 · linear head"]
     assert any("views" in name for name in skipped)
@@ -100,5 +103,5 @@ def test_first_backbone_extraction_is_not_cut_by_the_budget(world, tmp_path, mon
     everything = search_run.search_backbones
     monkeypatch.setattr(search_run, "search_backbones", lambda cfg, spec, pre: everything(cfg, spec, pre)[:1])
     found = search(_context(world, tmp_path, -5.0))
-    assert [c.backbone for c in found.candidates] == [SPEC.name]
+    assert [c.backbone for c in found.candidates] == [SPEC.name] * 2
     assert torch.isfinite(torch.from_numpy(found.winner.oof_logits)).all()

@@ -20,36 +20,45 @@ __all__ = ["fit_auto"]
 log = logging.getLogger(__name__)
 
 
-def _refit(fs: FeatureSet, labels: np.ndarray, recipe: dict) -> None:
-    """The winning head, fitted on every pool image (and its views), written into the network's Linear."""
-    views = None if not recipe["views"] else fs.views[:recipe["views"]]
-    weight, bias = fit_head(fs.center, views, labels, fs.ctx.net.head[-1].out_features, recipe)
-    linear = fs.ctx.net.head[-1]
-    with torch.no_grad():
-        linear.weight.copy_(torch.from_numpy(weight))
-        linear.bias.copy_(torch.from_numpy(bias))
+def _winning_network(ctx: RunContext, fs: FeatureSet, stages: bool):
+    """The network the winner runs on: the Tapped one the search extracted with, or the plain backbone."""
+    if stages or not fs.tapped:
+        return fs.ctx.net
+    if fs.backbone.spec.name == ctx.spec.name:
+        return ctx.net
+    from headstart.backbones.model import build_network
+
+    return build_network(fs.backbone.spec, ctx.net.head[-1].out_features, weights=fs.backbone.weights,
+                         dropout=ctx.cfg.dropout)
 
 
 def fit_auto(ctx: RunContext) -> FitResult:
     found = search(ctx)
     winner = found.winner
     fs = found.features[winner.backbone]
+    stages = winner.recipe["stages"]
     log.info("auto: winner %s (%.4f ± %.4f by %s)", winner.name, winner.mean, winner.std, found.selection)
-    _refit(fs, found.pool_labels, winner.recipe)
-    if fs.ctx is not ctx:  # another backbone won: the run saves its network and preprocessing
-        ctx.spec, ctx.preprocessing, ctx.net, ctx.model_id = fs.ctx.spec, fs.ctx.preprocessing, fs.ctx.net, \
-            fs.ctx.model_id
+    cols = fs.columns(stages)
+    views = None if not winner.recipe["views"] else fs.views[:winner.recipe["views"], :, cols]
+    weight, bias = fit_head(fs.center[:, cols], views, found.pool_labels, ctx.net.head[-1].out_features,
+                            winner.recipe)
+    net = _winning_network(ctx, fs, stages)
+    linear = net.head[-1]
+    with torch.no_grad():  # the refitted head, on every pool image (and its views)
+        linear.weight.copy_(torch.from_numpy(weight))
+        linear.bias.copy_(torch.from_numpy(bias))
+    if net is not ctx.net:  # the run saves the winner's network, preprocessing and weights
+        ctx.spec, ctx.preprocessing, ctx.net = fs.ctx.spec, fs.ctx.preprocessing, net
         ctx.cfg = dataclasses.replace(ctx.cfg, backbone=fs.backbone.name, weights=fs.backbone.weights)
-    linear = ctx.net.head[-1]
     n_train = len(ctx.decoded["train"].labels)
 
     def scores(features: np.ndarray) -> torch.Tensor:
         with torch.no_grad():
-            return linear(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)))
+            return linear(torch.from_numpy(np.ascontiguousarray(features[:, cols], dtype=np.float32)))
 
     logits = {"train": scores(fs.center[:n_train]), "val": torch.from_numpy(winner.oof_logits[n_train:]).float()}
     if "test" in ctx.decoded:  # read only now, for the kept model: never for a choice
-        rows, _ = split_features(ctx, frozen_backbone(ctx), "test", "none", 0)
+        rows, _ = split_features(fs.ctx, frozen_backbone(fs.ctx), "test", "none", 0)
         logits["test"] = scores(rows.__getitems__(list(range(len(rows))))[0].numpy())
     labels = {split: torch.tensor(d.labels, dtype=torch.long) for split, d in ctx.decoded.items()}
     history = [{"epoch": i, "phase": "search", "candidate": c.name, "val_accuracy": c.mean, "val_loss": c.loss,

@@ -1,8 +1,10 @@
 """Auto mode's search: candidates cheapest first, every one scored on the same folds, within the run's budget.
 
-1. heads on the run's backbone's cached features (optuna over the L2 strength; heads.py);
+1. heads on the run's backbone's cached features (optuna over the L2 strength; heads.py), on its pooled
+   features alone and joined by the pooled outputs of three inner stages (backbones.model.Tapped), both from
+   one extraction;
 2. the same on every other backbone whose weights are installed offline, while its extraction fits the budget;
-3. the best backbone's heads trained on K augmented views of each image as well, K as the budget allows.
+3. the best candidate's heads trained on K augmented views of each image as well, K as the budget allows.
 Each phase is planned from the throughput measured so far and skipped, with the reason, when it would not fit.
 The winner is the best mean held-out accuracy (then the lower held-out loss, then the cheaper candidate), so it
 is never a candidate that an earlier, cheaper one beat. The test split is never read here.
@@ -37,13 +39,22 @@ FALLBACK_RATE = 0.05  # seconds per image at 224 px, until an extraction has bee
 
 @dataclass
 class FeatureSet:
-    """A backbone's pooled features of the pool (train, then val images), center crops and augmented views."""
+    """A backbone's features of the pool (train, then val images), center crops and augmented views: the inner
+    stages' pooled outputs first, then the backbone's own pooled features (its last `final` columns)."""
 
     backbone: SearchBackbone
-    ctx: RunContext
+    ctx: RunContext  # its network is the Tapped one when the backbone has stages to tap
     center: np.ndarray  # [N, D]
+    final: int  # the width of the backbone's own features
     views: np.ndarray | None = None  # [V, N, D]
     seconds: float = 0.0  # spent extracting them
+
+    @property
+    def tapped(self) -> bool:
+        return self.center.shape[1] > self.final
+
+    def columns(self, stages: bool) -> slice:
+        return slice(0, None) if stages else slice(self.center.shape[1] - self.final, None)
 
 
 @dataclass
@@ -132,17 +143,18 @@ class _Search:
         self.skipped.append({"name": name, "reason": reason})
 
     def _context(self, backbone: SearchBackbone) -> RunContext:
-        ctx = self.ctx
-        if backbone.spec.name == ctx.spec.name:
-            return ctx
-        from headstart.backbones.model import build_network
+        """The backbone's network with its inner stages tapped (when it has some): one extraction gives both
+        feature sets; its own features are the last columns."""
+        from headstart.backbones.model import build_network, tap_names
         from headstart.extract.feature_cache import model_id
 
-        spec = backbone.spec
-        net = build_network(spec, self.num_classes, weights=backbone.weights, dropout=self.cfg.dropout)
-        # Stops at the budget as at Ctrl-C: split_features checks should_stop between shards.
-        return dataclasses.replace(ctx, spec=spec, preprocessing=backbone.preprocessing, net=net,
-                                   model_id=model_id(spec.name, spec.weights.kind, spec.weights.ref, backbone.weights))
+        spec, taps = backbone.spec, tap_names(backbone.spec)
+        if not taps and spec.name == self.ctx.spec.name:
+            return self.ctx
+        net = build_network(spec, self.num_classes, weights=backbone.weights, dropout=self.cfg.dropout, taps=taps)
+        identity = model_id(spec.name, spec.weights.kind, spec.weights.ref, backbone.weights)
+        return dataclasses.replace(self.ctx, spec=spec, preprocessing=backbone.preprocessing, net=net,
+                                   model_id=identity + (f"|taps={','.join(taps)}" if taps else ""))
 
     def _extract(self, ctx: RunContext, frozen, preset: str, view: int, bounded: bool = True) -> np.ndarray:
         """Pool features (train then val rows) for one view; raises _OutOfBudget past the search's end when
@@ -176,22 +188,23 @@ class _Search:
     def estimate_heads(self, rows: int) -> float:
         return 0.0 if self.trial_rate is None else self.trial_rate * rows * TRIALS
 
-    def heads(self, fs: FeatureSet, family: str) -> None:
+    def heads(self, fs: FeatureSet, family: str, stages: bool) -> None:
         views = 0 if fs.views is None else len(fs.views)
-        name = fs.backbone.name + (" · linear head" if not views else f" · linear head + {views} {VIEW_PRESET} views")
+        name = fs.backbone.name + (" · multi-stage" if stages else "") + " · linear head" + (
+            f" + {views} {VIEW_PRESET} views" if views else "")
         best = self.best()
-        task = f"search {fs.backbone.name}" + (f" +{views} views" if views else "") + (
-            f" (best {best.mean:.3f})" if best else "")
+        task = f"search {fs.backbone.name}" + (" stages" if stages else "") + (f" +{views} views" if views else "") \
+            + (f" (best {best.mean:.3f})" if best else "")
         started = time.perf_counter()
-
-        result = search_head(fs.center, fs.views, self.labels, self.folds, self.num_classes, seed=self.cfg.seed,
-                             trials=TRIALS, deadline=self.stop_at,
+        cols = fs.columns(stages)
+        result = search_head(fs.center[:, cols], None if fs.views is None else fs.views[:, :, cols], self.labels,
+                             self.folds, self.num_classes, seed=self.cfg.seed, trials=TRIALS, deadline=self.stop_at,
                              progress=lambda done, total: report_progress(self.ctx, task, done, total))
         seconds = time.perf_counter() - started
-        rows = len(self.labels) * (1 + views)
+        rows = len(self.labels) * (1 + views) * (fs.center.shape[1] if stages else fs.final) / fs.final
         if self.trial_rate is None:
             self.trial_rate = seconds / max(result.trials, 1) / rows
-        recipe = dict(result.best.params, views=views)
+        recipe = dict(result.best.params, views=views, stages=stages)
         self.candidates.append(Candidate(name, family, fs.backbone.name, recipe, result.best.fold_scores,
                                          result.best.loss, seconds + fs.seconds, result.best.oof_logits,
                                          result.trials))
@@ -200,7 +213,7 @@ class _Search:
 
     def backbone_phase(self, backbone: SearchBackbone, first: bool) -> None:
         if not first:
-            needed = self.estimate_extraction(backbone) + self.estimate_heads(len(self.labels))
+            needed = self.estimate_extraction(backbone) + 2 * self.estimate_heads(len(self.labels))
             if needed > self.left():
                 self.skip(f"{backbone.name} · linear head",
                           f"needs about {needed:.0f} s, {max(self.left(), 0):.0f} s left")
@@ -213,15 +226,18 @@ class _Search:
         except _OutOfBudget:
             self.skip(f"{backbone.name} · linear head", "the budget ran out during its extraction")
             return
-        fs = FeatureSet(backbone, ctx, center, seconds=time.perf_counter() - started)
+        fs = FeatureSet(backbone, ctx, center, backbone.spec.in_features, seconds=time.perf_counter() - started)
         self.features[backbone.name] = fs
-        self.heads(fs, "head")
+        self.heads(fs, "head", stages=False)
+        if fs.tapped:
+            self.heads(fs, "head", stages=True)
 
     def views_phase(self) -> None:
         best = self.best()
         fs = self.features[best.backbone]
         per_view = self.estimate_extraction(fs.backbone)
-        name = f"{best.backbone} · linear head + {VIEW_PRESET} views"
+        stages = best.recipe["stages"]
+        name = f"{best.backbone}{' · multi-stage' if stages else ''} · linear head + {VIEW_PRESET} views"
         affordable = 0
         for views in range(1, MAX_VIEWS + 1):
             if per_view * views + self.estimate_heads(len(self.labels) * (1 + views)) <= self.left():
@@ -236,9 +252,10 @@ class _Search:
         except _OutOfBudget:
             self.skip(name, "the budget ran out during the views' extraction")
             return
-        with_views = FeatureSet(fs.backbone, fs.ctx, fs.center, views, fs.seconds + time.perf_counter() - started)
+        with_views = FeatureSet(fs.backbone, fs.ctx, fs.center, fs.final, views,
+                                fs.seconds + time.perf_counter() - started)
         self.features[best.backbone] = with_views  # the views are the winner's if this candidate wins
-        self.heads(with_views, "views")
+        self.heads(with_views, "views", stages=stages)
 
 
 def search(ctx: RunContext) -> SearchResult:
