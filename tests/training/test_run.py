@@ -368,7 +368,7 @@ def test_write_run_writes_every_file_of_the_run(tmp_path):
     assert model["weights_sha256"] == hashlib.sha256((run_dir / "model.safetensors").read_bytes()).hexdigest()
     assert (model["classes"], model["temperature"], model["threshold"], model["mode"]) == (classes, 1.5, 0.7, "auto")
     assert model["backbone"] == "efficientnet_lite0" and model["preprocessing"]["crop_size"] == 64
-    assert model["head"] == {"type": "dropout_linear", "in_features": 1280, "num_classes": 2, "dropout": 0.2}
+    assert model["head"] == {"type": "dropout_linear", "in_features": 4, "num_classes": 2, "dropout": 0.2}
     assert model["metrics"] == {"val": {"accuracy": 0.5, "loss": 0.69}}
     assert json.loads((run_dir / "metrics.json").read_text()) == metrics
 

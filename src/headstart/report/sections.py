@@ -309,13 +309,20 @@ def time_size_section(run: Path, summary: dict, history: list[dict], manifest: d
     weights = run / manifest.get("weights_file", "model.safetensors")
     size = weights.stat().st_size if weights.is_file() else manifest.get("weights_bytes")
     extraction = summary.get("extraction") if isinstance(summary.get("extraction"), dict) else None
-    rows = {
-        "whole run (s)": summary.get("seconds"),
+    search = summary.get("search") if isinstance(summary.get("search"), dict) else None
+    per_epoch = {} if search else {  # an auto run's history rows are candidates, shown in the search section
         "epochs": summary.get("epochs_run", len(history)),
         "seconds per epoch, mean": float(np.mean(seconds)) if seconds else None,
         "seconds per epoch, min / max": f"{min(seconds):.3g} / {max(seconds):.3g}" if seconds else None,
         "feature extraction, computed / total": (f"{extraction.get('computed')} / {extraction.get('total')}"
                                                  if extraction else None),
+    }
+    rows = {
+        "whole run (s)": summary.get("seconds"),
+        **per_epoch,
+        **({"search (s) / budget (s)": f"{search.get('seconds') or 0:.0f} / {search.get('budget_seconds') or 0:.0f}",
+            "candidates tried / skipped": f"{len(search['candidates'])} / {len(search['skipped'])}"}
+           if search else {}),
         "accelerator, precision": f"{summary.get('accelerator', '?')}, {summary.get('precision', '?')}",
         "model.safetensors": f"{size / 2**20:.1f} MiB ({size:,} bytes)" if size else None,
     }

@@ -57,6 +57,8 @@ def _manifest(cfg: TrainConfig, spec, preprocessing, classes: list[str], net, te
               metrics: dict) -> dict:
     from headstart.backbones.model import count_parameters
 
+    taps = getattr(net.backbone, "taps", ())  # a Tapped backbone's inner stages (auto mode)
+
     return {
         "backbone": spec.name,
         "weight_source": {"kind": "file", "path": str(cfg.weights)} if cfg.weights
@@ -64,7 +66,7 @@ def _manifest(cfg: TrainConfig, spec, preprocessing, classes: list[str], net, te
         "classes": classes,
         "preprocessing": preprocessing.to_dict(),
         "head": {"type": "dropout_linear", "in_features": net.head[-1].in_features, "num_classes": len(classes),
-                 "dropout": cfg.dropout, "taps": list(getattr(net.backbone, "taps", ()))},
+                 "dropout": cfg.dropout, **({"taps": list(taps)} if taps else {})},
         "temperature": temperature,
         "threshold": cfg.threshold,
         "mode": cfg.mode,
