@@ -11,7 +11,7 @@ import pytest
 
 from conftest import exits_within
 from headstart import child
-from headstart.report import plots
+from headstart.report import image_plots, plots
 from headstart.report.figures import FigureWorker
 
 
@@ -39,7 +39,7 @@ def test_replies_come_back_to_the_right_request(worker, tmp_path):
 
 
 def test_a_plot_error_is_raised_here_with_its_own_type(worker, tmp_path):
-    wait = worker.draw(plots.plot_conv_filters, np.zeros((2, 3)), tmp_path / "bad.png")  # not [N, 3, k, k]
+    wait = worker.draw(image_plots.plot_conv_filters, np.zeros((2, 3)), tmp_path / "bad.png")  # not [N, 3, k, k]
     with pytest.raises(ValueError):
         wait()
     assert worker.draw(os.getpid)() != os.getpid()  # the worker is still there for the next figure

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from headstart.report import plots
+from headstart.report import image_plots, plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["cat", "dog", "a $long$ class name with spaces"]
@@ -43,7 +43,7 @@ def scored(rng):
 def test_image_grid_of_normalized_tensors(tmp_path, rng):
     chw = [((rng.random((3, 32, 32)) - np.array(MEAN)[:, None, None]) / np.array(STD)[:, None, None])
            for _ in range(7)]
-    _assert_png(plots.plot_image_grid(chw, [CLASSES[i % 3] for i in range(7)], tmp_path / "grid.png",
+    _assert_png(image_plots.plot_image_grid(chw, [CLASSES[i % 3] for i in range(7)], tmp_path / "grid.png",
                                       mean=MEAN, std=STD))
 
 
@@ -51,12 +51,12 @@ def test_prediction_grid(tmp_path, rng):
     images = _photos(8, rng)
     true = [CLASSES[i % 3] for i in range(8)]
     pred = [CLASSES[(i // 2) % 3] for i in range(8)]
-    _assert_png(plots.plot_prediction_grid(images, true, pred, rng.random(8), tmp_path / "pred.png"))
+    _assert_png(image_plots.plot_prediction_grid(images, true, pred, rng.random(8), tmp_path / "pred.png"))
 
 
 def test_top_losses_grid(tmp_path, rng):
     images = _photos(5, rng)
-    _assert_png(plots.plot_top_losses(images, images[::-1], CLASSES[:2] * 2 + ["cat"], ["dog"] * 5,
+    _assert_png(image_plots.plot_top_losses(images, images[::-1], CLASSES[:2] * 2 + ["cat"], ["dog"] * 5,
                                       rng.random(5), rng.random(5) * 3, tmp_path / "top.png"))
 
 
@@ -162,12 +162,12 @@ def test_coverage_curve(tmp_path, scored):
 
 @pytest.mark.parametrize("shape", [(32, 3, 3, 3), (768, 3, 16, 16)])
 def test_conv_filters(tmp_path, rng, shape):
-    _assert_png(plots.plot_conv_filters(rng.normal(size=shape), tmp_path / "filters.png"))
+    _assert_png(image_plots.plot_conv_filters(rng.normal(size=shape), tmp_path / "filters.png"))
 
 
 def test_to_display_undoes_normalization(rng):
     pixels = rng.random((20, 30, 3)).astype(np.float32)
     chw = ((pixels - np.array(MEAN)) / np.array(STD)).transpose(2, 0, 1)
-    np.testing.assert_allclose(plots.to_display(chw, MEAN, STD), pixels, atol=1e-5)
+    np.testing.assert_allclose(image_plots.to_display(chw, MEAN, STD), pixels, atol=1e-5)
     uint8 = (pixels * 255).astype(np.uint8)
-    np.testing.assert_allclose(plots.to_display(Image.fromarray(uint8)), uint8 / 255.0, atol=1e-6)
+    np.testing.assert_allclose(image_plots.to_display(Image.fromarray(uint8)), uint8 / 255.0, atol=1e-6)

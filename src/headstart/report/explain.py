@@ -310,7 +310,7 @@ def top_losses(classifier: Classifier, items: Sequence[tuple[str | os.PathLike, 
     items: (path, label) with label a class name or index into classifier.classes. `logits`, when the
     caller already has them (aligned with items), saves a second pass; then only the n shown are decoded.
     """
-    from headstart.report.plots import plot_top_losses
+    from headstart.report.image_plots import plot_top_losses
     from headstart.runtime.metrics import softmax
 
     labels = [classifier.classes.index(y) if isinstance(y, str) else int(y) for _, y in items]

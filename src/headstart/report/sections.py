@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from headstart.report import html as H
-from headstart.report import plots
+from headstart.report import image_plots, plots
 from headstart.report.search_plot import plot_search
 
 log = logging.getLogger(__name__)
@@ -240,7 +240,7 @@ def predictions_section(clf, scored: Scored | None, why: str, out: Path, draw: D
         return H.Section("predictions", "Predictions", H.note(f"no readable images in the {scored.split} split"))
     probs = softmax(scored.logits[chosen], clf.temperature)
     png = draw(
-        plots.plot_prediction_grid, images, [clf.classes[scored.labels[i]] for i in chosen],
+        image_plots.plot_prediction_grid, images, [clf.classes[scored.labels[i]] for i in chosen],
         [clf.classes[j] for j in probs.argmax(axis=1)], probs.max(axis=1), out / "predictions.png",
         title=f"Predictions on {scored.split} (calibrated confidence)")
     return H.Section("predictions", "Predictions", lambda: H.figure(png(), "a grid of predictions"))
@@ -258,7 +258,7 @@ def top_losses_section(clf, scored: Scored | None, why: str, n: int, out: Path, 
                    "prediction.")]
     png = None
     if result.rows:  # the Grad-CAMs here (torch), their grid in the worker
-        png = draw(plots.plot_top_losses, *cam_panels(clf, result.images, [r["pred"] for r in result.rows]),
+        png = draw(image_plots.plot_top_losses, *cam_panels(clf, result.images, [r["pred"] for r in result.rows]),
                    *top_loss_captions(result.rows), out / "top_losses.png", title=result.title)
     table = H.table([f"file (in {scored.root})", "true", "predicted", "confidence", "loss"],
                     [(os.path.relpath(r["path"], scored.root), r["true"], r["pred"], r["confidence"], r["loss"])
@@ -289,7 +289,7 @@ def samples_section(clf, dataset, augment: str, why: str, out: Path, draw: Draw)
             continue
     if not tensors:
         return H.Section("samples", title, H.note("no readable training images"))
-    png = draw(plots.plot_image_grid, tensors, labels, out / "samples.png", mean=pre.mean, std=pre.std,
+    png = draw(image_plots.plot_image_grid, tensors, labels, out / "samples.png", mean=pre.mean, std=pre.std,
                title=f"Training samples, augmentation preset '{augment}'")
     return H.Section("samples", title, lambda: H.figure(png(), "augmented training samples"))
 
@@ -300,7 +300,7 @@ def filters_section(clf, out: Path, draw: Draw) -> H.Section:
     weights = first_conv_weights(clf.net)
     if weights is None:
         return H.Section("filters", "First-layer filters", H.note("the network has no RGB convolution"))
-    png = draw(plots.plot_conv_filters, weights, out / "filters.png")
+    png = draw(image_plots.plot_conv_filters, weights, out / "filters.png")
     return H.Section("filters", "First-layer filters", lambda: H.figure(png(), "first convolution filters"))
 
 

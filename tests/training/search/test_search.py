@@ -105,3 +105,10 @@ def test_first_backbone_extraction_is_not_cut_by_the_budget(world, tmp_path, mon
     found = search(_context(world, tmp_path, -5.0))
     assert [c.backbone for c in found.candidates] == [SPEC.name] * 2
     assert torch.isfinite(torch.from_numpy(found.winner.oof_logits)).all()
+
+
+def test_the_same_seed_gives_the_same_candidates_and_scores(world, tmp_path):
+    first, again = (search(_context(world, tmp_path / run, 1.0)) for run in ("a", "b"))
+    assert [(c.name, c.recipe, c.fold_scores) for c in first.candidates] == \
+        [(c.name, c.recipe, c.fold_scores) for c in again.candidates]
+    assert first.winner.name == again.winner.name
