@@ -11,7 +11,7 @@ import logging
 import numpy as np
 import torch
 
-from headstart.training.modes.common import FitResult, RunContext, frozen_backbone, split_features
+from headstart.training.modes.common import FitResult, RunContext, split_features
 from headstart.training.search.heads import fit_head
 from headstart.training.search.run import FeatureSet, search
 
@@ -33,7 +33,7 @@ def _winning_network(ctx: RunContext, fs: FeatureSet, stages: bool):
 
 
 def fit_auto(ctx: RunContext) -> FitResult:
-    found = search(ctx)
+    found = search(ctx, tail_images=len(ctx.decoded["test"].labels) if "test" in ctx.decoded else 0)
     winner = found.winner
     fs = found.features[winner.backbone]
     stages = winner.recipe["stages"]
@@ -58,7 +58,7 @@ def fit_auto(ctx: RunContext) -> FitResult:
 
     logits = {"train": scores(fs.center[:n_train]), "val": torch.from_numpy(winner.oof_logits[n_train:]).float()}
     if "test" in ctx.decoded:  # read only now, for the kept model: never for a choice
-        rows, _ = split_features(fs.ctx, frozen_backbone(fs.ctx), "test", "none", 0)
+        rows, _ = split_features(fs.ctx, fs.frozen, "test", "none", 0)
         logits["test"] = scores(rows.__getitems__(list(range(len(rows))))[0].numpy())
     labels = {split: torch.tensor(d.labels, dtype=torch.long) for split, d in ctx.decoded.items()}
     history = [{"epoch": i, "phase": "search", "candidate": c.name, "val_accuracy": c.mean, "val_loss": c.loss,

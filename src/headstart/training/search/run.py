@@ -34,6 +34,7 @@ TRIALS = 16  # optuna trials per feature set
 VIEW_PRESET = "light"
 MAX_VIEWS = 4
 RESERVE_FRACTION, MIN_RESERVE = 0.05, 10.0  # of the budget, kept for the refit, the run directory and its report
+REPORT_SECONDS = 15.0  # kept for report.html (Grad-CAM, figures) when the run writes one
 FALLBACK_RATE = 0.05  # seconds per image at 224 px, until an extraction has been timed
 
 
@@ -44,6 +45,7 @@ class FeatureSet:
 
     backbone: SearchBackbone
     ctx: RunContext  # its network is the Tapped one when the backbone has stages to tap
+    frozen: object  # the FrozenBackbone that extracted them: reused for views and the test split
     center: np.ndarray  # [N, D]
     final: int  # the width of the backbone's own features
     views: np.ndarray | None = None  # [V, N, D]
@@ -114,13 +116,11 @@ class _OutOfBudget(Exception):
 
 
 class _Search:
-    def __init__(self, ctx: RunContext):
-        self.ctx, self.cfg = ctx, ctx.cfg
+    def __init__(self, ctx: RunContext, backbones: list[SearchBackbone], tail_images: int):
+        self.ctx, self.cfg, self.backbones = ctx, ctx.cfg, backbones
         self.started = time.perf_counter()
-        # The whole run's budget (the search ends early enough to leave a reserve for writing the run)
-        self.budget = budget_seconds(ctx.cfg.budget) if ctx.cfg.budget else None
-        reserve = max(MIN_RESERVE, RESERVE_FRACTION * (self.budget or 0))
-        self.stop_at = ctx.deadline - reserve if ctx.deadline is not None else float("inf")
+        self.budget = budget_seconds(ctx.cfg.budget) if ctx.cfg.budget else None  # the whole run's
+        self.tail_images = tail_images  # the test images the kept model is scored on after the search
         train, val = ctx.decoded["train"], ctx.decoded["val"]
         self.labels = np.array(train.labels + val.labels, dtype=np.int64)
         self.num_classes = ctx.net.head[-1].out_features
@@ -131,6 +131,17 @@ class _Search:
         self.candidates: list[Candidate] = []
         self.features: dict[str, FeatureSet] = {}
         self.skipped: list[dict] = []
+
+    @property
+    def stop_at(self) -> float:
+        """When the search must end: the run's deadline less what the kept model still needs (its test features,
+        the run directory, the report), re-estimated as throughput is measured."""
+        if self.ctx.deadline is None:
+            return float("inf")
+        rate = self.rate if self.rate is not None else FALLBACK_RATE
+        tail = self.tail_images * rate * max(b.relative_cost for b in self.backbones)
+        tail += REPORT_SECONDS if self.cfg.report else 0.0
+        return self.ctx.deadline - max(MIN_RESERVE, RESERVE_FRACTION * (self.budget or 0)) - tail
 
     def left(self) -> float:
         return self.stop_at - time.perf_counter()
@@ -226,7 +237,8 @@ class _Search:
         except _OutOfBudget:
             self.skip(f"{backbone.name} · linear head", "the budget ran out during its extraction")
             return
-        fs = FeatureSet(backbone, ctx, center, backbone.spec.in_features, seconds=time.perf_counter() - started)
+        fs = FeatureSet(backbone, ctx, frozen, center, backbone.spec.in_features,
+                        seconds=time.perf_counter() - started)
         self.features[backbone.name] = fs
         self.heads(fs, "head", stages=False)
         if fs.tapped:
@@ -245,24 +257,23 @@ class _Search:
         if affordable == 0:
             self.skip(name, f"one view needs about {per_view:.0f} s, {max(self.left(), 0):.0f} s left")
             return
-        frozen = frozen_backbone(fs.ctx)
         started = time.perf_counter()
         try:
-            views = np.stack([self._extract(fs.ctx, frozen, VIEW_PRESET, v) for v in range(1, affordable + 1)])
+            views = np.stack([self._extract(fs.ctx, fs.frozen, VIEW_PRESET, v) for v in range(1, affordable + 1)])
         except _OutOfBudget:
             self.skip(name, "the budget ran out during the views' extraction")
             return
-        with_views = FeatureSet(fs.backbone, fs.ctx, fs.center, fs.final, views,
-                                fs.seconds + time.perf_counter() - started)
+        with_views = dataclasses.replace(fs, views=views, seconds=fs.seconds + time.perf_counter() - started)
         self.features[best.backbone] = with_views  # the views are the winner's if this candidate wins
         self.heads(with_views, "views", stages=stages)
 
 
-def search(ctx: RunContext) -> SearchResult:
-    """Run the candidates that fit the budget and return them all, with the features the winner needs."""
-    s = _Search(ctx)
-    log.info("auto: selecting by %s; search budget %.0f s", s.selection, s.left())
+def search(ctx: RunContext, tail_images: int = 0) -> SearchResult:
+    """Run the candidates that fit the budget and return them all, with the features the winner needs.
+    tail_images: how many test images the kept model will be scored on (their extraction is budgeted)."""
     backbones = search_backbones(ctx.cfg, ctx.spec, ctx.preprocessing)
+    s = _Search(ctx, backbones, tail_images)
+    log.info("auto: selecting by %s; search budget %.0f s", s.selection, s.left())
     for i, backbone in enumerate(backbones):
         s.backbone_phase(backbone, first=i == 0)
     s.views_phase()
