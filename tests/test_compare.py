@@ -164,6 +164,8 @@ def test_bad_requests_fail_before_training(tmp_path):
         compare(data, ["efficientnet_lite0"], out=tmp_path / "b", not_a_setting=1)
     with pytest.raises(ConfigError, match="per backbone"):
         compare(data, ["efficientnet_lite0"], out=tmp_path / "c", backbone="resnet18")
+    with pytest.raises(ConfigError, match="--mode auto"):
+        compare(data, ["efficientnet_lite0"], out=tmp_path / "f", mode="auto")
     with pytest.raises(UnknownBackboneError, match="no_such_net"):
         compare(data, ["efficientnet_lite0", "no_such_net"], out=tmp_path / "d")
     (tmp_path / "e").mkdir()

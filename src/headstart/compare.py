@@ -77,6 +77,9 @@ def compare(data: str | Path, backbones: list[str], *, weights: dict[str, str | 
         raise ConfigError(f"weights given for backbone(s) not compared: {', '.join(stray)}")
     if taken := [k for k in _PER_BACKBONE if k in settings]:
         raise ConfigError(f"compare sets {', '.join(taken)} per backbone: pass weights= / out= / overwrite= instead")
+    if settings.get("mode") == "auto":  # its search tries other backbones: the leaderboard would mislabel them
+        raise ConfigError("compare trains each named backbone as it is; auto mode's search already compares the "
+                          "offline backbones: run `headstart train DATA --mode auto` instead")
     if latency_runs < 1:
         raise ConfigError(f"latency_runs must be at least 1 (got {latency_runs})")
     if latency_threads is not None and latency_threads < 1:

@@ -205,11 +205,10 @@ def test_int8_export_is_static_qdq_and_smaller(lite_run, reuse_lite_graph, data,
 
 @pytest.mark.integration
 def test_real_demo_run_parity(tmp_path):
-    """efficientnet_lite0 with its ImageNet weights at its native 224, trained on the bundled demo set."""
+    """efficientnet_lite0 with its ImageNet weights at its native 224, trained on the bundled demo set. (int8 on
+    real weights and data: tests/inference/test_deploy.py's test_int8_on_real_weights_and_data.)"""
     result = headstart.train(DEMO_DATA, backbone="efficientnet_lite0", mode="features", epochs=3,
                              out=str(tmp_path / "demo"), report=False)
     exported = export_onnx(result.run_dir)
     assert_parity(exported.parity, n=60)
     assert exported.parity["onnx_accuracy"] == exported.parity["torch_accuracy"] >= 0.8
-    int8 = export_onnx(result.run_dir, quantize="int8").parity
-    assert int8["onnx_accuracy"] >= int8["torch_accuracy"] - 0.05 and int8["top1_agreement"] >= 0.9

@@ -206,7 +206,7 @@ def demo_command(
 def compare_command(
     data: Annotated[Path, typer.Argument(help="data folder")],
     backbones: Annotated[str, typer.Option(help="comma-separated backbone names")],
-    mode: Annotated[str, typer.Option(help="features | finetune | auto")] = "features",
+    mode: Annotated[str, typer.Option(help="features | finetune")] = "features",
     weights: Annotated[Optional[list[str]], typer.Option(help="NAME=FILE: local weights for one backbone")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="folder for the runs and the leaderboard")] = None,
     epochs: Optional[int] = None,
