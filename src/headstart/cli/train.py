@@ -48,7 +48,7 @@ def _search_table(search: dict) -> Table:
     table = Table(title=f"auto: what was tried, scored by {search['selection']}")
     for column in ("", "candidate", "CV accuracy", "± spread", "seconds"):
         table.add_column(column, justify="left" if column in ("", "candidate") else "right")
-    for c in sorted(search["candidates"], key=lambda c: -c["cv_mean"]):
+    for c in sorted(search["candidates"], key=lambda c: (not c["winner"], -c["cv_mean"], c["cv_loss"])):
         table.add_row("★" if c["winner"] else "", c["name"], f"{c['cv_mean']:.4f}", f"{c['cv_std']:.4f}",
                       f"{c['seconds']:.1f}")
     for c in search["skipped"]:
