@@ -78,7 +78,7 @@ def embed_dataset(dataset: Dataset, *, backbone: str = "efficientnet_lite0", wei
                                 key, failures, progress)
     keep = [i for i in range(len(items)) if i not in bad]
     rows = cache.rows(key, [hashes[i] for i in keep])
-    features = rows.__getitems__(list(range(len(keep))))[0].numpy() if keep else np.zeros((0, spec.in_features))
+    features = rows.features() if keep else np.zeros((0, spec.in_features))
     features = features.astype(np.float32)
     features /= np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     return Embedded(classes=list(dataset.classes), paths=[items[i][0] for i in keep],

@@ -176,3 +176,7 @@ class FeatureRows(Dataset):
     @staticmethod
     def collate(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return batch
+
+    def features(self) -> np.ndarray:
+        """Every row, in order, as one float32 array [N, D] in memory."""
+        return self.__getitems__(range(len(self)))[0].numpy()

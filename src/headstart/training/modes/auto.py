@@ -59,7 +59,7 @@ def fit_auto(ctx: RunContext) -> FitResult:
     logits = {"train": scores(fs.center[:n_train]), "val": torch.from_numpy(winner.oof_logits[n_train:]).float()}
     if "test" in ctx.decoded:  # read only now, for the kept model: never for a choice
         rows, _ = split_features(fs.ctx, fs.frozen, "test", "none", 0)
-        logits["test"] = scores(rows.__getitems__(list(range(len(rows))))[0].numpy())
+        logits["test"] = scores(rows.features())
     labels = {split: torch.tensor(d.labels, dtype=torch.long) for split, d in ctx.decoded.items()}
     history = [{"epoch": i, "phase": "search", "candidate": c.name, "val_accuracy": c.mean, "val_loss": c.loss,
                 "cv_std": c.std, "seconds": c.seconds, "best": c is winner}

@@ -8,7 +8,12 @@ from headstart.backbones.spec import BackboneSpec
 from headstart.config import TrainConfig
 from headstart.runtime.preprocess import Preprocessing
 
-__all__ = ["SearchBackbone", "search_backbones"]
+__all__ = ["SearchBackbone", "relative_cost", "search_backbones"]
+
+
+def relative_cost(preprocessing: Preprocessing) -> float:
+    """A forward pass's cost relative to a 224 px input, by pixels."""
+    return (preprocessing.crop_size / 224) ** 2
 
 
 class SearchBackbone:
@@ -23,8 +28,7 @@ class SearchBackbone:
 
     @property
     def relative_cost(self) -> float:
-        """Forward-pass cost relative to a 224 px input, by pixels."""
-        return (self.preprocessing.crop_size / 224) ** 2
+        return relative_cost(self.preprocessing)
 
 
 def _offline(spec: BackboneSpec) -> bool:

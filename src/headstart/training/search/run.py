@@ -24,7 +24,7 @@ from headstart.training.errors import TrainingInterrupted
 from headstart.training.modes.common import RunContext, frozen_backbone, report_progress, split_features
 from headstart.training.search.folds import selection_folds
 from headstart.training.search.heads import search_head
-from headstart.training.search.plan import SearchBackbone, search_backbones
+from headstart.training.search.plan import SearchBackbone, relative_cost, search_backbones
 
 __all__ = ["Candidate", "FeatureSet", "SearchResult", "search"]
 
@@ -79,9 +79,6 @@ class Candidate:
     def std(self) -> float:
         return float(np.std(self.fold_scores))
 
-    def sort_key(self, order: int) -> tuple:
-        return (-self.mean, self.loss, order)
-
     def row(self) -> dict:
         return {"name": self.name, "family": self.family, "backbone": self.backbone, "recipe": self.recipe,
                 "cv_mean": self.mean, "cv_std": self.std, "fold_scores": self.fold_scores, "cv_loss": self.loss,
@@ -101,14 +98,19 @@ class SearchResult:
 
     @property
     def winner(self) -> Candidate:
-        order = {id(c): i for i, c in enumerate(self.candidates)}
-        return min(self.candidates, key=lambda c: c.sort_key(order[id(c)]))
+        return _best(self.candidates)
 
     def summary(self) -> dict:
         winner = self.winner
         return {"budget_seconds": self.budget, "seconds": self.seconds, "selection": self.selection,
                 "folds": len(self.folds), "winner": winner.name,
                 "candidates": [dict(c.row(), winner=c is winner) for c in self.candidates], "skipped": self.skipped}
+
+
+def _best(candidates: list[Candidate]) -> Candidate | None:
+    """The best mean held-out accuracy, then the lower held-out loss, then the earlier (cheaper) candidate."""
+    ranked = sorted(enumerate(candidates), key=lambda ic: (-ic[1].mean, ic[1].loss, ic[0]))
+    return ranked[0][1] if ranked else None
 
 
 class _OutOfBudget(Exception):
@@ -147,7 +149,7 @@ class _Search:
         return self.stop_at - time.perf_counter()
 
     def best(self) -> Candidate | None:
-        return min(self.candidates, key=lambda c: c.sort_key(self.candidates.index(c)), default=None)
+        return _best(self.candidates)
 
     def skip(self, name: str, reason: str) -> None:
         log.info("auto: skipping %s: %s", name, reason)
@@ -178,19 +180,15 @@ class _Search:
         try:
             for split in ("train", "val"):
                 rows, n = split_features(stoppable, frozen, split, preset, view)
-                parts.append(rows.__getitems__(list(range(len(rows))))[0].numpy())
+                parts.append(rows.features())
                 computed += n
         except TrainingInterrupted:
             if ctx.should_stop():
                 raise  # the user's Ctrl-C, not the budget
             raise _OutOfBudget from None
-        if computed:
-            cost = (time.perf_counter() - started) / computed
-            self.rate = cost / self._relative(ctx) if self.rate is None else self.rate
+        if computed and self.rate is None:
+            self.rate = (time.perf_counter() - started) / computed / relative_cost(ctx.preprocessing)
         return np.concatenate(parts)
-
-    def _relative(self, ctx: RunContext) -> float:
-        return (ctx.preprocessing.crop_size / 224) ** 2
 
     def estimate_extraction(self, backbone: SearchBackbone, views: int = 1) -> float:
         rate = self.rate if self.rate is not None else FALLBACK_RATE
