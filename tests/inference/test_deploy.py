@@ -175,13 +175,14 @@ def test_cli_refusal_exits_1_in_one_line_and_the_table_lists_every_format(run, t
 
 @pytest.mark.integration
 def test_int8_on_real_weights_and_data(shared, tmp_path):
-    """efficientnet_lite0 with its ImageNet weights at 224 px on pizza_steak_sushi (75 test images). Measured
-    (benchmarks/export.py, docs/export.md): both int8 formats agree on 73/75 (97.33%), accuracy -1.33 / +1.33
-    points: under the 99% floor, which the default would refuse (tested above); a floor of 95% accepts them,
-    one export per format."""
+    """efficientnet_lite0 with its ImageNet weights at 224 px on pizza_steak_sushi (75 test images), from the
+    default (dynamo) graph. Measured: 73-75 of 75 agree depending on the CPU (docs/export.md), under the 99% floor
+    at times, which the default would refuse (tested above); a floor of 95% accepts them, one export per format.
+    The torchscript exporter's graph quantizes worse (71/75 on ONNX Runtime: timm's 'same' padding stays a
+    run-time Pad subgraph there), so this test does not take that shortcut."""
     run_dir = headstart.train(shared / "datasets" / "pizza_steak_sushi", backbone="efficientnet_lite0",
                               mode="features", epochs=5, out=str(tmp_path / "pss"), report=False).run_dir
     for fmt in ("onnx-int8", "openvino-int8"):
-        row = export(run_dir, fmt, exporter="torchscript", measure_speed=False, floor=0.95).scores
+        row = export(run_dir, fmt, measure_speed=False, floor=0.95).scores
         assert row["n"] == 75 and row["top1_agreement"] >= 0.96, (fmt, row)
         assert abs(row["accuracy_change"]) <= 0.03 and abs(row["ece_change"]) <= 0.03, (fmt, row)
