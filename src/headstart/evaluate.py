@@ -58,7 +58,7 @@ def evaluate_run(run_dir, data, *, split: str | None = None, threshold: float | 
         raise DataError(f"{data} has no {split} split (found: {', '.join(dataset.splits)})")
     # The loader train uses: files, CSV-listed files and shard members (SHARD.tar#member) alike, decoded in
     # threads, one shard open at a time; a bad item is skipped and listed, never a crash.
-    decoded = decode_split(dataset.splits[split], short_side=None)
+    decoded = decode_split(dataset.splits[split], short_side=None, reduce_to=clf.preprocessing.reduce_to)
     skipped = [{"path": path, "reason": reason} for path, reason in decoded.failures]
     logits = clf.logits(decoded.images, batch_size, tta=tta)
     labels = np.array([index[dataset.classes[label]] for label in decoded.labels], dtype=np.int64)

@@ -153,3 +153,31 @@ def test_load_onnx_refuses_what_is_not_a_headstart_export(run, tmp_path):
         load_onnx(tmp_path / "junk.onnx")
     with pytest.raises(ArtifactError, match="no such"):
         load_onnx(tmp_path / "nothing.onnx")
+
+
+def test_every_engine_decodes_a_large_jpeg_as_training_does(engines, tmp_path):
+    """New runs decode JPEGs at a reduced DCT scale (Preprocessing.decode "reduced"); every engine's predict from
+    a path decodes so, giving what the image decoded that way gives, and a full decode differs."""
+    y, x = np.mgrid[0:768, 0:1024]
+    path = tmp_path / "big.jpg"
+    Image.fromarray(np.stack([x % 256, y % 256, (x * y) % 256], -1).astype(np.uint8)).save(path, quality=90)
+    for clf in engines:
+        pre = clf.preprocessing
+        assert pre.decode == "reduced" and pre.reduce_to == pre.resize_size
+        reduced = open_image(path, reduce_to=pre.reduce_to)
+        assert reduced.size[0] < 1024  # decoded at 1/2, 1/4 or 1/8 scale
+        from_path, = clf.predict([path], top_k=3)
+        same, = clf.predict([reduced], top_k=3)
+        assert [c for c, _ in from_path["top_k"]] == [c for c, _ in same["top_k"]]
+        assert np.allclose([p for _, p in from_path["top_k"]], [p for _, p in same["top_k"]], atol=1e-6)
+        assert not np.allclose(clf.logits([reduced]), clf.logits([open_image(path)]), atol=1e-6)
+
+
+def test_preprocessing_without_a_decode_field_is_a_full_decode():
+    """Artifacts written before the field existed were trained on full-size decodes, and keep them."""
+    old = {"crop_size": 224, "resize_size": 256, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic"}
+    assert Preprocessing.from_dict(old).decode == "full" and Preprocessing.from_dict(old).reduce_to is None
+    new = Preprocessing.from_dict({**old, "decode": "reduced"})
+    assert Preprocessing.from_dict(new.to_dict()) == new and new.reduce_to == 256
+    with pytest.raises(ValueError, match="decode"):
+        Preprocessing.from_dict({**old, "decode": "thumbnail"})

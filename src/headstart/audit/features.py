@@ -123,7 +123,7 @@ def _extract_missing(items, hashes, missing, spec, pre, weights, accelerator, pr
     for start in range(0, len(missing), feature_cache.SHARD_ROWS):
         chunk = missing[start:start + feature_cache.SHARD_ROWS]
         decoded = decode_split([(items[i][0], 0) for i in chunk], short_side=pre.resize_size,
-                               interpolation=pre.interpolation)
+                               interpolation=pre.interpolation, reduce_to=pre.reduce_to)
         failed = {p for p, _ in decoded.failures}
         failures.extend(decoded.failures)
         good = [i for i in chunk if items[i][0] not in failed]

@@ -46,8 +46,8 @@ class DecodeJob:
     {split: DecodedSplit} (or raises what decoding raised); close() stops the work if it is still running."""
 
     def __init__(self, splits: dict[str, Items], short_side: int | None, interpolation: str, keep_images: bool,
-                 progress: Progress | None, in_memory: bool = True):
-        self._args = (splits, short_side, interpolation, keep_images)
+                 progress: Progress | None, in_memory: bool = True, reduce_to: int | None = None):
+        self._args = (splits, short_side, interpolation, keep_images, reduce_to)
         self._in_memory = in_memory  # False: the pixels stay in a file on disk, read back per image
         self._progress = progress
         self._process = None
@@ -58,10 +58,12 @@ class DecodeJob:
 
     @classmethod
     def start(cls, splits: dict[str, Items], *, short_side: int | None, interpolation: str = "bilinear",
-              keep_images: bool = True, in_memory: bool = True, progress: Progress | None = None) -> DecodeJob:
+              keep_images: bool = True, in_memory: bool = True, progress: Progress | None = None,
+              reduce_to: int | None = None) -> DecodeJob:
         """in_memory=False (a large set): the images are kept decoded in a file on disk instead of in memory
-        (DecodedSplit.store), where a helper process can write them; else they are decoded again when used."""
-        job = cls(splits, short_side, interpolation, keep_images, progress, in_memory)
+        (DecodedSplit.store), where a helper process can write them; else they are decoded again when used.
+        reduce_to: the model's Preprocessing.reduce_to (decode_split's)."""
+        job = cls(splits, short_side, interpolation, keep_images, progress, in_memory, reduce_to)
         try:
             started = job._start_process()
         except BaseException:  # an interrupt while starting: no helper left behind
@@ -106,7 +108,7 @@ class DecodeJob:
         if os.name != "posix" or not _only_pil_formats():  # posix: the pixels file is an inherited descriptor
             return False
         try:
-            self._pixels = _pixels_file(*self._args, in_memory=self._in_memory)
+            self._pixels = _pixels_file(*self._args[:4], in_memory=self._in_memory)
         except OSError:
             return False
         if self._pixels is None:  # no room anywhere for the pixels: a thread holds them in memory as it goes
@@ -145,9 +147,9 @@ class DecodeJob:
         if reply is None or reply[0] != "done":
             return None
         splits, size = reply[1], reply[2]
-        (_, short_side, interpolation, _) = self._args
+        (_, short_side, interpolation, _, reduce_to) = self._args
         if not self._in_memory:
-            return self._stored(splits, short_side, interpolation)
+            return self._stored(splits, short_side, interpolation, reduce_to)
         # writable: MADV_REMOVE (see _free) works on shared writable mappings only
         mapped = mmap.mmap(self._pixels.fileno(), size, access=mmap.ACCESS_WRITE) if size else None
         try:
@@ -162,13 +164,14 @@ class DecodeJob:
                         kept.append(Image.frombytes(mode, image_size, view[offset:offset + length]))  # a copy
                         freed = _free(mapped, freed, offset + length)
                     decoded[split] = DecodedSplit(paths, labels, kept, hashes, failures, short_side=short_side,
-                                                  interpolation=interpolation)
+                                                  interpolation=interpolation, reduce_to=reduce_to)
             return decoded
         finally:
             if mapped is not None:
                 mapped.close()
 
-    def _stored(self, splits: dict, short_side: int | None, interpolation: str) -> dict[str, DecodedSplit]:
+    def _stored(self, splits: dict, short_side: int | None, interpolation: str, reduce_to: int | None
+                ) -> dict[str, DecodedSplit]:
         """The splits with their pixels left in the file: a descriptor of its own, open as long as they are."""
         file = os.fdopen(os.dup(self._pixels.fileno()), "rb")
         decoded = {}
@@ -176,7 +179,7 @@ class DecodeJob:
             for path, reason in failures:
                 log.warning("skipping %s: %s", path, reason)
             decoded[split] = DecodedSplit(paths, labels, None, hashes, failures, short_side=short_side,
-                                          interpolation=interpolation,
+                                          interpolation=interpolation, reduce_to=reduce_to,
                                           store=PixelStore(file, layout) if layout is not None else None)
         return decoded
 
@@ -184,13 +187,14 @@ class DecodeJob:
         """The same work on a daemon thread: when the run fails before it needs the images (a bad --out), the
         process exits at once instead of waiting for a large set to finish decoding."""
         self._future = future = Future()
-        splits, short_side, interpolation, keep_images = self._args
+        splits, short_side, interpolation, keep_images, reduce_to = self._args
         keep_images = keep_images and self._in_memory  # a thread holds what it keeps in memory
 
         def work() -> None:
             try:
                 _lower_priority()  # the pool's threads inherit it (Linux)
-                future.set_result(_decode_all(splits, short_side, interpolation, keep_images, self._progress))
+                future.set_result(_decode_all(splits, short_side, interpolation, keep_images, self._progress,
+                                              reduce_to))
             except BaseException as exc:  # re-raised in the caller by future.result()
                 future.set_exception(exc)
 
@@ -252,8 +256,9 @@ def _lower_priority() -> None:
 
 
 def _decode_all(splits: dict[str, Items], short_side: int | None, interpolation: str, keep_images: bool,
-                progress: Progress | None) -> dict[str, DecodedSplit]:
+                progress: Progress | None, reduce_to: int | None = None) -> dict[str, DecodedSplit]:
     return {split: decode_split(items, short_side=short_side, interpolation=interpolation, keep_images=keep_images,
+                                reduce_to=reduce_to,
                                 progress=(lambda d, t, s=split: progress(f"decode {s}", d, t)) if progress
                                 else None)
             for split, items in splits.items()}
@@ -273,8 +278,8 @@ def _throttled(send: Callable[[tuple], None], what: str, total: int) -> Callable
 
 
 def _write_split(pixels: BinaryIO, size: int, items: Items, short_side: int | None, interpolation: str,
-                 keep_images: bool, progress: Callable[[int], None] | None, parent: int | None = None
-                 ) -> tuple[tuple, int]:
+                 keep_images: bool, progress: Callable[[int], None] | None, parent: int | None = None,
+                 reduce_to: int | None = None) -> tuple[tuple, int]:
     """One split decoded chunk by chunk (the helper's memory stays bounded), its pixels appended to `pixels`,
     which holds `size` bytes so far: ((paths, labels, hashes, failures, layout or None), the new size).
     Between chunks, a helper whose parent has died (killed: it never closed anything) stops."""
@@ -283,7 +288,7 @@ def _write_split(pixels: BinaryIO, size: int, items: Items, short_side: int | No
         if parent is not None and os.getppid() != parent:
             end_child()
         part = decode_split(items[start:start + _CHUNK], short_side=short_side, interpolation=interpolation,
-                            keep_images=keep_images,
+                            keep_images=keep_images, reduce_to=reduce_to,
                             progress=(lambda done, _, start=start: progress(start + done)) if progress else None)
         paths += part.paths
         labels += part.labels
@@ -310,14 +315,14 @@ def serve() -> None:
         replies.flush()
 
     try:
-        splits, short_side, interpolation, keep_images, fd, want_progress, parent, images.MAX_IMAGE_PIXELS = (
-            pickle.load(requests))
+        (splits, short_side, interpolation, keep_images, reduce_to, fd, want_progress, parent,
+         images.MAX_IMAGE_PIXELS) = pickle.load(requests)
         with os.fdopen(fd, "wb") as pixels:
             size, result = 0, {}
             for split, items in splits.items():
                 progress = _throttled(send, f"decode {split}", len(items)) if want_progress else None
                 result[split], size = _write_split(pixels, size, items, short_side, interpolation, keep_images,
-                                                   progress, parent)
+                                                   progress, parent, reduce_to)
         send(("done", result, size))
     except BrokenPipeError:  # the parent is gone
         pass

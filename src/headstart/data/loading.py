@@ -23,17 +23,12 @@ from headstart.data.shards import ShardReader, read_member, shard_member
 from headstart.runtime.images import ImageLoadError, open_image
 from headstart.runtime.preprocess import resize_short_side
 
-__all__ = ["DECODER", "DecodedSplit", "PixelStore", "decode_split", "map_items"]
+__all__ = ["DecodedSplit", "PixelStore", "decode_split", "map_items"]
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-# How decode_split makes pixels, part of the feature cache's key. "full" decodes every image at full size, as
-# prediction does, so a reloaded model scores an image exactly as training did. "draft" would decode a JPEG at a
-# reduced DCT scale (runtime/images.py `reduce_to`): the probe is unchanged by it (docs/benchmarks.md), but until
-# prediction decodes the same way it would cost that exact agreement.
-DECODER = "full"
 
 class PixelStore:
     """Decoded images kept in a file instead of in memory: `layout` gives each one's (offset, length, mode,
@@ -78,6 +73,7 @@ class DecodedSplit:
     short_side: int | None = None
     interpolation: str = "bilinear"
     store: PixelStore | None = None
+    reduce_to: int | None = None  # open_image's: the model's Preprocessing.reduce_to
 
     def view(self, indices: Sequence[int]) -> Sequence[Image.Image]:
         """The images at these positions as a sequence that reads each one when indexed, where they are stored
@@ -93,9 +89,10 @@ class DecodedSplit:
         if self.store is not None:
             return [self.store.image(i) for i in indices]
         if len(indices) == 1:  # one item, as a DataLoader worker asks: no thread pool, random access in a shard
-            return [_decode_one(self.paths[indices[0]], self.short_side, self.interpolation)[0]]
+            return [_decode_one(self.paths[indices[0]], self.short_side, self.interpolation,
+                                reduce_to=self.reduce_to)[0]]
         again = decode_split([(self.paths[i], self.labels[i]) for i in indices], short_side=self.short_side,
-                             interpolation=self.interpolation, threads=threads)
+                             interpolation=self.interpolation, threads=threads, reduce_to=self.reduce_to)
         if again.failures:  # the file changed since the first pass
             raise ImageLoadError(*again.failures[0])
         return again.images
@@ -129,9 +126,10 @@ def map_items(fn: Callable[[str, bytes | None], T], paths: Iterable[str], *, wor
         yield from pending
 
 
-def _decode_one(path: str, short_side: int | None, interpolation: str, data: bytes | None = None
-                ) -> tuple[Image.Image, str]:
-    """One item decoded and resized, with the sha1 of its bytes; data: its bytes when already read."""
+def _decode_one(path: str, short_side: int | None, interpolation: str, data: bytes | None = None, *,
+                reduce_to: int | None = None) -> tuple[Image.Image, str]:
+    """One item decoded (at a reduced JPEG scale with reduce_to, as open_image) and resized, with the sha1 of its
+    bytes; data: its bytes when already read."""
     member = shard_member(path) is not None
     if data is None and member:
         data = read_member(path)
@@ -142,23 +140,26 @@ def _decode_one(path: str, short_side: int | None, interpolation: str, data: byt
             data = b""  # opened by path below, which names the reason: not found, permission denied...
     digest = hashlib.sha1(data).hexdigest()
     # An empty file is opened by its path, so that a missing one says "file not found", not "empty file"
-    img = open_image(data if data or member else path, reduce_to=short_side if DECODER == "draft" else None)
+    img = open_image(data if data or member else path, reduce_to=reduce_to)
     if short_side is not None:
         img = resize_short_side(img, short_side, interpolation)
     return img, digest
 
 
 def decode_split(items: list[tuple[str, int]], *, short_side: int | None, interpolation: str = "bilinear",
-                 threads: int | None = None, progress=None, keep_images: bool = True) -> DecodedSplit:
+                 threads: int | None = None, progress=None, keep_images: bool = True,
+                 reduce_to: int | None = None) -> DecodedSplit:
     """Open every image once (threads: PIL decodes outside the GIL), resized to `short_side`.
 
     Resizing to the eval transform's own resize size here makes the later Resize a no-op and every later epoch
     cheap.
-    keep_images=False checks and hashes every image without holding it (see DecodedSplit.load).
+    keep_images=False checks and hashes every image without holding it (see DecodedSplit.load). reduce_to: the
+    model's Preprocessing.reduce_to (JPEGs decoded at a reduced scale, as its prediction does).
     """
-    out = DecodedSplit([], [], [] if keep_images else None, [], short_side=short_side, interpolation=interpolation)
+    out = DecodedSplit([], [], [] if keep_images else None, [], short_side=short_side, interpolation=interpolation,
+                       reduce_to=reduce_to)
     workers = threads or min(8, os.cpu_count() or 1)
-    futures = map_items(lambda path, data: _decode_one(path, short_side, interpolation, data),
+    futures = map_items(lambda path, data: _decode_one(path, short_side, interpolation, data, reduce_to=reduce_to),
                         (path for path, _ in items), workers=workers)
     with closing(futures):  # the pool shuts down here, not whenever the generator is collected
         for done, ((path, label), future) in enumerate(zip(items, futures), start=1):

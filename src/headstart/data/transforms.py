@@ -81,6 +81,4 @@ def _pixel_ops(pre: Preprocessing, preset: str) -> list:
 
 def transform_key(pre: Preprocessing, preset: str) -> str:
     """A stable description of a transform and of the decoding before it, part of the feature cache's key."""
-    from headstart.data.loading import DECODER
-
-    return f"{preset}|{pre.resize_size}|{pre.crop_size}|{pre.interpolation}|{pre.mean}|{pre.std}|{DECODER}"
+    return f"{preset}|{pre.resize_size}|{pre.crop_size}|{pre.interpolation}|{pre.mean}|{pre.std}|{pre.decode}"

@@ -46,7 +46,7 @@ from headstart.inference.export import (
 )
 from headstart.inference.scoring import agreement, timing
 from headstart.runtime.onnx_engine import ONNX_FILE
-from headstart.runtime.preprocess import preprocess_batch
+from headstart.runtime.preprocess import Preprocessing, preprocess_batch
 
 __all__ = ["EXPORT_RECORD", "FLOORS", "FORMATS", "ExportRefused", "ExportReport", "export", "read_export_record"]
 
@@ -158,6 +158,9 @@ def _build(format: str, staging: Path, target: str, *, source, run_dir: Path, ma
         from headstart.inference.export_web import read_web_model, write_web
         from headstart.runtime.onnx_engine import OnnxClassifier
 
+        # The page decodes at full size: its metadata says so (the scores above are on full-size decodes too).
+        manifest = dict(manifest, preprocessing={**manifest["preprocessing"], "decode": "full"})
+        meta = dict(meta, preprocessing={**meta["preprocessing"], "decode": "full"})
         model, _ = finish_onnx(source, run_dir, manifest, exporter=exporter, opset=opset, quantize=None)
         meta = write_web(model.SerializeToString(), path, meta)
         session = ort.InferenceSession(read_web_model(path), providers=["CPUExecutionProvider"])
@@ -225,7 +228,10 @@ def export(run_dir: str | os.PathLike, format: str = "onnx", out: str | os.PathL
     torch_clf = load(run_dir)
 
     paths, labels, source_name = run_images(run_dir, max_images or 10**9, splits=("test", "val"))
-    images, kept = _decode(paths)
+    # Decoded as the format's client decodes: the web page at full size (a browser has no DCT-scaled decode),
+    # the others as the model's preprocessing says; PyTorch scores the same decoded images.
+    images, kept = _decode(paths, None if format == "web" else Preprocessing.from_dict(
+        manifest["preprocessing"]).reduce_to)
     if images:
         labels = [labels[i] for i in kept] if labels is not None else None
     else:

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from headstart._version import __version__
-from headstart.artifact import ArtifactError, atomic_write_bytes
+from headstart.artifact import ArtifactError, atomic_write_bytes, read_manifest
 from headstart.onnx_export import OPSET
 from headstart.runtime.images import ImageLoadError, open_image
 from headstart.runtime.onnx_engine import (
@@ -37,7 +37,7 @@ from headstart.runtime.onnx_engine import (
     load_onnx,
     read_onnx_metadata,
 )
-from headstart.runtime.preprocess import PREPROCESSING_STEPS, preprocess_batch
+from headstart.runtime.preprocess import PREPROCESSING_STEPS, Preprocessing, preprocess_batch
 
 __all__ = ["CALIBRATION_IMAGES", "DEFAULT_OPSET", "EXPORTERS", "ExportError", "ExportResult", "calibration_images",
            "check_parity", "export_metadata", "export_onnx", "finish_onnx", "fp32_onnx", "run_images"]
@@ -107,11 +107,12 @@ def _synthetic_images(n: int = 8, seed: int = 0) -> list[Image.Image]:
     return out
 
 
-def _decode(images: Sequence) -> tuple[list[Image.Image], list[int]]:
+def _decode(images: Sequence, reduce_to: int | None = None) -> tuple[list[Image.Image], list[int]]:
     decoded, kept = [], []
     for i, item in enumerate(images):
         try:
-            decoded.append(item.convert("RGB") if isinstance(item, Image.Image) else open_image(item))
+            decoded.append(item.convert("RGB") if isinstance(item, Image.Image) else
+                           open_image(item, reduce_to=reduce_to))
             kept.append(i)
         except ImageLoadError as exc:
             log.warning("parity: skipping %s", exc)
@@ -124,7 +125,6 @@ def _parity(torch_clf, onnx_clf: OnnxClassifier, images: list[Image.Image], labe
     import torch
 
     from headstart.data.transforms import eval_transform
-    from headstart.runtime.preprocess import Preprocessing
 
     transform = eval_transform(Preprocessing.from_dict(torch_clf.manifest["preprocessing"]))
     torch_logits, same_logits, e2e_logits, input_diff = [], [], [], 0.0
@@ -202,8 +202,7 @@ def export_metadata(manifest: dict) -> dict:
     weights), as plain data: ONNX files hold it as metadata_props, other formats as a model.json beside them."""
     return {
         "classes": list(manifest["classes"]),
-        "preprocessing": {k: manifest["preprocessing"][k] for k in
-                          ("resize_size", "crop_size", "interpolation", "mean", "std")},
+        "preprocessing": Preprocessing.from_dict(manifest["preprocessing"]).to_dict(),
         "temperature": float(manifest.get("temperature", 1.0)),
         "threshold": float(manifest.get("threshold", 0.5)),
         "backbone": str(manifest["backbone"]),
@@ -219,8 +218,7 @@ def _metadata(manifest: dict, exporter: str, opset: int) -> dict[str, str]:
     return {
         "format": ONNX_FORMAT,
         "classes": json.dumps(list(manifest["classes"])),
-        "preprocessing": json.dumps({k: manifest["preprocessing"][k] for k in
-                                     ("resize_size", "crop_size", "interpolation", "mean", "std")}),
+        "preprocessing": json.dumps(Preprocessing.from_dict(manifest["preprocessing"]).to_dict()),
         "temperature": repr(float(manifest.get("temperature", 1.0))),
         "threshold": repr(float(manifest.get("threshold", 0.5))),
         "backbone": str(manifest["backbone"]),
@@ -254,7 +252,8 @@ def calibration_images(run_dir: Path, count: int = CALIBRATION_IMAGES, folder: s
     else:
         paths, _, _ = run_images(run_dir, count, splits=("train",))
         where = f"the run's train split ({run_dir / 'split.json'})"
-    images, _ = _decode(paths)
+    # decoded as the model's prediction decodes them
+    images, _ = _decode(paths, Preprocessing.from_dict(read_manifest(run_dir)["preprocessing"]).reduce_to)
     if not images:
         raise ExportError(f"int8 calibration needs training images and none can be read from {where}; pass a "
                           f"folder of them with --calibration DIR; nothing written")
@@ -273,11 +272,10 @@ def _quantize_int8(model, run_dir: Path, preprocessing: dict, workdir: Path,
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from headstart.runtime.preprocess import Preprocessing
 
     if images is None:
         paths, _, _ = run_images(run_dir, CALIBRATION_IMAGES, splits=("train", "val"))
-        images, _ = _decode(paths)
+        images, _ = _decode(paths, Preprocessing.from_dict(preprocessing).reduce_to)
     if not images:
         raise ExportError(f"int8 quantization calibrates on the run's training images, and none of them can be "
                           f"read (see {run_dir / 'split.json'}); export without quantize")

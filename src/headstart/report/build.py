@@ -92,7 +92,7 @@ def _score(clf, dataset, split: str, run_dir=None, skipped: frozenset = frozense
     paths, images = [], []
     for path in label_of:
         try:
-            images.append(open_image(path))
+            images.append(open_image(path, reduce_to=clf.preprocessing.reduce_to))
         except ImageLoadError as exc:
             log.warning("report: skipping %s: %s", path, exc.reason)
             continue

@@ -48,6 +48,10 @@ class Classifier(abc.ABC):
     def threshold(self) -> float:
         return float(self.manifest.get("threshold", 0.5))
 
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.from_dict(self.manifest["preprocessing"])
+
     @abc.abstractmethod
     def logits(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         """Logits [N, classes] for decoded RGB images, before temperature."""
@@ -61,15 +65,12 @@ class Classifier(abc.ABC):
         """
         return predict_images(inputs, lambda images: self.logits(images, batch_size, **options),
                               classes=self.classes, temperature=self.temperature, top_k=top_k,
-                              threshold=self.threshold if threshold is None else threshold)
+                              threshold=self.threshold if threshold is None else threshold,
+                              reduce_to=self.preprocessing.reduce_to)
 
 
 class BatchEngine(Classifier):
     """A torch-free engine (ONNX Runtime, OpenVINO): the numpy preprocessing here, `run` on the engine."""
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return Preprocessing.from_dict(self.manifest["preprocessing"])
 
     @abc.abstractmethod
     def run(self, batch: np.ndarray) -> np.ndarray:

@@ -19,7 +19,9 @@ __all__ = ["PREPROCESSING_STEPS", "Preprocessing", "center_crop_box", "preproces
            "resize_short_side"]
 
 PREPROCESSING_STEPS = """\
-1. decode to RGB (EXIF-oriented), 8 bits per channel;
+1. decode to RGB (EXIF-oriented), 8 bits per channel; with decode "reduced", a JPEG is decoded at the
+   smallest of libjpeg's DCT scales 1/2, 1/4, 1/8 (Pillow's Image.draft) whose short side is still at least
+   0.9 * resize_size, instead of at full size (decode "full": always at full size);
 2. resize so the short side is resize_size; the long side is floor(resize_size * long / short); Pillow's
    antialiased filter named by interpolation (bilinear | bicubic | nearest); skipped when the short side
    already is resize_size;
@@ -39,17 +41,22 @@ class Preprocessing:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bilinear"  # "bilinear" | "bicubic" | "nearest"
+    # "reduced": JPEGs decoded at a DCT scale near resize_size (step 1 of PREPROCESSING_STEPS), as new runs
+    # train; "full": at full size, as artifacts without the field (older runs) were trained.
+    decode: str = "reduced"
 
     def __post_init__(self) -> None:
         if self.interpolation not in ("bilinear", "bicubic", "nearest"):
             raise ValueError(f"unsupported interpolation {self.interpolation!r}")
+        if self.decode not in ("reduced", "full"):
+            raise ValueError(f"unsupported decode {self.decode!r}")
         if self.resize_size < self.crop_size:
             raise ValueError(f"resize_size {self.resize_size} is smaller than crop_size {self.crop_size}")
 
     def to_dict(self) -> dict[str, Any]:
         """As model.json and the ONNX metadata hold it (lists, as JSON reads them back)."""
         return {"crop_size": self.crop_size, "resize_size": self.resize_size, "mean": list(self.mean),
-                "std": list(self.std), "interpolation": self.interpolation}
+                "std": list(self.std), "interpolation": self.interpolation, "decode": self.decode}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
@@ -59,7 +66,13 @@ class Preprocessing:
             mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
             std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
             interpolation=str(data.get("interpolation", "bilinear")),
+            decode=str(data.get("decode", "full")),
         )
+
+    @property
+    def reduce_to(self) -> int | None:
+        """The short side a JPEG may be decoded down to (runtime.images.open_image's reduce_to), or None."""
+        return self.resize_size if self.decode == "reduced" else None
 
     def with_crop(self, crop_size: int) -> Preprocessing:
         """The same preprocessing at another input size, keeping the resize/crop ratio."""

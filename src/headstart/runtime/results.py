@@ -42,10 +42,11 @@ def build_predictions(names: Sequence[str], probs: np.ndarray, classes: Sequence
 
 def predict_images(inputs: Inputs, logits_fn: Callable[[list[Image.Image]], np.ndarray], *,
                    classes: Sequence[str], temperature: float, threshold: float, top_k: int,
-                   names: Sequence[str] | None = None) -> list[dict]:
+                   names: Sequence[str] | None = None, reduce_to: int | None = None) -> list[dict]:
     """One result per input, in order: paths are opened safely, PIL images taken as they are, and an
     ImageLoadError in the inputs stands for an item already found unusable (a server's bad upload). The usable
-    images go to `logits_fn` in one call; `names` (default: the paths, or "<image i>") label the results."""
+    images go to `logits_fn` in one call; `names` (default: the paths, or "<image i>") label the results;
+    `reduce_to`: open_image's (the model's Preprocessing.reduce_to)."""
     items = [inputs] if isinstance(inputs, (str, os.PathLike, Image.Image)) else list(inputs)
     if names is None:
         names = [f"<image {i}>" if isinstance(item, (Image.Image, ImageLoadError)) else str(item)
@@ -56,7 +57,8 @@ def predict_images(inputs: Inputs, logits_fn: Callable[[list[Image.Image]], np.n
         try:
             if isinstance(item, ImageLoadError):
                 raise item
-            images.append(item.convert("RGB") if isinstance(item, Image.Image) else open_image(item))
+            images.append(item.convert("RGB") if isinstance(item, Image.Image) else
+                          open_image(item, reduce_to=reduce_to))
             where.append(i)
         except ImageLoadError as exc:
             results[i] = {"path": names[i], "error": exc.reason}

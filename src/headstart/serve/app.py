@@ -29,7 +29,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from headstart.runtime.images import ImageLoadError, open_image
-from headstart.runtime.preprocess import resize_short_side
+from headstart.runtime.preprocess import Preprocessing, resize_short_side
 from headstart.serve.batching import MicroBatcher
 from headstart.serve.requests import (
     TOP_K_MAX,
@@ -201,7 +201,7 @@ def _decode(uploads: list[Upload], pre: dict) -> list[tuple[Upload, Any]]:
         try:
             # The first step of the model's preprocessing, done here: it is exact (a short side already at
             # resize_size is left alone) and frees the full-size image before it waits for a batch.
-            img = open_image(up.data)
+            img = open_image(up.data, reduce_to=Preprocessing.from_dict(pre).reduce_to)
             out.append((up, resize_short_side(img, pre["resize_size"], pre["interpolation"])))
         except ImageLoadError as exc:
             up.error = exc.reason

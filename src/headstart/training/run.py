@@ -145,7 +145,7 @@ def train(data: str | Path | None = None, *, config: TrainConfig | None = None, 
         short_side = max(b.preprocessing.resize_size for b in search_backbones(cfg, plan.spec, plan.preprocessing))
     decoding = DecodeJob.start(plan.dataset.splits, short_side=short_side,
                                interpolation=plan.preprocessing.interpolation, in_memory=in_memory,
-                               progress=progress)
+                               progress=progress, reduce_to=short_side if plan.preprocessing.reduce_to else None)
     figures = None
     try:
         # The report's figure workers start now too (their matplotlib import overlaps ours), in a features run
