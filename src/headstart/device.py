@@ -23,6 +23,9 @@ def _cpuinfo() -> tuple[str, set[str]]:
     return model, set(text.split())
 
 
+_FAST_BF16 = 1.1  # the speed-up over fp32 that makes bf16 worth its rounding
+
+
 @functools.cache
 def cpu_has_fast_bf16() -> bool:
     """True where bf16 autocast runs faster than fp32 on this CPU.
@@ -50,7 +53,13 @@ def cpu_has_fast_bf16() -> bool:
     except (OSError, ValueError):
         known = {}
     if key not in known:
-        known[key] = _measure_bf16_speedup()
+        # The best of up to 3 probes: one probe run while another process held the cores measured 0.93x on a
+        # CPU whose bf16 runs 5-6x (a Zen 5 EPYC), and the cached verdict would have stood for every later run.
+        known[key] = 0.0
+        for _ in range(3):
+            known[key] = max(known[key], _measure_bf16_speedup())
+            if known[key] > _FAST_BF16:
+                break
         log.info("bf16 autocast speed-up on this CPU: %.2fx", known[key])
         try:
             from headstart.artifact import atomic_write_json
@@ -58,7 +67,7 @@ def cpu_has_fast_bf16() -> bool:
             atomic_write_json(record, known)
         except OSError:
             pass  # a read-only cache only costs a re-measurement next time
-    return known[key] > 1.1
+    return known[key] > _FAST_BF16
 
 
 def _measure_bf16_speedup() -> float:
