@@ -247,7 +247,7 @@ def explain_images(run_dir: str | os.PathLike, image_paths: Sequence[str | os.Pa
     images, where = [], []
     for path in image_paths:
         try:
-            images.append(open_image(path))
+            images.append(open_image(path, reduce_to=clf.preprocessing.reduce_to))  # decoded as predict decodes
             where.append(len(results))
             results.append({"path": str(path)})
         except ImageLoadError as exc:
@@ -319,7 +319,7 @@ def top_losses(classifier: Classifier, items: Sequence[tuple[str | os.PathLike, 
         kept, images = [], []
         for i, p in enumerate(paths):
             try:
-                images.append(open_image(p))
+                images.append(open_image(p, reduce_to=classifier.preprocessing.reduce_to))
                 kept.append(i)
             except ImageLoadError as exc:
                 log.warning("top losses: skipping %s: %s", p, exc.reason)
@@ -339,7 +339,7 @@ def top_losses(classifier: Classifier, items: Sequence[tuple[str | os.PathLike, 
     shown = []
     for i in order:
         try:
-            shown.append((i, open_image(paths[i])))
+            shown.append((i, open_image(paths[i], reduce_to=classifier.preprocessing.reduce_to)))
         except ImageLoadError as exc:  # removed or changed since the logits were computed
             log.warning("top losses: skipping %s: %s", paths[i], exc.reason)
     for i, image in shown:
