@@ -80,11 +80,15 @@ def main() -> None:
 
 
 def _commit() -> str:
+    """The short commit, with "+ uncommitted changes" when the source tree differs from it."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=REPO, check=True).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=REPO, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "benchmarks/export.py"],
+                               capture_output=True, text=True, cwd=REPO, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return f"{commit} + uncommitted changes" if dirty else commit
 
 
 def render(results: dict) -> str:
@@ -93,13 +97,13 @@ def render(results: dict) -> str:
     lines = [
         "# Exports: what each format costs",
         "",
-        f"`python benchmarks/export.py` at commit {results['commit']} (plus the uncommitted export work), "
+        f"`python benchmarks/export.py` at commit {results['commit']}, "
         f"{results['date']}; CPU: {results['cpu']}; 1-minute load average {results.get('load_average_start')} at "
-        f"the start and {results.get('load_average_end')} at the end (other work shared the 2 cores).",
+        f"the start and {results.get('load_average_end')} at the end (the benchmark itself keeps 1-2 cores busy).",
         "efficientnet_lite0 (ImageNet weights), features mode, 224 px; each export scored by `headstart export` on "
         "the run's whole test split against the PyTorch model, with the format's own runtime. Speed: the model "
         "call alone (preprocessed input), default threads, latency p50 of one image and throughput of a batch "
-        "of 32; the machine was shared with other work, so compare rows of one table, not across tables. "
+        "of 32; compare rows of one table, not across tables or machines. "
         "ECE is after temperature scaling. Floors: "
         f"{FLOORS['fp32']:.0%} top-1 agreement for fp32 formats, {FLOORS['int8']:.0%} for int8.",
         "",
