@@ -32,6 +32,13 @@ def features(backbone, spec, paths: list[str], reduce: bool) -> np.ndarray:
     return extract_features(backbone, images, pixel_transform(pre)).numpy()
 
 
+def probe_splits(dataset) -> tuple[str, dict]:
+    """(the split scored: test, else val; {"fit": train (+ val) items, "test": that split's items})."""
+    test_split = "test" if "test" in dataset.splits else "val"
+    fit = [s for s in ("train", "val") if s in dataset.splits and s != test_split]
+    return test_split, {"fit": [i for s in fit for i in dataset.splits[s]], "test": dataset.splits[test_split]}
+
+
 def probe(train_x, train_y, test_x, test_y) -> float:
     import warnings
 
@@ -65,9 +72,7 @@ def main() -> None:
     rows = []
     for name in args.sets.split(","):
         dataset = discover(SHARED / name)
-        test_split = "test" if "test" in dataset.splits else "val"
-        fit = [s for s in ("train", "val") if s in dataset.splits and s != test_split]
-        items = {"fit": [i for s in fit for i in dataset.splits[s]], "test": dataset.splits[test_split]}
+        test_split, items = probe_splits(dataset)
         from headstart.runtime.images import open_image
 
         sizes = [min(open_image(p).size) for p, _ in items["test"][:50]]

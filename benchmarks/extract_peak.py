@@ -1,7 +1,7 @@
 """Extraction against the hardware (issue 21): images/s of the extraction engine, the network's FLOP count, and
 the share of this CPU's measured matrix-multiply peak that the engine reaches, per precision this CPU runs.
 
-    python benchmarks/extract_peak.py [--backbone efficientnet_lite0] [--batch 64]
+    python benchmarks/extract_peak.py [--backbone efficientnet_lite0] [--batch 64] [--quick]
 
 FLOPs: torch's FlopCounterMode on one image (2 per multiply-add: convolutions and the matmuls; the depthwise
 convolutions count as convolutions). Peak: the best of a few 2048 x 2048 matrix products on OpenVINO itself,
@@ -100,8 +100,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--quick", action="store_true", help="8-image batches and a 512 x 512 product (tests)")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "extract_peak.json")
     args = parser.parse_args()
+    size = 512 if args.quick else 2048
+    if args.quick:
+        args.batch = 8
     spec = get_spec(args.backbone)
     crop = spec.preprocessing.crop_size
     backbone = build_network(spec, 2).backbone.eval()
@@ -111,7 +115,7 @@ def main() -> None:
     precisions = [("fp32", "32-true", "f32")] + ([("bf16", "bf16-mixed", "bf16")] if native_bf16() else [])
     rows = []
     for label, precision, hint in precisions:
-        peak = openvino_matmul_peak(hint, torch.get_num_threads())
+        peak = openvino_matmul_peak(hint, torch.get_num_threads(), size)
         ips, engine = engine_images_per_second(backbone, batch, precision)
         achieved = ips * flops / 1e9
         rows.append({"precision": label, "engine": engine, "images_per_second": ips,
@@ -119,7 +123,7 @@ def main() -> None:
                      "share_of_peak": achieved / peak})
         print(json.dumps(rows[-1]), flush=True)
     cpu = {"model": cpuinfo()[0], "threads": torch.get_num_threads(), "avx512f": "avx512f" in cpuinfo()[1],
-           "native_bf16": native_bf16(), "numpy_fp32_matmul_gflops": numpy_matmul_peak()}
+           "native_bf16": native_bf16(), "numpy_fp32_matmul_gflops": numpy_matmul_peak(size)}
     print(f"\n{args.backbone} at {crop} px, batch {args.batch}; CPU {cpu}")
     print("\n| precision | engine | images/s | GFLOP per image | achieved GFLOP/s | OpenVINO matmul GFLOP/s | share |"
           "\n|---|---|---|---|---|---|---|")

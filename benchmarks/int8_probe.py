@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from decode_probe import SHARED, probe
+from decode_probe import SHARED, probe, probe_splits
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 64
@@ -71,9 +71,7 @@ def main() -> None:
     rows = []
     for name in args.sets.split(","):
         dataset = discover(SHARED / name)
-        test_split = "test" if "test" in dataset.splits else "val"
-        fit = [s for s in ("train", "val") if s in dataset.splits and s != test_split]
-        items = {"fit": [i for s in fit for i in dataset.splits[s]], "test": dataset.splits[test_split]}
+        test_split, items = probe_splits(dataset)
         x = {k: decoded([p for p, _ in v], pre) for k, v in items.items()}
         y = {k: np.array([label for _, label in v]) for k, v in items.items()}
         train = dataset.splits["train"]

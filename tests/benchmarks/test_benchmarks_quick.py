@@ -168,3 +168,16 @@ def test_scale_extract_quick(tmp_path):
     assert two["computed_by_rank"] == [18, 18] and one["computed_by_rank"] == [36]
     assert all(run["images_per_second"] > 0 for run in result["runs"])
     assert "2 process(es)" in stdout
+
+
+def test_extract_peak_quick(tmp_path):
+    """The network's FLOP count is a real one (efficientnet_lite0: ~0.39 G multiply-adds at 224 px), the engine
+    runs, and its rate is set against a measured matrix-product rate on the same runtime."""
+    result, stdout = run_script("extract_peak", tmp_path)
+    assert result["backbone"] == "efficientnet_lite0" and result["cpu"]["threads"] >= 1
+    assert result["rows"][0]["precision"] == "fp32" and len(result["rows"]) == 1 + result["cpu"]["native_bf16"]
+    for row in result["rows"]:
+        assert 0.7 < row["gflops_per_image"] < 0.85
+        assert row["images_per_second"] > 0 and row["matmul_peak_gflops"] > 0
+        assert row["share_of_peak"] == pytest.approx(row["achieved_gflops"] / row["matmul_peak_gflops"])
+    assert "| fp32 |" in stdout
