@@ -25,6 +25,7 @@ def test_defaults_resolve_by_mode():
         ({"mode": "features", "gradual_unfreeze": 2}, "gradual_unfreeze needs --mode finetune"),
         ({"mode": "finetune", "unfreeze": "all", "views": 4}, "views (cached augmented copies) needs a frozen"),
         ({"epochs": 3, "warmup_epochs": 3}, "warmup_epochs (3) must be fewer than epochs (3)"),
+        ({"mode": "finetune", "int8_features": True}, "int8_features quantizes the frozen backbone"),
     ],
 )
 def test_invalid_settings_get_one_line_messages(settings, message):

@@ -93,6 +93,9 @@ class TrainConfig:
     accumulate: int = 1
     sync_bn: bool = False
     extract_engine: str = "auto"
+    # features and auto modes: the frozen backbone quantized to int8 for extraction (OpenVINO + NNCF), head
+    # training stays fp32; measured within 0.5 point of fp32's linear probe on every dev set (docs/benchmarks.md)
+    int8_features: bool = False
     num_workers: int | None = None
     threshold: float = 0.5
     budget: str | None = None  # auto mode: the search's time limit ("10m", "90s", "1h"); default AUTO_BUDGET
@@ -144,6 +147,9 @@ class TrainConfig:
             raise ConfigError(f"threshold must be in [0, 1] (got {self.threshold})")
         if not 0 < self.stage_lr_mult <= 1:
             raise ConfigError(f"stage_lr_mult must be in (0, 1] (got {self.stage_lr_mult})")
+        if self.int8_features and self.mode == "finetune":
+            raise ConfigError("int8_features quantizes the frozen backbone for feature extraction: --mode features "
+                              "or auto, not finetune (whose trained layers stay fp32)")
         if self.mode == "features" and self.gradual_unfreeze:
             raise ConfigError("gradual_unfreeze needs --mode finetune or auto: features mode keeps the backbone frozen")
         if self.mode != "features" and self.unfreeze == "all" and self.views:

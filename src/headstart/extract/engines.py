@@ -47,8 +47,14 @@ _PARITY_TOLERANCE = 1e-3
 # sits above the worst image measured, OpenVINO and torch's autocast alike (docs/benchmarks.md, "bf16 feature
 # check"); a wrong graph lands far above (a scale off by 1.5x is 0.5). A failed check costs speed only.
 _BF16_MAX_RELATIVE_ERROR = 0.3
-# What each runtime computes, by run precision: OpenVINO's inference precision hint; ONNX Runtime fp32 only.
-_PRECISIONS = {"openvino": {"32-true": "f32", "bf16-mixed": "bf16"}, "onnxruntime": {"32-true": "f32"}}
+# int8 (NNCF post-training quantization) is checked the same way, with room for its coarser rounding: the worst
+# test image of the dev sets measured 0.92 cosine to fp32 (digits), a relative L2 error near 0.4; a scale off by
+# 1.5x is 0.5.
+_INT8_MAX_RELATIVE_ERROR = 0.45
+# What each runtime computes, by run precision: OpenVINO's inference precision hint ("int8": a quantized graph,
+# its other layers in f32); ONNX Runtime fp32 only.
+_PRECISIONS = {"openvino": {"32-true": "f32", "bf16-mixed": "bf16", "int8": "int8"},
+               "onnxruntime": {"32-true": "f32"}}
 # Images per OpenVINO request: small enough that every stream stays busy to the end of a batch of 64
 # (docs/benchmarks.md, "Extraction engines").
 _OPENVINO_CHUNK = 4
@@ -80,8 +86,10 @@ def frozen_forward(module: nn.Module, sample: torch.Tensor, *, engine: str, acce
         # The cached graph first, then a fresh export: a damaged or stale file costs one export, not the engine.
         for graph in graphs:
             try:
-                run = _RUNTIMES[name](graph, torch.get_num_threads(), cache_dir, _PRECISIONS[name][precision])
-                forward = _checked(run, module, sample, bf16=precision == "bf16-mixed")
+                run = _RUNTIMES[name](graph, torch.get_num_threads(), cache_dir, _PRECISIONS[name][precision],
+                                      sample)
+                forward = _checked(run, module, sample, max_relative_error={
+                    "bf16-mixed": _BF16_MAX_RELATIVE_ERROR, "int8": _INT8_MAX_RELATIVE_ERROR}.get(precision))
             except Exception as exc:  # a runtime failure only costs speed: torch computes the same features
                 reasons.append(f"{name} failed: {_first_line(exc)}")
                 log.info("%s could not run the %s graph (%s)", name, graphs.source, reasons[-1])
@@ -140,11 +148,11 @@ class _Graphs:
             log.debug("could not keep the exported graph at %s: %s", self.path, exc)
 
 
-def _checked(run: Runner, module: nn.Module, sample: torch.Tensor, *, bf16: bool = False
+def _checked(run: Runner, module: nn.Module, sample: torch.Tensor, *, max_relative_error: float | None = None
              ) -> Callable[[torch.Tensor], torch.Tensor]:
     """`run` as a tensor function, after checking it against `module` in fp32 on two real images (a whole batch
-    would cost a torch pass): within _PARITY_TOLERANCE, or for a bf16 engine, each row within
-    _BF16_MAX_RELATIVE_ERROR."""
+    would cost a torch pass): within _PARITY_TOLERANCE, or for a reduced-precision engine (bf16, int8), each
+    row's relative L2 error within `max_relative_error`."""
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(run(x.contiguous().numpy()))
@@ -155,13 +163,13 @@ def _checked(run: Runner, module: nn.Module, sample: torch.Tensor, *, bf16: bool
     got = forward(probe)
     if got.shape != expected.shape:
         raise ValueError(f"output shape {list(got.shape)} differs from torch's {list(expected.shape)}")
-    if bf16:
+    if max_relative_error is not None:
         rows, reference = got.flatten(1), expected.flatten(1)
         # relative to each row's own length, however small (a random-weight network's features can be ~1e-8)
         lengths = reference.norm(dim=1).clamp_min(torch.finfo(torch.float32).tiny)
         error = ((rows - reference).norm(dim=1) / lengths).max().item()
-        if not error <= _BF16_MAX_RELATIVE_ERROR:
-            raise ValueError(f"bf16 output differs from torch's fp32 (relative L2 error {error:.3f})")
+        if not error <= max_relative_error:
+            raise ValueError(f"reduced-precision output differs from torch's fp32 (relative L2 error {error:.3f})")
         return forward
     error = (got - expected).abs().max().item() / max(expected.abs().max().item(), 1e-6)
     if not error <= _PARITY_TOLERANCE:
@@ -195,7 +203,19 @@ def _export(module: nn.Module, sample: torch.Tensor) -> bytes:
     return to_onnx(module, sample, output_name="features", exporter="torchscript", fold_constants=False)
 
 
-def _openvino(graph: bytes, threads: int, cache_dir: Path | None, precision: str) -> Runner:
+def _int8(model, sample: torch.Tensor):
+    """NNCF's post-training int8 quantization of the OpenVINO model, calibrated on the first batch (its
+    activations' ranges; the same algorithm `export --format openvino-int8` runs)."""
+    import nncf
+
+    calibration = sample.contiguous().numpy()
+    log.info("int8 features: the backbone quantized by NNCF, calibrated on %d images (linear-probe accuracy "
+             "within 0.5 point of fp32 on the dev sets, docs/benchmarks.md)", len(calibration))
+    return nncf.quantize(model, nncf.Dataset(list(calibration), lambda x: x[None]), subset_size=len(calibration),
+                         fast_bias_correction=True)
+
+
+def _openvino(graph: bytes, threads: int, cache_dir: Path | None, precision: str, sample: torch.Tensor) -> Runner:
     import openvino as ov
 
     core = ov.Core()
@@ -208,11 +228,12 @@ def _openvino(graph: bytes, threads: int, cache_dir: Path | None, precision: str
     # cores, say), fed small chunks through an async queue, instead of one request whose threads meet at every
     # layer: more images/s than the LATENCY hint, and a core taken by other work (an import, another process)
     # slows one stream instead of stalling all of them at each barrier.
-    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision,
+    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32" if precision == "int8" else precision,
               "PERFORMANCE_HINT": "THROUGHPUT", "ENABLE_CPU_PINNING": False}
     if cache_dir is not None:  # OpenVINO keys its compiled blobs by graph and settings: a later compile is quicker
         config["CACHE_DIR"] = str(cache_dir / "openvino")
-    compiled = core.compile_model(core.read_model(io.BytesIO(graph)), "CPU", config)
+    model = core.read_model(io.BytesIO(graph))
+    compiled = core.compile_model(_int8(model, sample) if precision == "int8" else model, "CPU", config)
     # Twice the requests the streams can run at once, so each stream has its next chunk waiting.
     queue = ov.AsyncInferQueue(compiled, 2 * compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     outputs: dict[int, np.ndarray] = {}
@@ -232,7 +253,8 @@ def _openvino(graph: bytes, threads: int, cache_dir: Path | None, precision: str
     return run
 
 
-def _onnxruntime(graph: bytes, threads: int, cache_dir: Path | None, precision: str) -> Runner:
+def _onnxruntime(graph: bytes, threads: int, cache_dir: Path | None, precision: str, sample: torch.Tensor
+                 ) -> Runner:
     import onnxruntime as ort
 
     # Nothing to keep in cache_dir: ONNX Runtime optimises the graph as it loads it, quickly.
@@ -244,5 +266,5 @@ def _onnxruntime(graph: bytes, threads: int, cache_dir: Path | None, precision: 
     return lambda x: session.run(None, {name: x})[0]
 
 
-_RUNTIMES: dict[str, Callable[[bytes, int, Path | None, str], Runner]] = {"openvino": _openvino,
-                                                                          "onnxruntime": _onnxruntime}
+_RUNTIMES: dict[str, Callable[[bytes, int, Path | None, str, torch.Tensor], Runner]] = {
+    "openvino": _openvino, "onnxruntime": _onnxruntime}

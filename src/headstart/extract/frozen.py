@@ -95,6 +95,9 @@ class FrozenBackbone:
                 self.module.to(device=self.accelerator, memory_format=self.memory_format)
             self.engine = "torch"
             log.info("extraction engine: torch (%s)", reason)
+            if self.precision == "int8":  # torch has no int8 path here: it computes fp32 features, and says so
+                log.warning("int8 features need OpenVINO and NNCF (%s); extracting in fp32", reason)
+                self.precision = "32-true"
         else:
             self.engine = reason
             log.info("extraction engine: %s", self.engine)

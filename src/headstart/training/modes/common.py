@@ -93,7 +93,8 @@ def frozen_backbone(ctx: RunContext) -> FrozenBackbone:
     Several processes may write the same entry at once: the graph is written atomically, and OpenVINO checks
     its blobs on load and compiles again when one is damaged."""
     freeze_backbone(ctx.net)
-    return FrozenBackbone(ctx.net.backbone, accelerator=ctx.accelerator, precision=ctx.precision,
+    precision = "int8" if ctx.cfg.int8_features and ctx.accelerator == "cpu" else ctx.precision
+    return FrozenBackbone(ctx.net.backbone, accelerator=ctx.accelerator, precision=precision,
                           channels_last=not ctx.spec.is_vit, engine=ctx.cfg.extract_engine,
                           engine_cache=ctx.engine_cache, pixels=(ctx.preprocessing.mean, ctx.preprocessing.std))
 
@@ -117,7 +118,7 @@ def split_features(ctx: RunContext, backbone: FrozenBackbone, split: str, preset
     transform_id = transform_key(ctx.preprocessing, preset)
     if decoded.short_side != ctx.preprocessing.resize_size:  # decoded for a larger backbone (auto mode)
         transform_id += f"|decoded@{decoded.short_side}"
-    key = FeatureCache.key(ctx.model_id, transform_id, view, seed, ctx.precision)
+    key = FeatureCache.key(ctx.model_id, transform_id, view, seed, backbone.precision)
     missing = ctx.cache.missing(key, decoded.hashes)
     if ctx.world > 1:
         # Rank 0's view of what is missing, for all: a rank that looked later might already see shards that

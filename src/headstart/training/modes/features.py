@@ -71,7 +71,8 @@ def fit_features(ctx: RunContext, *, epochs: int, lr: float, augment: str, views
             loader = ctx.fabric.setup_dataloaders(make_loader(split_rows, 256, False, 0), use_distributed_sampler=False)
             logits[split] = evaluate_batches(model, loader, nn.CrossEntropyLoss(), ctx.fabric)["logits"]
     ids_by_rank = gather_objects(ctx.fabric, ctx.extracted_ids)
-    extraction = {"computed": computed, "total": total, "engine": backbone.engine, "world_size": ctx.world,
+    extraction = {"computed": computed, "total": total, "engine": backbone.engine, "precision": backbone.precision,
+                  "world_size": ctx.world,
                   "computed_by_rank": [len(ids) for ids in ids_by_rank]}
     if computed <= IDS_IN_SUMMARY:
         extraction["ids_by_rank"] = ids_by_rank
