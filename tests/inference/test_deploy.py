@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,7 @@ def test_every_format_is_written_scored_and_recorded(run):
 
 def test_every_artifact_describes_itself(run):
     manifest = json.loads((run / "model.json").read_text())
-    for folder in ("openvino", "openvino-int8", "web"):
+    for folder in ("openvino", "openvino-int8", "web", "tflite"):
         meta = json.loads((run / folder / "model.json").read_text())
         assert meta["classes"] == manifest["classes"] and meta["threshold"] == manifest["threshold"]
         assert meta["temperature"] == manifest["temperature"]
@@ -74,6 +75,9 @@ def test_every_artifact_describes_itself(run):
     assert 'element_type="f16"' not in ir  # fp32 weights, not OpenVINO's default fp16 compression
     assert {p.name for p in (run / "web").iterdir()} == {"index.html", "topk.js", "app.js", "style.css", "ort.js",
                                                          "ort-wasm.js", "model.js", "model.json"}
+    tflite = json.loads((run / "tflite" / "model.json").read_text())
+    assert tflite["format"] == "headstart.tflite/1" and tflite["converter"].startswith("litert-torch")
+    assert {p.name for p in (run / "tflite").iterdir()} == {"model.tflite", "model.json"}
 
 
 @pytest.mark.parametrize("engine", ["onnx-int8", "openvino", "openvino-int8"])
@@ -129,6 +133,16 @@ def one_line_error(result, code: int, pattern: str) -> None:
     assert "Traceback" not in result.output
     lines = [line for line in result.output.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and pattern in lines[0], result.output
+
+
+def test_tflite_without_its_converter_says_how_to_install_it(run, tmp_path, monkeypatch):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    before = snapshot(copy)
+    monkeypatch.setitem(sys.modules, "litert_torch", None)  # as if the tflite extra were not installed
+    with pytest.raises(ExportError, match=r"needs litert-torch: pip install 'headstart\[tflite\]'"):
+        export(copy, "tflite", measure_speed=False)
+    assert snapshot(copy) == before
 
 
 def test_bad_input_is_one_line_and_writes_nothing(run, tmp_path):

@@ -15,6 +15,7 @@ as it was.
     openvino-int8  openvino-int8/...              OpenVINO (NNCF post-training int8, calibrated likewise)
     web            web/ (index.html, ...)         onnxruntime-web in a browser; scored here with ONNX Runtime on
                                                   the same model bytes (the browser's agreement is tested)
+    tflite         tflite/{model.tflite,json}     the LiteRT interpreter (litert-torch converts; the tflite extra)
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from headstart.inference.export import (
     finish_onnx,
     fp32_onnx,
     run_images,
+    torch_network,
 )
 from headstart.inference.scoring import agreement, timing
 from headstart.runtime.onnx_engine import ONNX_FILE
@@ -61,6 +63,7 @@ FORMATS: dict[str, tuple[str, bool]] = {
     "openvino": ("openvino", False),
     "openvino-int8": ("openvino-int8", True),
     "web": ("web", False),
+    "tflite": ("tflite", False),
 }
 # Minimum top-1 agreement with PyTorch on the scored split.
 FLOORS = {"fp32": 1.0, "int8": 0.99}
@@ -134,7 +137,7 @@ def _source_onnx(folder: Path, torch_clf, exporter: str, opset: int):
 
 
 def _build(format: str, staging: Path, target: str, *, source, run_dir: Path, manifest: dict, exporter: str,
-           opset: int, calibration) -> tuple[Path, object]:
+           opset: int, calibration, torch_clf) -> tuple[Path, object]:
     """Write the format into staging/target; return (its path, a Classifier on it with the format's runtime)."""
     path = staging / target
     if format in ("onnx", "onnx-int8"):
@@ -165,6 +168,12 @@ def _build(format: str, staging: Path, target: str, *, source, run_dir: Path, ma
         meta = write_web(model.SerializeToString(), path, meta)
         session = ort.InferenceSession(read_web_model(path), providers=["CPUExecutionProvider"])
         return path, OnnxClassifier(session=session, manifest=meta, path=path / "model.js")
+    if format == "tflite":
+        from headstart.inference.export_tflite import write_tflite
+        from headstart.runtime.litert_engine import load_tflite
+
+        write_tflite(torch_network(torch_clf), int(manifest["preprocessing"]["crop_size"]), path, meta)
+        return path, load_tflite(path)
     raise ExportError(f"unknown format {format!r}")  # pragma: no cover - checked by export()
 
 
@@ -243,7 +252,7 @@ def export(run_dir: str | os.PathLike, format: str = "onnx", out: str | os.PathL
     staging = Path(tempfile.mkdtemp(prefix=f".export-{format}-", suffix=".tmp", dir=folder))
     try:
         built, clf = _build(format, staging, target, source=graph, run_dir=run_dir, manifest=manifest,
-                            exporter=exporter, opset=opset, calibration=calibration_set)
+                            exporter=exporter, opset=opset, calibration=calibration_set, torch_clf=torch_clf)
         scores = {"source": source_name, **agreement(reference, clf.logits(images), labels, clf.temperature)}
         if measure_speed:
             scores.update(timing(clf.run, preprocess_batch(images[:32], clf.preprocessing)))
@@ -277,6 +286,10 @@ def export(run_dir: str | os.PathLike, format: str = "onnx", out: str | os.PathL
 
 
 def _runtime_name(format: str) -> str:
+    if format == "tflite":
+        from importlib.metadata import version
+
+        return f"litert {version('ai-edge-litert')}"
     if format.startswith("openvino"):
         import openvino as ov
 
