@@ -160,7 +160,7 @@ def report_command(
 def export_command(
     run: Annotated[Path, typer.Argument(help="run directory")],
     format: Annotated[str, typer.Option(
-        "--format", help="onnx | onnx-int8 | openvino | openvino-int8 | web")] = "onnx",
+        "--format", help="onnx | onnx-int8 | openvino | openvino-int8 | web | tflite")] = "onnx",
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="output folder (default: the run directory)")
                        ] = None,
     calibration: Annotated[Optional[Path], typer.Option(
