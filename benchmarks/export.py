@@ -13,6 +13,7 @@ same machine, so the speed columns compare within a table.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -25,7 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"
 DATASETS = ("pizza_steak_sushi", "oxford_pets_3class")
-FORMATS = ("onnx", "onnx-int8", "openvino", "openvino-int8", "web")
+# Every format headstart exports; tflite only where its extra (litert-torch) is installed.
+FORMATS = ("onnx", "onnx-int8", "openvino", "openvino-int8", "web",
+           *(("tflite",) if importlib.util.find_spec("litert_torch") else ()))
 SAME_RUNTIME = {"onnx-int8": "onnx", "openvino-int8": "openvino"}
 
 
