@@ -272,7 +272,6 @@ def _quantize_int8(model, run_dir: Path, preprocessing: dict, workdir: Path,
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-
     if images is None:
         paths, _, _ = run_images(run_dir, CALIBRATION_IMAGES, splits=("train", "val"))
         images, _ = _decode(paths, Preprocessing.from_dict(preprocessing).reduce_to)

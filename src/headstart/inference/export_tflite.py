@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 from pathlib import Path
 
 from headstart.artifact import atomic_write_json
@@ -14,8 +13,6 @@ from headstart.inference.export import ExportError
 from headstart.runtime.litert_engine import TFLITE_FILE, TFLITE_FORMAT
 
 __all__ = ["write_tflite"]
-
-log = logging.getLogger(__name__)
 
 
 def write_tflite(net, crop: int, folder: Path, meta: dict) -> dict:

@@ -193,6 +193,7 @@ def create_app(run_dir: str | os.PathLike, *, engine: str = "auto", max_body_byt
 
 def _decode(uploads: list[Upload], pre: dict) -> list[tuple[Upload, Any]]:
     """Each upload decoded and resized to the model's resize size, or None with its error."""
+    spec = Preprocessing.from_dict(pre)
     out = []
     for up in uploads:
         if up.error is not None:
@@ -201,8 +202,8 @@ def _decode(uploads: list[Upload], pre: dict) -> list[tuple[Upload, Any]]:
         try:
             # The first step of the model's preprocessing, done here: it is exact (a short side already at
             # resize_size is left alone) and frees the full-size image before it waits for a batch.
-            img = open_image(up.data, reduce_to=Preprocessing.from_dict(pre).reduce_to)
-            out.append((up, resize_short_side(img, pre["resize_size"], pre["interpolation"])))
+            img = open_image(up.data, reduce_to=spec.reduce_to)
+            out.append((up, resize_short_side(img, spec.resize_size, spec.interpolation)))
         except ImageLoadError as exc:
             up.error = exc.reason
             out.append((up, None))
