@@ -17,9 +17,24 @@ from torch import nn
 
 from headstart.backbones.spec import in_stage
 
-__all__ = ["FrozenPrefix", "find_frozen_prefix"]
+__all__ = ["FrozenPrefix", "PrefixMemo", "find_frozen_prefix"]
 
 log = logging.getLogger(__name__)
+
+
+class PrefixMemo:
+    """Prefix activations kept across fine-tuning runs on the same images (auto mode's folds and refit): one
+    table per (augmentation preset, view), by image content hash, and the seconds spent computing them."""
+
+    def __init__(self):
+        self.tables: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+        self.seconds = 0.0
+
+    def table(self, preset: str, view: int) -> dict[str, torch.Tensor]:
+        return self.tables.setdefault((preset, view), {})
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for table in self.tables.values() for t in table.values())
 
 
 class FrozenPrefix:

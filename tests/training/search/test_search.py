@@ -65,6 +65,12 @@ def test_the_search_scores_by_cross_validation_and_never_reads_the_test_split(wo
                          "efficientnet_lite0 · multi-stage · linear head"]
     assert {"efficientnet_lite1 · linear head", "efficientnet_lite2 · multi-stage · linear head"} <= set(names)
     assert any(c.family == "views" for c in found.candidates) and not found.skipped
+    finetuned = [c for c in found.candidates if c.family == "finetune"]
+    assert [c.recipe["unfreeze"] for c in finetuned] == [1, 2]  # the last stage, then the last two
+    best_head = search_run._best([c for c in found.candidates if c.family != "finetune"])
+    assert {c.backbone for c in finetuned} == {best_head.backbone}  # the best head's backbone, fine-tuned
+    assert found.winner.memo is not None or found.winner.family != "finetune"
+    assert all(c.memo is None for c in found.candidates if c is not found.winner)  # only the refit's are kept
     pool = len(world.decoded["train"].labels) + len(world.decoded["val"].labels)
     for c in found.candidates:
         assert len(c.fold_scores) == 5 and c.oof_logits.shape == (pool, 3) and c.trials >= 1

@@ -1,7 +1,7 @@
 """Auto mode: the search (training/search/) picks a recipe by cross-validation within the budget; the winner is
-refitted on train+val and becomes the run's network, an ordinary HeadstartNet that predict, export and serve
-load unchanged. Its val logits are the held-out ones from the search (the refit has seen val), so the run's
-val metrics and its temperature stay honest."""
+refitted on train+val (a head on cached features, or a fine-tuned network) and becomes the run's network, an
+ordinary HeadstartNet that predict, export and serve load unchanged. Its val logits are the held-out ones from
+the search (the refit has seen val), so the run's val metrics and its temperature stay honest."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from headstart.training.modes.common import FitResult, RunContext, split_features
+from headstart.training.search.finetune import refit_finetune
 from headstart.training.search.heads import fit_head
-from headstart.training.search.run import FeatureSet, search
+from headstart.training.search.run import FeatureSet, SearchResult, search
 
 __all__ = ["fit_auto"]
 
@@ -32,12 +33,41 @@ def _winning_network(ctx: RunContext, fs: FeatureSet, stages: bool):
                          dropout=ctx.cfg.dropout)
 
 
+def _history(found: SearchResult) -> list[dict]:
+    return [{"epoch": i, "phase": "search", "candidate": c.name, "val_accuracy": c.mean, "val_loss": c.loss,
+             "cv_std": c.std, "seconds": c.seconds, "best": c is found.winner}
+            for i, c in enumerate(found.candidates, 1)]
+
+
+def _adopt(ctx: RunContext, fs: FeatureSet, net) -> None:
+    """The run saves the winner's network, preprocessing and weights."""
+    if net is not ctx.net:
+        ctx.spec, ctx.preprocessing, ctx.net = fs.backbone.spec, fs.backbone.preprocessing, net
+        ctx.cfg = dataclasses.replace(ctx.cfg, backbone=fs.backbone.name, weights=fs.backbone.weights)
+
+
+def _fit_finetuned(ctx: RunContext, found: SearchResult, fs: FeatureSet) -> FitResult:
+    """A fine-tuning winner: its recipe refitted on train+val, kept at its last epoch, as in its folds."""
+    winner = found.winner
+    result, net = refit_finetune(ctx, fs.backbone, winner.recipe["unfreeze"], winner.memo)
+    winner.memo = None
+    _adopt(ctx, fs, net)
+    n_train = len(ctx.decoded["train"].labels)
+    logits = dict(result.logits, train=result.logits["train"][:n_train],
+                  val=torch.from_numpy(winner.oof_logits[n_train:]).float())
+    labels = {split: torch.tensor(d.labels, dtype=torch.long) for split, d in ctx.decoded.items()}
+    extraction = {"engine": "search", "world_size": ctx.world, **result.extraction}
+    return FitResult(_history(found), logits, labels, extraction, search=found.summary())
+
+
 def fit_auto(ctx: RunContext) -> FitResult:
     found = search(ctx, tail_images=len(ctx.decoded["test"].labels) if "test" in ctx.decoded else 0)
     winner = found.winner
     fs = found.features[winner.backbone]
-    stages = winner.recipe["stages"]
     log.info("auto: winner %s (%.4f ± %.4f by %s)", winner.name, winner.mean, winner.std, found.selection)
+    if winner.family == "finetune":
+        return _fit_finetuned(ctx, found, fs)
+    stages = winner.recipe["stages"]
     cols = fs.columns(stages)
     views = None if not winner.recipe["views"] else fs.views[:winner.recipe["views"], :, cols]
     weight, bias = fit_head(fs.center[:, cols], views, found.pool_labels, ctx.net.head[-1].out_features,
@@ -47,9 +77,7 @@ def fit_auto(ctx: RunContext) -> FitResult:
     with torch.no_grad():  # the refitted head, on every pool image (and its views)
         linear.weight.copy_(torch.from_numpy(weight))
         linear.bias.copy_(torch.from_numpy(bias))
-    if net is not ctx.net:  # the run saves the winner's network, preprocessing and weights
-        ctx.spec, ctx.preprocessing, ctx.net = fs.ctx.spec, fs.ctx.preprocessing, net
-        ctx.cfg = dataclasses.replace(ctx.cfg, backbone=fs.backbone.name, weights=fs.backbone.weights)
+    _adopt(ctx, fs, net)
     n_train = len(ctx.decoded["train"].labels)
 
     def scores(features: np.ndarray) -> torch.Tensor:
@@ -61,8 +89,5 @@ def fit_auto(ctx: RunContext) -> FitResult:
         rows, _ = split_features(fs.ctx, fs.frozen, "test", "none", 0)
         logits["test"] = scores(rows.features())
     labels = {split: torch.tensor(d.labels, dtype=torch.long) for split, d in ctx.decoded.items()}
-    history = [{"epoch": i, "phase": "search", "candidate": c.name, "val_accuracy": c.mean, "val_loss": c.loss,
-                "cv_std": c.std, "seconds": c.seconds, "best": c is winner}
-               for i, c in enumerate(found.candidates, 1)]
     extraction = {"engine": "search", "world_size": ctx.world}
-    return FitResult(history, logits, labels, extraction, search=found.summary())
+    return FitResult(_history(found), logits, labels, extraction, search=found.summary())

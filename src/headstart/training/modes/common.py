@@ -63,6 +63,7 @@ class RunContext:
     resume_state: dict | None = None
     should_stop: object = lambda: False
     deadline: float | None = None  # auto mode: time.perf_counter() by which the search must end
+    prefix_memo: object = None  # a PrefixMemo shared by auto mode's fine-tuning folds and refit; None elsewhere
     extracted_ids: list[str] = field(default_factory=list)  # content hashes this rank computed features for
 
     @property

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 
 import torch
 from torch import nn
@@ -104,11 +105,14 @@ def _prefix_activations(ctx: RunContext, prefix, split: str, preset: str, view: 
     compiled runtime where one reproduces it) or through the hooked forward pass."""
     decoded = ctx.decoded[split]
     transform = train_transform(ctx.preprocessing, preset)  # "none": the eval transform
+    started = time.perf_counter()
+    memo = None if ctx.prefix_memo is None else ctx.prefix_memo.table(preset, view)
+    todo = [i for i in range(len(decoded.images)) if memo is None or decoded.hashes[i] not in memo]
     chunks = []
     memory_format = torch.channels_last
-    for start in range(0, len(decoded.images), 64):
+    for start in range(0, len(todo), 64):
         batch = []
-        for i in range(start, min(start + 64, len(decoded.images))):
+        for i in todo[start:start + 64]:
             if preset != "none":
                 torch.manual_seed(view_seed(ctx.cfg.seed, view, decoded.hashes[i]))
             batch.append(transform(decoded.images[i]))
@@ -120,15 +124,22 @@ def _prefix_activations(ctx: RunContext, prefix, split: str, preset: str, view: 
                 out = prefix.activations(x.to(ctx.accelerator, memory_format=memory_format))
         chunks.append(out.float().to(ctx.accelerator).contiguous(memory_format=memory_format))
         task = f"prefix {split}" + (f" view {view}" if view else "")
-        report_progress(ctx, task, start + len(batch), len(decoded.images))
-    return torch.cat(chunks)
+        report_progress(ctx, task, start + len(batch), len(todo))
+    if memo is None:
+        return torch.cat(chunks)
+    for i, row in zip(todo, (row for chunk in chunks for row in chunk)):
+        memo[decoded.hashes[i]] = row
+    ctx.prefix_memo.seconds += time.perf_counter() - started
+    return torch.stack([memo[h] for h in decoded.hashes]).contiguous(memory_format=memory_format)
 
 
-def fit_finetune(ctx: RunContext, *, epochs: int) -> FitResult:
+def fit_finetune(ctx: RunContext, *, epochs: int, keep_last: bool = False) -> FitResult:
     """Train the head and the chosen backbone stages, with per-stage learning rates.
 
     When the trainable stages sit on top of a frozen prefix, the prefix runs once per image and view
     (see training/prefix.py) and epochs only pay for the trainable part; otherwise epochs run on images.
+    keep_last: keep the last epoch's weights, not the best by val (auto mode's folds score on their val part,
+    which must not also pick the epoch).
     """
     cfg = ctx.cfg
     count = _stage_count(ctx)
@@ -174,7 +185,8 @@ def fit_finetune(ctx: RunContext, *, epochs: int) -> FitResult:
                           on_epoch=ctx.on_epoch, generators=generators, phase="finetune",
                           should_stop=ctx.should_stop, accumulate=cfg.accumulate, sharded=ctx.world > 1)
         history = run_trainer(ctx, trainer, train_batches, eval_batches["val"], epochs)
-        load_weights(ctx.net, best.best_state)
+        if not keep_last:
+            load_weights(ctx.net, best.best_state)
         logits = {split: evaluate_batches(model, batches, nn.CrossEntropyLoss(), ctx.fabric,
                                           channels_last=channels_last, sharded=ctx.world > 1)["logits"]
                   for split, batches in eval_batches.items()}

@@ -4,7 +4,9 @@
    features alone and joined by the pooled outputs of three inner stages (backbones.model.Tapped), both from
    one extraction;
 2. the same on every other backbone whose weights are installed offline, while its extraction fits the budget;
-3. the best candidate's heads trained on K augmented views of each image as well, K as the budget allows.
+3. the best candidate's heads trained on K augmented views of each image as well, K as the budget allows;
+4. fine-tuning the best backbone's last stage, then its last two (finetune.py), each scored on the same folds
+   (one training per fold), while their folds and a refit fit the budget.
 Each phase is planned from the throughput measured so far and skipped, with the reason, when it would not fit.
 The winner is the best mean held-out accuracy (then the lower held-out loss, then the cheaper candidate), so it
 is never a candidate that an earlier, cheaper one beat. The test split is never read here.
@@ -22,6 +24,7 @@ import numpy as np
 from headstart.config import budget_seconds
 from headstart.training.errors import TrainingInterrupted
 from headstart.training.modes.common import RunContext, frozen_backbone, report_progress, split_features
+from headstart.training.search.finetune import FoldsOutOfBudget, fold_finetune
 from headstart.training.search.folds import selection_folds
 from headstart.training.search.heads import search_head
 from headstart.training.search.plan import SearchBackbone, relative_cost, search_backbones
@@ -36,6 +39,7 @@ MAX_VIEWS = 4
 RESERVE_FRACTION, MIN_RESERVE = 0.05, 10.0  # of the budget, kept for the refit, the run directory and its report
 REPORT_SECONDS = 15.0  # kept for report.html (Grad-CAM, figures) when the run writes one
 FALLBACK_RATE = 0.05  # seconds per image at 224 px, until an extraction has been timed
+FINETUNE_STAGES = (1, 2)  # how many of the last stages a fine-tuning candidate trains, cheaper first
 
 
 @dataclass
@@ -62,7 +66,7 @@ class FeatureSet:
 @dataclass
 class Candidate:
     name: str
-    family: str  # "head" | "views"
+    family: str  # "head" | "views" | "finetune"
     backbone: str
     recipe: dict  # the head's parameters, and the number of views
     fold_scores: list[float]
@@ -70,6 +74,7 @@ class Candidate:
     seconds: float
     oof_logits: np.ndarray = field(repr=False)
     trials: int = 0
+    memo: object = field(default=None, repr=False)  # a fine-tuning candidate's PrefixMemo, for its refit
 
     @property
     def mean(self) -> float:
@@ -265,6 +270,41 @@ class _Search:
         self.features[best.backbone] = with_views  # the views are the winner's if this candidate wins
         self.heads(with_views, "views", stages=stages)
 
+    def finetune_phase(self) -> None:
+        """Fine-tune the best head's backbone (its plain network): the last stage, then the last two."""
+        best = _best([c for c in self.candidates if c.family != "finetune"])
+        fs = self.features[best.backbone]
+        train, val = self.ctx.decoded["train"], self.ctx.decoded["val"]
+        for stages in FINETUNE_STAGES:
+            name = f"{best.backbone} · fine-tune last {stages} stage{'s' if stages > 1 else ''}"
+            if stages > len(fs.backbone.spec.stages):
+                return
+            if self.ctx.world > 1 or train.images is None or val.images is None or len(self.folds) == 1:
+                self.skip(name, "fine-tuning candidates run on one process, on small sets held in memory")
+                return
+            # Its prefix runs once per image and view, at most the cost of as many extractions
+            activations = self.estimate_extraction(fs.backbone, views=self.cfg.views + 1)
+            if 2 * activations > self.left():
+                self.skip(name, f"its activations alone need about {activations:.0f} s, "
+                                f"{max(self.left(), 0):.0f} s left")
+                return
+            started = time.perf_counter()
+            task = f"fine-tune {best.backbone} last {stages}" + (f" (best {self.best().mean:.3f})")
+            try:
+                scores, loss, oof, memo = fold_finetune(self.ctx, fs.backbone, stages, self.folds, self.labels,
+                                                           lambda: self.stop_at, task)
+            except FoldsOutOfBudget as exc:
+                self.skip(name, str(exc))
+                return
+            recipe = {"unfreeze": stages, "epochs": self.cfg.epochs, "lr": self.cfg.lr, "augment": self.cfg.augment,
+                      "views": self.cfg.views, "stages": False}
+            self.candidates.append(Candidate(name, "finetune", best.backbone, recipe, scores, loss,
+                                             time.perf_counter() - started, oof, trials=1, memo=memo))
+            log.info("auto: %s: %.4f ± %.4f", name, self.candidates[-1].mean, self.candidates[-1].std)
+            for candidate in self.candidates:  # only the best one's activations may be needed (its refit)
+                if candidate is not self.best():
+                    candidate.memo = None
+
 
 def search(ctx: RunContext, tail_images: int = 0) -> SearchResult:
     """Run the candidates that fit the budget and return them all, with the features the winner needs.
@@ -275,5 +315,6 @@ def search(ctx: RunContext, tail_images: int = 0) -> SearchResult:
     for i, backbone in enumerate(backbones):
         s.backbone_phase(backbone, first=i == 0)
     s.views_phase()
+    s.finetune_phase()
     return SearchResult(s.candidates, s.features, s.selection, s.folds, s.labels, s.budget,
                         time.perf_counter() - s.started, s.skipped)
