@@ -62,8 +62,8 @@ def test_folds_score_held_out_images_and_share_one_prefix_pass(data, tmp_path, m
         return original(fold_ctx, prefix, split, preset, view, engine)
 
     monkeypatch.setattr(finetune_mode, "_prefix_activations", counting)
-    scores, loss, oof, memo = search_finetune.fold_finetune(ctx, backbone, 1, folds, labels, lambda: float("inf"),
-                                                            "test")
+    folded = search_finetune.fold_finetune(ctx, backbone, 1, folds, labels, lambda: float("inf"), "test")
+    scores, loss, oof, memo = folded.scores, folded.loss, folded.oof_logits, folded.memo
     assert len(scores) == 5 and oof.shape == (27, 3) and np.isfinite(loss)
     for (_, held), score in zip(folds, scores):  # each fold's score is its held-out images' out-of-fold logits
         assert score == pytest.approx(float((oof[held].argmax(1) == labels[held]).mean()))
@@ -72,6 +72,33 @@ def test_folds_score_held_out_images_and_share_one_prefix_pass(data, tmp_path, m
     assert sum(computed) == 27 * 3
     assert sorted(memo.tables) == [("light", 1), ("light", 2), ("none", 0)]
     assert all(len(t) == 27 for t in memo.tables.values()) and memo.seconds > 0 and memo.nbytes() > 0
+    assert folded.refit_seconds > 0
+
+
+def test_folds_whose_rest_and_refit_would_overrun_drop_the_candidate(data, tmp_path, monkeypatch):
+    """After a fold, its training time (the prefix pass left out) plans the other folds and the refit."""
+    from headstart.training.modes import finetune as finetune_mode
+
+    ctx = _context(data, tmp_path)
+    labels = np.array(ctx.decoded["train"].labels + ctx.decoded["val"].labels)
+    folds, _ = selection_folds(labels, np.arange(18, 27), seed=0)
+    trained = []
+    fit = finetune_mode.fit_finetune
+
+    def fold_then_mark(*args, **kwargs):
+        result = fit(*args, **kwargs)
+        trained.append(len(kwargs))
+        return result
+
+    monkeypatch.setattr(finetune_mode, "fit_finetune", fold_then_mark)
+
+    def stop_at():  # ample while the first fold trains; once it has, far too little for four more and a refit
+        return time.perf_counter() + (1e-3 if trained else 1e6)
+
+    with pytest.raises(search_finetune.FoldsOutOfBudget, match="remaining folds and refit need about"):
+        search_finetune.fold_finetune(ctx, SearchBackbone(SPEC, None, ctx.preprocessing), 1, folds, labels,
+                                      stop_at, "test")
+    assert len(trained) == 1  # one fold trained, then the candidate was dropped
 
 
 def test_a_fold_past_the_deadline_drops_the_candidate(data, tmp_path):
@@ -106,6 +133,9 @@ def test_a_fine_tuned_winner_reloads_and_predicts_what_training_scored(data, tmp
     paths = [str(p) for p in saved["paths_test"]]
     predicted = np.array([[dict(r["top_k"])[c] for c in clf.classes] for r in clf.predict(paths, top_k=3)])
     np.testing.assert_allclose(predicted, softmax(saved["logits_test"], manifest["temperature"]), atol=2e-3)
+    train_paths = [str(p) for p in saved["paths_train"]]  # the refit's pool rows, cut back to train, in order
+    predicted = np.array([[dict(r["top_k"])[c] for c in clf.classes] for r in clf.predict(train_paths, top_k=3)])
+    np.testing.assert_allclose(predicted, softmax(saved["logits_train"], manifest["temperature"]), atol=2e-3)
     # the fine-tuned backbone was saved, not the pretrained one it started from: the last stage moved
     from safetensors.numpy import load_file
 

@@ -91,6 +91,19 @@ def test_what_does_not_fit_the_budget_is_skipped_with_its_reason(world, tmp_path
     assert any("views" in name for name in skipped)
 
 
+def test_a_failing_fine_tuning_candidate_is_skipped_and_the_heads_are_kept(world, tmp_path, monkeypatch):
+    from headstart.training.loop import NonFiniteLossError
+
+    def diverges(*args, **kwargs):
+        raise NonFiniteLossError("loss is nan at epoch 1")
+
+    monkeypatch.setattr(search_run, "fold_finetune", diverges)
+    found = search(_context(world, tmp_path, 600))
+    assert not any(c.family == "finetune" for c in found.candidates) and found.winner.family != "finetune"
+    reasons = [s["reason"] for s in found.skipped if "fine-tune" in s["name"]]
+    assert reasons == ["failed: NonFiniteLossError: loss is nan at epoch 1"]  # and no deeper one is tried
+
+
 def _candidate(name, scores, loss):
     return Candidate(name, "head", name, {"l2": 1.0, "views": 0}, scores, loss, 1.0, np.zeros((2, 2)))
 

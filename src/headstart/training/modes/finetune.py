@@ -112,10 +112,11 @@ def _prefix_activations(ctx: RunContext, prefix, split: str, preset: str, view: 
     memory_format = torch.channels_last
     for start in range(0, len(todo), 64):
         batch = []
-        for i in todo[start:start + 64]:
-            if preset != "none":
-                torch.manual_seed(view_seed(ctx.cfg.seed, view, decoded.hashes[i]))
-            batch.append(transform(decoded.images[i]))
+        with torch.random.fork_rng(devices=[]):  # the views' seeds must not move the stream training draws from
+            for i in todo[start:start + 64]:
+                if preset != "none":
+                    torch.manual_seed(view_seed(ctx.cfg.seed, view, decoded.hashes[i]))
+                batch.append(transform(decoded.images[i]))
         x = torch.stack(batch)
         if engine is not None:
             out = engine(x)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,11 +23,23 @@ from headstart.training.modes.common import FitResult, RunContext, report_progre
 from headstart.training.prefix import PrefixMemo
 from headstart.training.search.plan import SearchBackbone
 
-__all__ = ["MEMO_LIMIT_BYTES", "finetune_context", "fold_finetune", "pool_split", "refit_finetune"]
+__all__ = ["MEMO_LIMIT_BYTES", "FoldedFinetune", "FoldsOutOfBudget", "finetune_context", "fold_finetune", "pool_split",
+           "refit_finetune"]
 
 log = logging.getLogger(__name__)
 
-MEMO_LIMIT_BYTES = 3 * 2**30  # the shared prefix activations, beyond which the candidate is dropped
+MEMO_LIMIT_BYTES = 2 * 2**30  # the shared prefix activations (a fold stacks a copy), beyond which it is dropped
+
+
+@dataclass
+class FoldedFinetune:
+    """A fine-tuning recipe scored on the folds."""
+
+    scores: list[float]  # accuracy on each held-out fold
+    loss: float  # mean held-out cross-entropy
+    oof_logits: np.ndarray  # [N, C]
+    memo: PrefixMemo  # the prefix activations the folds shared (the refit reuses them)
+    refit_seconds: float  # estimated: the last fold's training scaled to the pool
 
 
 class FoldsOutOfBudget(Exception):
@@ -53,6 +66,7 @@ def finetune_context(ctx: RunContext, backbone: SearchBackbone, stages: int, dec
     from headstart.backbones.model import build_network
 
     cfg = dataclasses.replace(ctx.cfg, unfreeze=str(stages), gradual_unfreeze=0, early_stop=0)
+    torch.manual_seed(cfg.seed)  # the new head's initial weights: the same for every fold and the refit
     net = build_network(backbone.spec, ctx.net.head[-1].out_features, weights=backbone.weights, dropout=cfg.dropout)
     return dataclasses.replace(ctx, cfg=cfg, spec=backbone.spec, preprocessing=backbone.preprocessing, net=net,
                                decoded=decoded, save_checkpoint=None, save_resume=None, resume_state=None,
@@ -60,8 +74,8 @@ def finetune_context(ctx: RunContext, backbone: SearchBackbone, stages: int, dec
 
 
 def fold_finetune(ctx: RunContext, backbone: SearchBackbone, stages: int, folds: list, labels: np.ndarray,
-                  stop_at, task: str) -> tuple[list[float], float, np.ndarray, PrefixMemo]:
-    """(fold accuracies, held-out loss, out-of-fold logits, the prefix activations the folds shared).
+                  stop_at, task: str) -> FoldedFinetune:
+    """The recipe trained once per fold, each scored on its held-out images.
     Raises FoldsOutOfBudget when, after a fold, the rest and a refit would end past stop_at()."""
     from headstart.training.modes.finetune import fit_finetune
 
@@ -92,13 +106,14 @@ def fold_finetune(ctx: RunContext, backbone: SearchBackbone, stages: int, folds:
             raise FoldsOutOfBudget(f"its cached activations would pass {MEMO_LIMIT_BYTES / 2**30:.0f} GiB")
         # The first fold computes most activations; the later ones mostly train: time them without the prefix.
         training = time.perf_counter() - started - (memo.seconds - prefix_seconds)
-        remaining = training * (len(folds) - 1 - k + len(labels) / len(fold_train))
+        refit = training * len(labels) / len(fold_train)
+        remaining = training * (len(folds) - 1 - k) + refit
         if time.perf_counter() + remaining > stop_at():
             raise FoldsOutOfBudget(f"its remaining folds and refit need about {remaining:.0f} s, "
                                    f"{max(stop_at() - time.perf_counter(), 0):.0f} s are left")
     report_progress(ctx, task, len(folds), len(folds))
     loss = float(F.cross_entropy(torch.from_numpy(oof), torch.from_numpy(labels)).item())
-    return scores, loss, oof, memo
+    return FoldedFinetune(scores, loss, oof, memo, refit)
 
 
 def refit_finetune(ctx: RunContext, backbone: SearchBackbone, stages: int, memo: PrefixMemo

@@ -138,6 +138,7 @@ class _Search:
         self.candidates: list[Candidate] = []
         self.features: dict[str, FeatureSet] = {}
         self.skipped: list[dict] = []
+        self.refit_reserve = 0.0  # seconds the best candidate's refit needs after the search (fine-tuning)
 
     @property
     def stop_at(self) -> float:
@@ -148,6 +149,7 @@ class _Search:
         rate = self.rate if self.rate is not None else FALLBACK_RATE
         tail = self.tail_images * rate * max(b.relative_cost for b in self.backbones)
         tail += REPORT_SECONDS if self.cfg.report else 0.0
+        tail += self.refit_reserve  # a fine-tuned leader's refit, which runs after the search
         return self.ctx.deadline - max(MIN_RESERVE, RESERVE_FRACTION * (self.budget or 0)) - tail
 
     def left(self) -> float:
@@ -275,36 +277,50 @@ class _Search:
         best = _best([c for c in self.candidates if c.family != "finetune"])
         fs = self.features[best.backbone]
         train, val = self.ctx.decoded["train"], self.ctx.decoded["val"]
-        for stages in FINETUNE_STAGES:
+        for stages in FINETUNE_STAGES[:len(fs.backbone.spec.stages)]:
             name = f"{best.backbone} · fine-tune last {stages} stage{'s' if stages > 1 else ''}"
-            if stages > len(fs.backbone.spec.stages):
-                return
             if self.ctx.world > 1 or train.images is None or val.images is None or len(self.folds) == 1:
                 self.skip(name, "fine-tuning candidates run on one process, on small sets held in memory")
                 return
-            # Its prefix runs once per image and view, at most the cost of as many extractions
-            activations = self.estimate_extraction(fs.backbone, views=self.cfg.views + 1)
+            if not self.cfg.views:
+                self.skip(name, "--views 0: the frozen stages would run again every epoch")
+                return
+            # Its prefix runs once per image and view: at most the cost of as many extractions.
+            views = 1 + (self.cfg.views if self.cfg.augment != "none" else 0)
+            activations = self.estimate_extraction(fs.backbone, views=views)
             if 2 * activations > self.left():
                 self.skip(name, f"its activations alone need about {activations:.0f} s, "
                                 f"{max(self.left(), 0):.0f} s left")
                 return
             started = time.perf_counter()
-            task = f"fine-tune {best.backbone} last {stages}" + (f" (best {self.best().mean:.3f})")
+            task = f"fine-tune {best.backbone} last {stages} (best {self.best().mean:.3f})"
             try:
-                scores, loss, oof, memo = fold_finetune(self.ctx, fs.backbone, stages, self.folds, self.labels,
-                                                           lambda: self.stop_at, task)
+                folds = fold_finetune(self.ctx, fs.backbone, stages, self.folds, self.labels, lambda: self.stop_at,
+                                      task)
             except FoldsOutOfBudget as exc:
                 self.skip(name, str(exc))
                 return
+            except TrainingInterrupted:
+                raise
+            except Exception as exc:  # a diverging or failing candidate must not cost the run its heads
+                log.warning("auto: %s failed: %s: %s", name, type(exc).__name__, exc)
+                self.skip(name, f"failed: {type(exc).__name__}: {exc}")
+                return
             recipe = {"unfreeze": stages, "epochs": self.cfg.epochs, "lr": self.cfg.lr, "augment": self.cfg.augment,
                       "views": self.cfg.views, "stages": False}
-            self.candidates.append(Candidate(name, "finetune", best.backbone, recipe, scores, loss,
-                                             time.perf_counter() - started, oof, trials=1, memo=memo))
-            log.info("auto: %s: %.4f ± %.4f", name, self.candidates[-1].mean, self.candidates[-1].std)
-            for candidate in self.candidates:  # only the best one's activations may be needed (its refit)
-                if candidate is not self.best():
-                    candidate.memo = None
-
+            candidate = Candidate(name, "finetune", best.backbone, recipe, folds.scores, folds.loss,
+                                  time.perf_counter() - started, folds.oof_logits, trials=1, memo=folds.memo)
+            refit = folds.refit_seconds
+            del folds  # the memo lives on in the candidate only while it leads (its refit needs it)
+            self.candidates.append(candidate)
+            log.info("auto: %s: %.4f ± %.4f", name, candidate.mean, candidate.std)
+            leader = self.best()
+            for other in self.candidates:
+                if other is not leader:
+                    other.memo = None
+            if leader is candidate:  # later candidates must leave time for its refit
+                self.refit_reserve = refit
+            del candidate
 
 def search(ctx: RunContext, tail_images: int = 0) -> SearchResult:
     """Run the candidates that fit the budget and return them all, with the features the winner needs.
