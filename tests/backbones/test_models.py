@@ -46,7 +46,7 @@ def test_head_swap_shape_and_gradients(spec):
 
 def test_the_head_computes_in_fp32_under_bf16_autocast():
     """bf16 autocast speeds up the backbone, but the head's matmul stays fp32: rounding a head's inputs and
-    logits to bf16 cost accuracy (a features-mode head on digits: 0.922 vs 0.950 test)."""
+    logits to bf16 cost accuracy (docs/benchmarks.md, "The head in fp32 under bf16 autocast")."""
     from headstart.backbones.model import Float32Linear
 
     torch.manual_seed(0)

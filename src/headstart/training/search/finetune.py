@@ -74,8 +74,9 @@ def finetune_context(ctx: RunContext, backbone: SearchBackbone, stages: int, dec
 
 
 def fold_finetune(ctx: RunContext, backbone: SearchBackbone, stages: int, folds: list, labels: np.ndarray,
-                  stop_at, task: str) -> FoldedFinetune:
-    """The recipe trained once per fold, each scored on its held-out images.
+                  stop_at, task: str, reserved: float = 0.0) -> FoldedFinetune:
+    """The recipe trained once per fold, each scored on its held-out images. stop_at() already leaves
+    `reserved` seconds for another candidate's refit, which this one's refit would replace.
     Raises FoldsOutOfBudget when, after a fold, the rest and a refit would end past stop_at()."""
     from headstart.training.modes.finetune import fit_finetune
 
@@ -107,7 +108,7 @@ def fold_finetune(ctx: RunContext, backbone: SearchBackbone, stages: int, folds:
         # The first fold computes most activations; the later ones mostly train: time them without the prefix.
         training = time.perf_counter() - started - (memo.seconds - prefix_seconds)
         refit = training * len(labels) / len(fold_train)
-        remaining = training * (len(folds) - 1 - k) + refit
+        remaining = training * (len(folds) - 1 - k) + max(0.0, refit - reserved)
         if time.perf_counter() + remaining > stop_at():
             raise FoldsOutOfBudget(f"its remaining folds and refit need about {remaining:.0f} s, "
                                    f"{max(stop_at() - time.perf_counter(), 0):.0f} s are left")

@@ -279,8 +279,11 @@ class _Search:
         train, val = self.ctx.decoded["train"], self.ctx.decoded["val"]
         for stages in FINETUNE_STAGES[:len(fs.backbone.spec.stages)]:
             name = f"{best.backbone} · fine-tune last {stages} stage{'s' if stages > 1 else ''}"
-            if self.ctx.world > 1 or train.images is None or val.images is None or len(self.folds) == 1:
+            if self.ctx.world > 1 or train.images is None or val.images is None:
                 self.skip(name, "fine-tuning candidates run on one process, on small sets held in memory")
+                return
+            if len(self.folds) == 1:
+                self.skip(name, "fine-tuning candidates need cross-validation folds (here the val split selects)")
                 return
             if not self.cfg.views:
                 self.skip(name, "--views 0: the frozen stages would run again every epoch")
@@ -296,14 +299,14 @@ class _Search:
             task = f"fine-tune {best.backbone} last {stages} (best {self.best().mean:.3f})"
             try:
                 folds = fold_finetune(self.ctx, fs.backbone, stages, self.folds, self.labels, lambda: self.stop_at,
-                                      task)
+                                      task, reserved=self.refit_reserve)
             except FoldsOutOfBudget as exc:
                 self.skip(name, str(exc))
                 return
             except TrainingInterrupted:
                 raise
             except Exception as exc:  # a diverging or failing candidate must not cost the run its heads
-                log.warning("auto: %s failed: %s: %s", name, type(exc).__name__, exc)
+                log.warning("auto: %s failed: %s: %s", name, type(exc).__name__, exc, exc_info=True)
                 self.skip(name, f"failed: {type(exc).__name__}: {exc}")
                 return
             recipe = {"unfreeze": stages, "epochs": self.cfg.epochs, "lr": self.cfg.lr, "augment": self.cfg.augment,
