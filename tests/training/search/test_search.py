@@ -75,7 +75,8 @@ def test_the_search_scores_by_cross_validation_and_never_reads_the_test_split(wo
     for c in found.candidates:
         assert len(c.fold_scores) == 5 and c.oof_logits.shape == (pool, 3) and c.trials >= 1
     winner = found.winner
-    assert all(winner.mean >= c.mean for c in found.candidates)  # never below a cheaper candidate
+    rank = found.candidates.index(winner)
+    assert all(winner.mean > c.mean for c in found.candidates[:rank])  # never below a cheaper candidate
     assert sum(c["winner"] for c in found.summary()["candidates"]) == 1
 
 
@@ -108,13 +109,20 @@ def _candidate(name, scores, loss):
     return Candidate(name, "head", name, {"l2": 1.0, "views": 0}, scores, loss, 1.0, np.zeros((2, 2)))
 
 
-def test_the_winner_is_the_best_mean_then_the_lower_loss_then_the_cheaper():
-    def winner(*candidates):
-        return SearchResult(list(candidates), {}, "", [], np.zeros(2), 60.0, 1.0).winner.name
+def test_the_winner_is_the_cheapest_within_one_standard_error_of_the_best():
+    def winner(*candidates, held_out=0):
+        folds = [(None, range(held_out))] if held_out else []
+        return SearchResult(list(candidates), {}, "", folds, np.zeros(2), 60.0, 1.0).winner.name
 
-    assert winner(_candidate("a", [0.8, 0.9], 0.3), _candidate("b", [0.9, 0.9], 0.5)) == "b"
-    assert winner(_candidate("a", [0.9, 0.9], 0.3), _candidate("b", [0.9, 0.9], 0.2)) == "b"
-    assert winner(_candidate("a", [0.9, 0.9], 0.3), _candidate("b", [0.9, 0.9], 0.3)) == "a"  # cheaper first
+    # the best mean 0.9 with fold scores 0.8-1.0: standard error 0.1 / sqrt(3) = 0.058
+    noisy_best = _candidate("costly", [0.8, 0.9, 1.0], 0.2)
+    assert winner(_candidate("cheap", [0.85, 0.85, 0.85], 0.3), noisy_best) == "cheap"  # within it: cheaper wins
+    assert winner(_candidate("cheap", [0.8, 0.8, 0.8], 0.3), noisy_best) == "costly"  # beyond it: better wins
+    assert winner(_candidate("a", [0.9, 0.9], 0.3), _candidate("b", [0.9, 0.9], 0.2)) == "a"  # a tie: cheaper
+    assert winner(_candidate("a", [0.8, 0.9], 0.3), _candidate("b", [0.9, 0.9], 0.5)) == "b"  # no spread: exact
+    # one split (large sets): the binomial standard error of the best's accuracy on its held-out images
+    assert winner(_candidate("a", [0.95], 0.3), _candidate("b", [0.96], 0.2), held_out=100) == "a"  # 0.0196
+    assert winner(_candidate("a", [0.95], 0.3), _candidate("b", [0.96], 0.2), held_out=10_000) == "b"  # 0.002
 
 
 def test_first_backbone_extraction_is_not_cut_by_the_budget(world, tmp_path, monkeypatch):

@@ -8,8 +8,8 @@
 4. fine-tuning the best backbone's last stage, then its last two (finetune.py), each scored on the same folds
    (one training per fold), while their folds and a refit fit the budget.
 Each phase is planned from the throughput measured so far and skipped, with the reason, when it would not fit.
-The winner is the best mean held-out accuracy (then the lower held-out loss, then the cheaper candidate), so it
-is never a candidate that an earlier, cheaper one beat. The test split is never read here.
+The winner is the cheapest candidate within one standard error of the best mean held-out accuracy (_best), so
+it is never a candidate that an earlier, cheaper one beat. The test split is never read here.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class SearchResult:
 
     @property
     def winner(self) -> Candidate:
-        return _best(self.candidates)
+        return _best(self.candidates, sum(len(held) for _, held in self.folds))
 
     def summary(self) -> dict:
         winner = self.winner
@@ -112,10 +112,22 @@ class SearchResult:
                 "candidates": [dict(c.row(), winner=c is winner) for c in self.candidates], "skipped": self.skipped}
 
 
-def _best(candidates: list[Candidate]) -> Candidate | None:
-    """The best mean held-out accuracy, then the lower held-out loss, then the earlier (cheaper) candidate."""
-    ranked = sorted(enumerate(candidates), key=lambda ic: (-ic[1].mean, ic[1].loss, ic[0]))
-    return ranked[0][1] if ranked else None
+def _best(candidates: list[Candidate], held_out: int = 0) -> Candidate | None:
+    """The one-standard-error rule (Hastie et al., The Elements of Statistical Learning, 7.10): the earliest
+    (cheapest) candidate whose mean held-out accuracy is within one standard error of the top one's. With a few
+    hundred images, a costlier candidate ahead by an image or two is as likely luck as skill, and picking the
+    maximum of many noisy scores favours luck. The top one: the best mean, then the lower held-out loss, then
+    the earlier. Its standard error: the fold scores' spread / sqrt(folds); with one split, the binomial one on
+    its `held_out` images."""
+    if not candidates:
+        return None
+    top = sorted(enumerate(candidates), key=lambda ic: (-ic[1].mean, ic[1].loss, ic[0]))[0][1]
+    folds = len(top.fold_scores)
+    if folds > 1:
+        error = float(np.std(top.fold_scores, ddof=1)) / np.sqrt(folds)
+    else:
+        error = float(np.sqrt(top.mean * (1 - top.mean) / held_out)) if held_out else 0.0
+    return next(c for c in candidates if c.mean >= top.mean - error - 1e-12)
 
 
 class _OutOfBudget(Exception):
@@ -156,7 +168,7 @@ class _Search:
         return self.stop_at - time.perf_counter()
 
     def best(self) -> Candidate | None:
-        return _best(self.candidates)
+        return _best(self.candidates, sum(len(held) for _, held in self.folds))
 
     def skip(self, name: str, reason: str) -> None:
         log.info("auto: skipping %s: %s", name, reason)
@@ -274,7 +286,7 @@ class _Search:
 
     def finetune_phase(self) -> None:
         """Fine-tune the best head's backbone (its plain network): the last stage, then the last two."""
-        best = _best([c for c in self.candidates if c.family != "finetune"])
+        best = _best([c for c in self.candidates if c.family != "finetune"], sum(len(h) for _, h in self.folds))
         fs = self.features[best.backbone]
         train, val = self.ctx.decoded["train"], self.ctx.decoded["val"]
         for stages in FINETUNE_STAGES[:len(fs.backbone.spec.stages)]:
