@@ -106,8 +106,8 @@ def server(tmp_path):
             if state["cut_after"] is not None:  # the connection drops part-way, once
                 body, state["cut_after"] = body[: state["cut_after"]], None
                 self.close_connection = True
+            state["sent"] += len(body)  # counted before writing: the client may finish and assert before write returns
             self.wfile.write(body)
-            state["sent"] += len(body)
 
         def log_message(self, *args):
             pass

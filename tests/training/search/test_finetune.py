@@ -113,7 +113,7 @@ def test_a_fold_past_the_deadline_drops_the_candidate(data, tmp_path):
 def test_a_fine_tuned_winner_reloads_and_predicts_what_training_scored(data, tmp_path, monkeypatch):
     import headstart
 
-    def finetune_first(candidates):  # stands for a set where fine-tuning wins the cross-validation
+    def finetune_first(candidates, held_out=0):  # stands for a set where fine-tuning wins the cross-validation
         ranked = sorted(candidates, key=lambda c: (c.family != "finetune", -c.mean))
         return ranked[0] if ranked else None
 
