@@ -103,13 +103,17 @@ class SearchResult:
 
     @property
     def winner(self) -> Candidate:
-        return _best(self.candidates, sum(len(held) for _, held in self.folds))
+        return _best(self.candidates, _held_out(self.folds))
 
     def summary(self) -> dict:
         winner = self.winner
         return {"budget_seconds": self.budget, "seconds": self.seconds, "selection": self.selection,
                 "folds": len(self.folds), "winner": winner.name,
                 "candidates": [dict(c.row(), winner=c is winner) for c in self.candidates], "skipped": self.skipped}
+
+
+def _held_out(folds: list) -> int:
+    return sum(len(held) for _, held in folds)
 
 
 def _best(candidates: list[Candidate], held_out: int = 0) -> Candidate | None:
@@ -167,8 +171,8 @@ class _Search:
     def left(self) -> float:
         return self.stop_at - time.perf_counter()
 
-    def best(self) -> Candidate | None:
-        return _best(self.candidates, sum(len(held) for _, held in self.folds))
+    def best(self, among: list[Candidate] | None = None) -> Candidate | None:
+        return _best(self.candidates if among is None else among, _held_out(self.folds))
 
     def skip(self, name: str, reason: str) -> None:
         log.info("auto: skipping %s: %s", name, reason)
@@ -284,22 +288,28 @@ class _Search:
         self.features[best.backbone] = with_views  # the views are the winner's if this candidate wins
         self.heads(with_views, "views", stages=stages)
 
+    def _finetune_unfit(self) -> str | None:
+        """Why no fine-tuning candidate can run here, or None."""
+        train, val = self.ctx.decoded["train"], self.ctx.decoded["val"]
+        if self.ctx.world > 1 or train.images is None or val.images is None:
+            return "fine-tuning candidates run on one process, on small sets held in memory"
+        if len(self.folds) == 1:
+            return "fine-tuning candidates need cross-validation folds (here the val split selects)"
+        if not self.cfg.views:
+            return "--views 0: the frozen stages would run again every epoch"
+        return None
+
     def finetune_phase(self) -> None:
         """Fine-tune the best head's backbone (its plain network): the last stage, then the last two."""
-        best = _best([c for c in self.candidates if c.family != "finetune"], sum(len(h) for _, h in self.folds))
+        best = self.best([c for c in self.candidates if c.family != "finetune"])
         fs = self.features[best.backbone]
-        train, val = self.ctx.decoded["train"], self.ctx.decoded["val"]
-        for stages in FINETUNE_STAGES[:len(fs.backbone.spec.stages)]:
-            name = f"{best.backbone} · fine-tune last {stages} stage{'s' if stages > 1 else ''}"
-            if self.ctx.world > 1 or train.images is None or val.images is None:
-                self.skip(name, "fine-tuning candidates run on one process, on small sets held in memory")
-                return
-            if len(self.folds) == 1:
-                self.skip(name, "fine-tuning candidates need cross-validation folds (here the val split selects)")
-                return
-            if not self.cfg.views:
-                self.skip(name, "--views 0: the frozen stages would run again every epoch")
-                return
+        names = [f"{best.backbone} · fine-tune last {stages} stage{'s' if stages > 1 else ''}"
+                 for stages in FINETUNE_STAGES[:len(fs.backbone.spec.stages)]]
+        unfit = self._finetune_unfit()
+        if unfit and names:
+            self.skip(names[0], unfit)
+            return
+        for stages, name in zip(FINETUNE_STAGES, names):
             # Its prefix runs once per image and view: at most the cost of as many extractions.
             views = 1 + (self.cfg.views if self.cfg.augment != "none" else 0)
             activations = self.estimate_extraction(fs.backbone, views=views)
