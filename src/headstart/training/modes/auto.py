@@ -33,10 +33,14 @@ def _winning_network(ctx: RunContext, fs: FeatureSet, stages: bool):
                          dropout=ctx.cfg.dropout)
 
 
-def _history(found: SearchResult) -> list[dict]:
-    return [{"epoch": i, "phase": "search", "candidate": c.name, "val_accuracy": c.mean, "val_loss": c.loss,
-             "cv_std": c.std, "seconds": c.seconds, "best": c is found.winner}
-            for i, c in enumerate(found.candidates, 1)]
+def _result(ctx: RunContext, found: SearchResult, logits: dict, **extraction) -> FitResult:
+    """The run's result from the kept model's logits: the leaderboard is its history."""
+    history = [{"epoch": i, "phase": "search", "candidate": c.name, "val_accuracy": c.mean, "val_loss": c.loss,
+                "cv_std": c.std, "seconds": c.seconds, "best": c is found.winner}
+               for i, c in enumerate(found.candidates, 1)]
+    labels = {split: torch.tensor(d.labels, dtype=torch.long) for split, d in ctx.decoded.items()}
+    return FitResult(history, logits, labels, {"engine": "search", "world_size": ctx.world, **extraction},
+                     search=found.summary())
 
 
 def _adopt(ctx: RunContext, fs: FeatureSet, net) -> None:
@@ -55,9 +59,7 @@ def _fit_finetuned(ctx: RunContext, found: SearchResult, fs: FeatureSet) -> FitR
     n_train = len(ctx.decoded["train"].labels)
     logits = dict(result.logits, train=result.logits["train"][:n_train],
                   val=torch.from_numpy(winner.oof_logits[n_train:]).float())
-    labels = {split: torch.tensor(d.labels, dtype=torch.long) for split, d in ctx.decoded.items()}
-    extraction = {"engine": "search", "world_size": ctx.world, **result.extraction}
-    return FitResult(_history(found), logits, labels, extraction, search=found.summary())
+    return _result(ctx, found, logits, **result.extraction)
 
 
 def fit_auto(ctx: RunContext) -> FitResult:
@@ -88,6 +90,4 @@ def fit_auto(ctx: RunContext) -> FitResult:
     if "test" in ctx.decoded:  # read only now, for the kept model: never for a choice
         rows, _ = split_features(fs.ctx, fs.frozen, "test", "none", 0)
         logits["test"] = scores(rows.features())
-    labels = {split: torch.tensor(d.labels, dtype=torch.long) for split, d in ctx.decoded.items()}
-    extraction = {"engine": "search", "world_size": ctx.world}
-    return FitResult(_history(found), logits, labels, extraction, search=found.summary())
+    return _result(ctx, found, logits)

@@ -9,7 +9,6 @@ activations are computed once for the pool and shared by the folds and the refit
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from dataclasses import dataclass
 
@@ -25,8 +24,6 @@ from headstart.training.search.plan import SearchBackbone
 
 __all__ = ["MEMO_LIMIT_BYTES", "FoldedFinetune", "FoldsOutOfBudget", "finetune_context", "fold_finetune", "pool_split",
            "refit_finetune"]
-
-log = logging.getLogger(__name__)
 
 MEMO_LIMIT_BYTES = 2 * 2**30  # the shared prefix activations (a fold stacks a copy), beyond which it is dropped
 
