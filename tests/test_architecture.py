@@ -30,3 +30,30 @@ def test_the_cli_is_imported_by_nothing():
     importers = [str(path.relative_to(SRC)) for path in SRC.rglob("*.py") if path.parent.name != "cli"
                  and re.search(r"^\s*(from|import) headstart\.cli\b", path.read_text(), re.M)]
     assert importers == []
+
+
+def test_every_module_imports_first():
+    """A user's script may import any module first (say `headstart.training.search.run`): none may depend on
+    another package having been imported before it, as an import cycle does."""
+    script = r"""
+import importlib, pkgutil, sys
+import headstart
+names = [m.name for m in pkgutil.walk_packages(headstart.__path__, "headstart.")
+         if ".cli" not in m.name and not m.name.startswith("headstart.demo_data")]
+failed = []
+for name in names:
+    for loaded in [n for n in sys.modules if n == "headstart" or n.startswith("headstart.")]:
+        del sys.modules[loaded]  # this throwaway interpreter only: each module is the first headstart import
+    try:
+        importlib.import_module(name)
+    except ImportError as exc:
+        if "circular" in str(exc) or "partially initialized" in str(exc):
+            failed.append(f"{name}: {exc}")
+print(len(names), "modules")
+print("\n".join(failed))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert int(lines[0].split()[0]) > 50
+    assert lines[1:] == []

@@ -45,3 +45,12 @@ def test_override(monkeypatch):
     assert device.resolve_precision("auto", "cpu") == "bf16-mixed"
     assert device.resolve_precision("32", "cpu") == "32-true"
     device.cpu_has_fast_bf16.cache_clear()
+
+
+def test_frozen_features_stay_fp32_unless_less_is_asked_for():
+    """auto's bf16 is for training; frozen features are extracted in fp32, as load() and exports predict."""
+    assert device.features_precision("auto", "bf16-mixed") == "32-true"
+    assert device.features_precision("auto", "16-mixed") == "32-true"
+    assert device.features_precision("auto", "32-true") == "32-true"
+    assert device.features_precision("bf16-mixed", "bf16-mixed") == "bf16-mixed"
+    assert device.features_precision("32", "32-true") == "32-true"

@@ -5,6 +5,7 @@ cache; finetune trains the chosen stages only. Auto mode's search has its own te
 from __future__ import annotations
 
 import copy
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,9 +22,9 @@ from headstart.data.folders import discover
 from headstart.data.loading import decode_split
 from headstart.extract.feature_cache import FeatureCache, FeatureRows
 from headstart.training.callbacks import BestCheckpoint, EarlyStopping, ResumeCheckpoint
+from headstart.training.context import make_callbacks, make_loader, run_trainer
 from headstart.training.distributed import make_fabric
 from headstart.training.modes import MODES, RunContext, fit_auto, run_features, run_finetune
-from headstart.training.modes.common import make_callbacks, make_loader, run_trainer
 from headstart.training.modes.finetune import _stage_count, freeze_bn_wanted
 
 SPEC = get_spec("efficientnet_lite0")
@@ -69,6 +70,17 @@ def _stage_of(name: str) -> int | None:
 def test_modes_names_exactly_the_configs_modes():
     assert set(MODES) == set(config.MODES) and len(MODES) == len(config.MODES)
     assert MODES["features"] is run_features and MODES["finetune"] is run_finetune and MODES["auto"] is fit_auto
+
+
+@pytest.mark.parametrize(("setting", "extracted"), [("auto", "32-true"), ("bf16-mixed", "bf16-mixed")])
+def test_features_are_extracted_in_fp32_under_auto_precision(world, tmp_path, setting, extracted):
+    """A bf16 session (auto on a CPU with native bf16) still extracts its frozen features in fp32; only an explicit
+    --precision bf16-mixed extracts them in bf16."""
+    from headstart.training.context import frozen_backbone
+
+    ctx = _context(world, tmp_path / "cache", precision=setting)
+    ctx = dataclasses.replace(ctx, precision="bf16-mixed")  # what the session resolved
+    assert frozen_backbone(ctx).precision == extracted
 
 
 def test_features_mode_trains_only_the_head(world, tmp_path):

@@ -394,3 +394,29 @@ def test_write_run_writes_every_file_of_the_run(tmp_path):
 
 class SingleDeviceLike:
     """A strategy object: summary.json records its class name."""
+
+
+def test_a_bf16_session_scores_what_the_reloaded_model_predicts(tmp_path, monkeypatch):
+    """Under auto precision on a CPU with native bf16 (forced here), training runs bf16 but the frozen features
+    are fp32, as load() computes them: the test accuracy a run reports is what its saved model predicts."""
+    import headstart
+    from headstart import device
+    from headstart.runtime.metrics import softmax
+
+    monkeypatch.setenv("HEADSTART_CPU_BF16", "1")
+    device.cpu_has_fast_bf16.cache_clear()
+    try:
+        data = make_synthetic_dataset(tmp_path / "data", per_split={"train": 6, "val": 3, "test": 4})
+        run = headstart.train(str(data), mode="features", image_size=64, epochs=3, report=False,
+                              out=str(tmp_path / "run"))
+    finally:
+        device.cpu_has_fast_bf16.cache_clear()
+    summary = json.loads((run.run_dir / "summary.json").read_text())
+    assert summary["precision"] == "bf16-mixed" and summary["extraction"]["precision"] == "32-true"
+    saved = np.load(run.run_dir / "logits.npz")
+    clf = headstart.load(run.run_dir)
+    predicted = np.array([[dict(r["top_k"])[c] for c in clf.classes]
+                          for r in clf.predict([str(p) for p in saved["paths_test"]], top_k=len(clf.classes))])
+    temperature = json.loads((run.run_dir / "model.json").read_text())["temperature"]
+    # fp32 engines differ by ~5e-4 here; bf16 features (the old behaviour) were off by up to 1.5e-2
+    np.testing.assert_allclose(predicted, softmax(saved["logits_test"], temperature), atol=2e-3)

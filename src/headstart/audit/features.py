@@ -1,6 +1,6 @@
 """The audit's view of a dataset: every usable image's pooled features, from the feature cache training uses.
 
-The cache key is training's own (backbone + weights, eval transform, view 0, no seed, the resolved precision), so
+The cache key is training's own (backbone + weights, eval transform, view 0, no seed, the features' precision), so
 features computed here are the ones a later `headstart train` with the same backbone reads back, and features a
 training run computed make the audit nearly free. Only images missing from the cache are decoded.
 """
@@ -57,13 +57,13 @@ def embed_dataset(dataset: Dataset, *, backbone: str = "efficientnet_lite0", wei
     """Features of every image of `dataset` (all splits), computing only the ones the cache lacks."""
     from headstart.backbones.registry import get_spec
     from headstart.data.transforms import transform_key
-    from headstart.device import resolve_accelerator, resolve_precision
+    from headstart.device import features_precision, resolve_accelerator, resolve_precision
     from headstart.extract.feature_cache import FeatureCache, model_id
 
     spec = get_spec(backbone)
     pre = spec.preprocessing if image_size is None else spec.preprocessing.with_crop(image_size)
     accelerator = resolve_accelerator(accelerator)
-    precision = resolve_precision(precision, accelerator)  # as the training session resolves it: same key
+    precision = features_precision(precision, resolve_precision(precision, accelerator))  # as training's: same key
     cache = FeatureCache()
     key = FeatureCache.key(model_id(spec.name, spec.weights.kind, spec.weights.ref, weights),
                            transform_key(pre, "none"), 0, None, precision)

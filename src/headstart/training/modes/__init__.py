@@ -5,8 +5,8 @@ Add a mode by writing such a function in a module here and naming it in MODES (a
 
 from __future__ import annotations
 
+from headstart.training.context import FitResult, RunContext
 from headstart.training.modes.auto import fit_auto
-from headstart.training.modes.common import FitResult, RunContext
 from headstart.training.modes.features import fit_features
 from headstart.training.modes.finetune import fit_finetune
 

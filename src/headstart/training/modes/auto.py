@@ -11,7 +11,7 @@ import logging
 import numpy as np
 import torch
 
-from headstart.training.modes.common import FitResult, RunContext, split_features
+from headstart.training.context import FitResult, RunContext, split_features
 from headstart.training.search.finetune import refit_finetune
 from headstart.training.search.heads import fit_head
 from headstart.training.search.run import FeatureSet, SearchResult, search

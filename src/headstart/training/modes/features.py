@@ -12,9 +12,7 @@ from torch import nn
 from headstart.config import TrainConfig
 from headstart.device import one_torch_thread
 from headstart.extract.feature_cache import FeatureRows
-from headstart.training.distributed import gather_objects
-from headstart.training.loop import Trainer, evaluate_batches
-from headstart.training.modes.common import (
+from headstart.training.context import (
     IDS_IN_SUMMARY,
     FitResult,
     RunContext,
@@ -25,6 +23,8 @@ from headstart.training.modes.common import (
     run_trainer,
     split_features,
 )
+from headstart.training.distributed import gather_objects
+from headstart.training.loop import Trainer, evaluate_batches
 from headstart.training.schedules import build_optimizer, build_scheduler
 
 __all__ = ["fit_features"]

@@ -19,9 +19,7 @@ from headstart.data.transforms import eval_transform, train_transform
 from headstart.device import autocast
 from headstart.extract.frozen import FrozenBackbone, view_seed
 from headstart.training.callbacks import UnfreezeSchedule
-from headstart.training.distributed import shard_indices
-from headstart.training.loop import Trainer, evaluate_batches, load_weights
-from headstart.training.modes.common import (
+from headstart.training.context import (
     FitResult,
     RunContext,
     make_callbacks,
@@ -30,6 +28,8 @@ from headstart.training.modes.common import (
     report_progress,
     run_trainer,
 )
+from headstart.training.distributed import shard_indices
+from headstart.training.loop import Trainer, evaluate_batches, load_weights
 from headstart.training.prefix import find_frozen_prefix
 from headstart.training.schedules import build_optimizer, build_scheduler
 

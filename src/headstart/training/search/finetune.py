@@ -17,8 +17,8 @@ import torch
 from torch.nn import functional as F
 
 from headstart.data.loading import DecodedSplit
+from headstart.training.context import FitResult, RunContext, report_progress
 from headstart.training.errors import TrainingInterrupted
-from headstart.training.modes.common import FitResult, RunContext, report_progress
 from headstart.training.prefix import PrefixMemo
 from headstart.training.search.plan import SearchBackbone
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from headstart.config import budget_seconds
+from headstart.training.context import RunContext, frozen_backbone, report_progress, split_features
 from headstart.training.errors import TrainingInterrupted
-from headstart.training.modes.common import RunContext, frozen_backbone, report_progress, split_features
 from headstart.training.search.finetune import FoldsOutOfBudget, fold_finetune
 from headstart.training.search.folds import selection_folds
 from headstart.training.search.heads import search_head

@@ -1,4 +1,6 @@
-"""What every mode shares: the run's context, a fit's result, loaders, callbacks and the resumable trainer call."""
+"""What every mode and auto-mode candidate shares: the run's context, a fit's result, frozen features, loaders,
+callbacks and the resumable trainer call. It sits beside modes/ and search/ (not in modes/), so that importing
+either package first works."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from headstart.backbones.spec import BackboneSpec
 from headstart.config import TrainConfig
 from headstart.data.loading import DecodedSplit
 from headstart.data.transforms import pixel_transform, transform_key
+from headstart.device import features_precision
 from headstart.extract import feature_cache
 from headstart.extract.feature_cache import FeatureCache, FeatureRows
 from headstart.extract.frozen import FrozenBackbone, extract_features, view_seed
@@ -94,7 +97,8 @@ def frozen_backbone(ctx: RunContext) -> FrozenBackbone:
     Several processes may write the same entry at once: the graph is written atomically, and OpenVINO checks
     its blobs on load and compiles again when one is damaged."""
     freeze_backbone(ctx.net)
-    precision = "int8" if ctx.cfg.int8_features and ctx.accelerator == "cpu" else ctx.precision
+    precision = "int8" if ctx.cfg.int8_features and ctx.accelerator == "cpu" else \
+        features_precision(ctx.cfg.precision, ctx.precision)
     return FrozenBackbone(ctx.net.backbone, accelerator=ctx.accelerator, precision=precision,
                           channels_last=not ctx.spec.is_vit, engine=ctx.cfg.extract_engine,
                           engine_cache=ctx.engine_cache, pixels=(ctx.preprocessing.mean, ctx.preprocessing.std))
