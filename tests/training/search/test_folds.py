@@ -19,12 +19,17 @@ def test_small_data_gets_stratified_folds_that_cover_every_image_once():
         assert set(labels[fold]) == {0, 1, 2}  # stratified: every class in every held-out fold
 
 
-def test_fewer_folds_for_a_rare_class_and_the_val_split_when_one_image_is_all_there_is():
-    folds, how = selection_folds(np.repeat([0, 1], [10, 3]), np.arange(10, 13), seed=0)
-    assert len(folds) == 3 and "3-fold" in how
-    val = np.array([8, 9, 10])
-    folds, how = selection_folds(np.repeat([0, 1], [10, 1]), val, seed=0)
-    assert len(folds) == 1 and list(folds[0][1]) == [8, 9, 10] and "val split" in how
+def test_a_rare_class_keeps_five_folds_and_the_val_split_only_when_no_class_can_be_split(recwarn):
+    labels = np.repeat([0, 1, 2], [10, 3, 1])  # classes of 3 and 1 images sit in 3 and 1 held-out folds
+    folds, how = selection_folds(labels, np.arange(10, 14), seed=0)
+    assert len(folds) == 5 and "5-fold" in how
+    assert sorted(np.concatenate([h for _, h in folds])) == list(range(len(labels)))
+    assert all(set(labels[t]) >= {0, 1} for t, _ in folds)  # a class of 3 is in every fold's training part
+    assert sum((labels[h] == 1).any() for _, h in folds) == 3 and sum((labels[h] == 2).any() for _, h in folds) == 1
+    assert not [w for w in recwarn if "least populated" in str(w.message)]  # expected here, so not shown
+    val = np.array([1, 2])
+    folds, how = selection_folds(np.array([0, 1, 2]), val, seed=0)  # one image a class: nothing to cross-validate
+    assert len(folds) == 1 and list(folds[0][1]) == [1, 2] and "val split" in how
 
 
 def test_large_data_is_scored_on_the_val_split(monkeypatch):
