@@ -32,6 +32,20 @@ def test_flipped_labels_rank_first_and_are_flagged_with_their_true_class():
     assert [i.quality for i in issues] == sorted(i.quality for i in issues)
 
 
+def test_a_class_with_one_image_or_none_does_not_silence_the_audit(recwarn):
+    features, truth = _clusters()
+    features, truth = np.vstack([features, features[:1] + 5.0]), np.append(truth, 3)  # "d": one image; "e": none
+    labels = truth.copy()
+    flipped = np.array([3, 70, 130])
+    labels[flipped] = (labels[flipped] + 1) % 3
+    probs = out_of_fold_probabilities(features, labels, 5)
+    paths = [f"img{i}.jpg" for i in range(len(labels))]
+    issues, _ = label_issues(probs, labels, list("abcde"), paths, ["train"] * len(labels))
+    assert {f"img{i}.jpg" for i in flipped} <= {i.path for i in issues}
+    assert all(i.suggested in "abcd" for i in issues)
+    assert not [w for w in recwarn if "May not flag" in str(w.message)]
+
+
 def test_out_of_fold_means_an_image_never_scores_itself():
     # Pure noise: a head that saw each image would fit its label; a leave-one-out head is at chance.
     rng = np.random.default_rng(1)

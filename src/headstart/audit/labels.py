@@ -10,6 +10,7 @@ flipped labels, and 10-100x faster (docs/audit.md).
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 
@@ -71,16 +72,21 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 def label_issues(probs: np.ndarray, labels: np.ndarray, classes: list[str], paths: list[str], splits: list[str]
                  ) -> tuple[list[LabelIssue], np.ndarray]:
-    """(the images cleanlab flags, most suspect first; every image's quality score). Needs 2+ classes."""
+    """(the images cleanlab flags, most suspect first; every image's quality score). Flags nothing with fewer
+    than 2 classes."""
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
     quality = get_label_quality_scores(labels, probs, method="self_confidence")
-    counts = np.bincount(labels, minlength=len(classes))
-    if len(classes) < 2 or counts.min() < 2:  # cleanlab needs every class present at least twice
-        flagged = np.zeros(len(labels), dtype=bool)
-    else:
-        flagged = find_label_issues(labels, probs)
+    present = np.flatnonzero(np.bincount(labels, minlength=len(classes)))
+    flagged = np.zeros(len(labels), dtype=bool)
+    if len(present) >= 2:
+        # cleanlab over the classes that have images: an empty class folder (or one image in a rare class, which
+        # it only warns about) must not silence the audit of every other class.
+        kept = probs[:, present] / np.maximum(probs[:, present].sum(1, keepdims=True), 1e-12)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="May not flag all label issues", category=UserWarning)
+            flagged = find_label_issues(np.searchsorted(present, labels), kept)
     others = np.where(np.eye(len(classes), dtype=bool)[labels], -1.0, probs)
     suggested = others.argmax(1)
     issues = [LabelIssue(paths[i], splits[i], classes[labels[i]], classes[suggested[i]], round(float(quality[i]), 4),
