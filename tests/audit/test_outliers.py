@@ -35,3 +35,19 @@ def test_no_outliers_in_ordinary_clusters_or_tiny_sets():
     features = rng.normal(size=(2, 64))[labels] * 2 + rng.normal(size=(160, 64))
     assert outliers(_embedded(features, labels)) == []
     assert outliers(_embedded(features[:6], labels[:6])) == []
+
+
+def test_a_class_of_one_image_does_not_silence_the_outliers(recwarn):
+    """A one-image class has no neighbour for its own image: that image is measured against the other classes, and
+    the set's spread stays a number."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 128)) * 3
+    labels = np.append(np.repeat([0, 1], 50), 2)  # class "c": one image
+    features = centres[labels] + rng.normal(size=(101, 128))
+    alien = rng.normal(size=(1, 128)) * 3
+    emb = _embedded(np.vstack([features, alien]), np.append(labels, 0))
+    emb.classes = ["a", "b", "c"]
+    score, nearest, z = outlier_scores(emb)
+    assert np.isfinite(score).all() and np.isfinite(z).all() and nearest[100] != 2
+    assert "p101" in [o.path for o in outliers(emb)]
+    assert not [w for w in recwarn if "empty slice" in str(w.message)]

@@ -47,8 +47,10 @@ def outlier_scores(emb: Embedded) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                 continue
             part = sims[:, members]
             nearest = -np.partition(-part, m - 1, axis=1)[:, :m]
-            nearest = np.where(np.isfinite(nearest), nearest, np.nan)
-            distance[start:start + len(sims), c] = 1 - np.nanmean(nearest, axis=1)
+            found = np.isfinite(nearest)  # a one-image class has no neighbour for its own image: inf there
+            total = np.where(found, nearest, 0.0).sum(1)
+            counted = found.sum(1)
+            distance[start:start + len(sims), c] = np.where(counted > 0, 1 - total / np.maximum(counted, 1), np.inf)
     nearest_class = distance.argmin(1)
     score = distance.min(1)
     median = np.median(score)
