@@ -60,6 +60,7 @@ def test_search_table_ranks_candidates_marks_the_winner_and_lists_the_skipped(su
         ["efficientnet_lite1 · linear head", "0.9511", "0.0327", "6.1", "16"],
         ["<odd> & name", "0.9", "0.05", "0.4", "16"],
     ]
+    assert "within one standard error" in html.unescape(body)  # how the winner was chosen
     assert "<odd>" not in body  # escaped
     assert html.unescape(body).count("(winner)") == 1
     assert skipped == [["skipped candidate", "reason"],
@@ -105,3 +106,10 @@ def test_runs_in_other_modes_keep_the_training_curves(draw, tmp_path):
     assert (section.id, section.title) == ("curves", "Training curves")
     assert section.html().count("<img") == 1
     assert (tmp_path / "curves.png").is_file() and not (tmp_path / "search.png").exists()
+
+
+def test_a_search_selected_on_the_val_split_says_val_accuracy(summary, draw, tmp_path):
+    summary["search"].update(folds=1, selection="the val split (6000 images)")
+    candidates, _ = _tables(S.history_section(summary, [], tmp_path, draw).html())
+    assert candidates[0][1] == "val accuracy"
+    assert S.score_name({"folds": 5}) == "CV accuracy" and S.score_name({}) == "CV accuracy"

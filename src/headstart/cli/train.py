@@ -45,8 +45,10 @@ def _run_training(progress_enabled: bool, **settings):
 
 
 def _search_table(search: dict) -> Table:
+    from headstart.report.sections import score_name
+
     table = Table(title=f"auto: what was tried, scored by {search['selection']}")
-    for column in ("", "candidate", "CV accuracy", "± spread", "seconds"):
+    for column in ("", "candidate", score_name(search), "± spread", "seconds"):
         table.add_column(column, justify="left" if column in ("", "candidate") else "right")
     for c in sorted(search["candidates"], key=lambda c: (not c["winner"], -c["cv_mean"], c["cv_loss"])):
         table.add_row("★" if c["winner"] else "", c["name"], f"{c['cv_mean']:.4f}", f"{c['cv_std']:.4f}",

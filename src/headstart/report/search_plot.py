@@ -45,7 +45,8 @@ def plot_search(names: Sequence[str], seconds: Sequence[float], cv_mean: Sequenc
         else:
             ax.set_xlim(0, slowest * 1.6)
     ax.set_xlabel("seconds spent on the candidate")
-    ax.set_ylabel(f"CV accuracy (mean ± std over {folds} folds)" if folds else "CV accuracy (mean ± std)")
+    ax.set_ylabel("val accuracy" if folds == 1 else
+                  f"CV accuracy (mean ± std over {folds} folds)" if folds else "CV accuracy (mean ± std)")
     ax.grid(alpha=0.3)
     ax.set_title(_plain(f"{title}: up and to the left is better"), fontsize=11)
     fig.tight_layout()

@@ -125,18 +125,25 @@ def history_section(summary: dict, history: list[dict], out: Path, draw: Draw) -
     return search_section(search, out, draw) if isinstance(search, dict) else curves_section(history, out, draw)
 
 
+def score_name(search: dict) -> str:
+    """What a search's candidates were scored by: cross-validation, or the val split alone (large sets)."""
+    return "CV accuracy" if search.get("folds", 2) > 1 else "val accuracy"
+
+
 def search_section(search: dict, out: Path, draw: Draw) -> H.Section:
     tried = search.get("candidates") or []
     if not tried:
         return H.Section("search", "Search", H.note("summary.json lists no search candidates"))
-    # The search's own order: the best mean, then the lower loss, then the one tried first (sorted is stable).
+    # The best mean first, then the lower loss, then the one tried first (sorted is stable).
     ranked = sorted(tried, key=lambda c: (-(c.get("cv_mean") or 0.0), c.get("cv_loss") or 0.0))
     winner = next((c["name"] for c in ranked if c.get("winner")), search.get("winner"))
+    score = score_name(search)
     body = [H.para(f"{len(tried)} candidates scored by {search.get('selection', '?')}, in "
                    f"{search.get('seconds') or 0:.0f} s of a {search.get('budget_seconds') or 0:.0f} s budget. "
-                   "The winner has the best mean CV accuracy (then the lower CV loss); ± spread is the standard "
-                   "deviation of a candidate's fold accuracies."),
-            H.table(["candidate", "CV accuracy", "± spread", "seconds", "trials"],
+                   "The winner is the cheapest candidate (the first tried) whose mean is within one standard error "
+                   f"of the best mean {score} (the one-standard-error rule), so a costlier one must win by more "
+                   "than luck; ± spread is the standard deviation of a candidate's fold accuracies."),
+            H.table(["candidate", score, "± spread", "seconds", "trials"],
                     [(f"{c['name']} (winner)" if c["name"] == winner else c["name"], c.get("cv_mean"),
                       c.get("cv_std"), round(c["seconds"], 1), c.get("trials")) for c in ranked])]
     if search.get("skipped"):
