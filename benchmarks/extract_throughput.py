@@ -2,12 +2,13 @@
 """Feature-extraction throughput: headstart's path vs a plain fp32 eval loop, on the same decoded images.
 
 headstart's path is `headstart.extract.frozen.extract_features` with channels_last and the precision
-`resolve_precision("auto", "cpu")` picks (bf16-mixed only where the CPU has native bf16). The plain loop is what
-a tutorial writes: contiguous tensors, fp32, no autocast, `torch.no_grad()`. Both get the same pre-decoded PIL
-images and the same eval transform at batch 64, so JPEG decoding is excluded; a second pair of columns includes
-it (a DataLoader with 2 workers for the plain loop, `decode_split` + extraction for headstart). Each side runs
-`--repeats` times, interleaved, and keeps its best time: the CPU is shared, and the best run is the least
-disturbed one.
+`resolve_precision("auto", "cpu")` picks (bf16-mixed only where the CPU has native bf16): since session 12 that is
+`--precision bf16-mixed`'s extraction; under `auto`, frozen features are fp32 (`device.features_precision`).
+The plain loop is what a tutorial writes: contiguous tensors, fp32, no autocast, `torch.no_grad()`. Both get the
+same pre-decoded PIL images and the same eval transform at batch 64, so JPEG decoding is excluded; a second pair of
+columns includes it (a DataLoader with 2 workers for the plain loop, `decode_split` + extraction for headstart).
+Each side runs `--repeats` times, interleaved, and keeps its best time: the CPU is shared, and the best run is the
+least disturbed one.
 
 bf16: where the CPU has fast bf16, headstart's features are bf16 ones, and their cost in accuracy is measured
 (cosine similarity to fp32 features, and a linear probe on pizza_steak_sushi train -> test with each). Where it

@@ -8,7 +8,8 @@ import logging
 import os
 from pathlib import Path
 
-__all__ = ["autocast", "cpu_has_fast_bf16", "one_torch_thread", "resolve_accelerator", "resolve_precision"]
+__all__ = ["autocast", "cpu_has_fast_bf16", "features_precision", "one_torch_thread", "resolve_accelerator",
+           "resolve_precision"]
 
 log = logging.getLogger(__name__)
 

@@ -77,17 +77,19 @@ def label_issues(probs: np.ndarray, labels: np.ndarray, classes: list[str], path
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    quality = get_label_quality_scores(labels, probs, method="self_confidence")
+    # Only the classes that have images: an empty class folder (or one image in a rare class, which cleanlab only
+    # warns about) must not silence the audit of every other class, nor be suggested as a label.
     present = np.flatnonzero(np.bincount(labels, minlength=len(classes)))
+    probs = np.where(np.isin(np.arange(len(classes)), present), probs, 0.0)
+    probs = probs / np.maximum(probs.sum(1, keepdims=True), 1e-12)
+    quality = get_label_quality_scores(labels, probs, method="self_confidence")
     flagged = np.zeros(len(labels), dtype=bool)
     if len(present) >= 2:
-        # cleanlab over the classes that have images: an empty class folder (or one image in a rare class, which
-        # it only warns about) must not silence the audit of every other class.
-        kept = probs[:, present] / np.maximum(probs[:, present].sum(1, keepdims=True), 1e-12)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="May not flag all label issues", category=UserWarning)
-            flagged = find_label_issues(np.searchsorted(present, labels), kept)
+            flagged = find_label_issues(np.searchsorted(present, labels), probs[:, present])
     others = np.where(np.eye(len(classes), dtype=bool)[labels], -1.0, probs)
+    others[:, np.setdiff1d(np.arange(len(classes)), present)] = -1.0
     suggested = others.argmax(1)
     issues = [LabelIssue(paths[i], splits[i], classes[labels[i]], classes[suggested[i]], round(float(quality[i]), 4),
                          round(float(probs[i, suggested[i]]), 4))

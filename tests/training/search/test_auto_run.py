@@ -42,6 +42,7 @@ def test_auto_finishes_within_its_budget_and_prints_what_it_tried(auto_run):
     summary = json.loads((auto_run.run_dir / "summary.json").read_text())
     search = summary["search"]
     assert search["budget_seconds"] == BUDGET and summary["seconds"] <= BUDGET * 1.1
+    assert summary["extraction"]["precision"] == "32-true"  # frozen features under --precision auto
     assert search["folds"] == 5 and search["selection"].startswith("5-fold stratified cross-validation")
     assert "auto: what was tried" in auto_run.proc.stdout and f"winner: {search['winner']}" in auto_run.proc.stdout
     winners = [c for c in search["candidates"] if c["winner"]]

@@ -39,7 +39,9 @@ def _result(ctx: RunContext, found: SearchResult, logits: dict, **extraction) ->
                 "cv_std": c.std, "seconds": c.seconds, "best": c is found.winner}
                for i, c in enumerate(found.candidates, 1)]
     labels = {split: torch.tensor(d.labels, dtype=torch.long) for split, d in ctx.decoded.items()}
-    return FitResult(history, logits, labels, {"engine": "search", "world_size": ctx.world, **extraction},
+    frozen = found.features[found.winner.backbone].frozen  # the features' precision, not the session's
+    return FitResult(history, logits, labels, {"engine": "search", "world_size": ctx.world,
+                                               "precision": frozen.precision, **extraction},
                      search=found.summary())
 
 
