@@ -83,3 +83,30 @@ def test_features_mode_suggests_auto_below_its_bar(monkeypatch):
     printed.clear()
     cli_train._print_fit(result(cli_train.SUGGEST_AUTO_BELOW))
     assert not any("--mode auto" in line for line in printed)
+
+
+def test_a_winner_on_a_smaller_backbone_reports_what_its_saved_model_predicts(tmp_path, monkeypatch):
+    """auto decodes every split once, at the largest backbone's size; a winner on a smaller backbone scores the
+    test split from its own decode, the one load() makes, so the reported test scores are its saved model's."""
+    import headstart
+    from headstart.training.search import run as search_run
+
+    data = make_synthetic_dataset(tmp_path / "data", per_split={"train": 8, "val": 3, "test": 4}, size=400)
+    # the first candidate: the run's own backbone, efficientnet_lite0, smaller than lite1 and lite2
+    monkeypatch.setattr(search_run, "_best", lambda candidates, held_out=0: candidates[0] if candidates else None)
+    run = headstart.train(str(data), mode="auto", budget="60s", epochs=1, views=1, precision="32", report=False,
+                          out=str(tmp_path / "run"), seed=0)
+    summary = json.loads((run.run_dir / "summary.json").read_text())
+    planned = [c["name"] for c in summary["search"]["candidates"] + summary["search"]["skipped"]]
+    assert any(name.startswith("efficientnet_lite2") for name in planned)  # so every split was decoded for lite2
+    manifest = json.loads((run.run_dir / "model.json").read_text())
+    assert manifest["backbone"] == "efficientnet_lite0"
+    saved = np.load(run.run_dir / "logits.npz")
+    clf = headstart.load(run.run_dir)
+    predicted = np.array([[dict(r["top_k"])[c] for c in clf.classes]
+                          for r in clf.predict([str(p) for p in saved["paths_test"]], top_k=3)])
+    # log-probabilities: these confident images differ by ~4e-5 in probability when the test split is scored from
+    # the larger decode, but by up to 9 in the small classes' log-probabilities (~1e-3 from the right decode)
+    expected = softmax(saved["logits_test"], manifest["temperature"])
+    np.testing.assert_allclose(np.log(np.clip(predicted, 1e-7, None)), np.log(np.clip(expected, 1e-7, None)),
+                               atol=0.05)

@@ -11,6 +11,8 @@ import logging
 import numpy as np
 import torch
 
+from headstart.data.loading import decode_split
+from headstart.runtime.preprocess import Preprocessing
 from headstart.training.context import FitResult, RunContext, split_features
 from headstart.training.search.finetune import refit_finetune
 from headstart.training.search.heads import fit_head
@@ -52,9 +54,23 @@ def _adopt(ctx: RunContext, fs: FeatureSet, net) -> None:
         ctx.cfg = dataclasses.replace(ctx.cfg, backbone=fs.backbone.name, weights=fs.backbone.weights)
 
 
+def _decode_test_as_deployed(ctx: RunContext, pre: Preprocessing) -> None:
+    """Auto decodes every split once, at the largest backbone's size; the test split is decoded again at the kept
+    backbone's own size, as load() decodes for it, so that the test scores the run reports are its saved model's
+    (a second resize and another JPEG draft scale moved probabilities by up to 0.28). The pool keeps the larger
+    decode: it only trains. Held in memory only where the first decode was."""
+    test = ctx.decoded.get("test")
+    if test is None or test.short_side == pre.resize_size:
+        return
+    again = decode_split(list(zip(test.paths, test.labels)), short_side=pre.resize_size,
+                         interpolation=pre.interpolation, reduce_to=pre.reduce_to, keep_images=test.images is not None)
+    ctx.decoded = dict(ctx.decoded, test=again)
+
+
 def _fit_finetuned(ctx: RunContext, found: SearchResult, fs: FeatureSet) -> FitResult:
     """A fine-tuning winner: its recipe refitted on train+val, kept at its last epoch, as in its folds."""
     winner = found.winner
+    _decode_test_as_deployed(ctx, fs.backbone.preprocessing)
     result, net = refit_finetune(ctx, fs.backbone, winner.recipe["unfreeze"], winner.memo)
     winner.memo = None
     _adopt(ctx, fs, net)
@@ -90,6 +106,7 @@ def fit_auto(ctx: RunContext) -> FitResult:
 
     logits = {"train": scores(fs.center[:n_train]), "val": torch.from_numpy(winner.oof_logits[n_train:]).float()}
     if "test" in ctx.decoded:  # read only now, for the kept model: never for a choice
-        rows, _ = split_features(fs.ctx, fs.frozen, "test", "none", 0)
+        _decode_test_as_deployed(ctx, fs.backbone.preprocessing)
+        rows, _ = split_features(dataclasses.replace(fs.ctx, decoded=ctx.decoded), fs.frozen, "test", "none", 0)
         logits["test"] = scores(rows.features())
     return _result(ctx, found, logits)
