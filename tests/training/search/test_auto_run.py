@@ -85,9 +85,9 @@ def test_features_mode_suggests_auto_below_its_bar(monkeypatch):
     assert not any("--mode auto" in line for line in printed)
 
 
-def test_a_winner_on_a_smaller_backbone_reports_what_its_saved_model_predicts(tmp_path, monkeypatch):
-    """auto decodes every split once, at the largest backbone's size; a winner on a smaller backbone scores the
-    test split from its own decode, the one load() makes, so the reported test scores are its saved model's."""
+def test_a_winner_on_a_smaller_backbone_trains_and_scores_on_its_own_decode(tmp_path, monkeypatch):
+    """auto decodes every split once, at the largest backbone's size; a winner on a smaller backbone is refitted on
+    and scored on its own decode, the one load() makes: the run's train and test scores are its saved model's."""
     import headstart
     from headstart.training.search import run as search_run
 
@@ -108,5 +108,11 @@ def test_a_winner_on_a_smaller_backbone_reports_what_its_saved_model_predicts(tm
     # log-probabilities: these confident images differ by ~4e-5 in probability when the test split is scored from
     # the larger decode, but by up to 9 in the small classes' log-probabilities (~1e-3 from the right decode)
     expected = softmax(saved["logits_test"], manifest["temperature"])
+    np.testing.assert_allclose(np.log(np.clip(predicted, 1e-7, None)), np.log(np.clip(expected, 1e-7, None)),
+                               atol=0.05)
+    # the head was refitted on the train images as load() decodes them too, not on the search's larger decode
+    predicted = np.array([[dict(r["top_k"])[c] for c in clf.classes]
+                          for r in clf.predict([str(p) for p in saved["paths_train"]], top_k=3)])
+    expected = softmax(saved["logits_train"], manifest["temperature"])
     np.testing.assert_allclose(np.log(np.clip(predicted, 1e-7, None)), np.log(np.clip(expected, 1e-7, None)),
                                atol=0.05)

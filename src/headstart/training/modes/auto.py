@@ -16,7 +16,7 @@ from headstart.runtime.preprocess import Preprocessing
 from headstart.training.context import FitResult, RunContext, split_features
 from headstart.training.search.finetune import refit_finetune
 from headstart.training.search.heads import fit_head
-from headstart.training.search.run import FeatureSet, SearchResult, search
+from headstart.training.search.run import VIEW_PRESET, FeatureSet, SearchResult, search
 
 __all__ = ["fit_auto"]
 
@@ -54,23 +54,43 @@ def _adopt(ctx: RunContext, fs: FeatureSet, net) -> None:
         ctx.cfg = dataclasses.replace(ctx.cfg, backbone=fs.backbone.name, weights=fs.backbone.weights)
 
 
-def _decode_test_as_deployed(ctx: RunContext, pre: Preprocessing) -> None:
-    """Auto decodes every split once, at the largest backbone's size; the test split is decoded again at the kept
-    backbone's own size, as load() decodes for it, so that the test scores the run reports are its saved model's
-    (a second resize and another JPEG draft scale moved probabilities by up to 0.28). The pool keeps the larger
-    decode: it only trains. Held in memory only where the first decode was."""
-    test = ctx.decoded.get("test")
-    if test is None or test.short_side == pre.resize_size:
-        return
-    again = decode_split(list(zip(test.paths, test.labels)), short_side=pre.resize_size,
-                         interpolation=pre.interpolation, reduce_to=pre.reduce_to, keep_images=test.images is not None)
-    ctx.decoded = dict(ctx.decoded, test=again)
+def _decode_as_deployed(ctx: RunContext, pre: Preprocessing, splits: tuple[str, ...]) -> bool:
+    """Auto decodes every split once, at the largest backbone's size; these splits are decoded again at the kept
+    backbone's own size, as load() decodes for it, so that the saved model trains and is scored on the pixels it
+    will see (a second resize and another JPEG draft scale moved test probabilities by up to 0.28). Held in memory
+    only where the first decode was. False when nothing needed decoding again."""
+    todo = [s for s in splits if s in ctx.decoded and ctx.decoded[s].short_side != pre.resize_size]
+    for split in todo:
+        first = ctx.decoded[split]
+        again = decode_split(list(zip(first.paths, first.labels)), short_side=pre.resize_size,
+                             interpolation=pre.interpolation, reduce_to=pre.reduce_to,
+                             keep_images=first.images is not None)
+        ctx.decoded = dict(ctx.decoded, **{split: again})
+    return bool(todo)
+
+
+def _pool_as_deployed(ctx: RunContext, fs: FeatureSet, views: int) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """The winner's pool features (center, and its views) from its own decode, or None where the search's serve
+    (decoded at this size already, or a file that no longer decodes the same)."""
+    before = {s: ctx.decoded[s].paths for s in ("train", "val")}
+    if not _decode_as_deployed(ctx, fs.backbone.preprocessing, ("train", "val")):
+        return None
+    if any(ctx.decoded[s].paths != before[s] for s in before):
+        log.warning("auto: a train or val image no longer decodes as it did; the head trains on the search's features")
+        return None
+    own = dataclasses.replace(fs.ctx, decoded=ctx.decoded)
+
+    def pool(preset: str, view: int) -> np.ndarray:
+        return np.concatenate([split_features(own, fs.frozen, s, preset, view)[0].features() for s in ("train", "val")])
+
+    center = pool("none", 0)
+    return center, (np.stack([pool(VIEW_PRESET, v) for v in range(1, views + 1)]) if views else None)
 
 
 def _fit_finetuned(ctx: RunContext, found: SearchResult, fs: FeatureSet) -> FitResult:
     """A fine-tuning winner: its recipe refitted on train+val, kept at its last epoch, as in its folds."""
     winner = found.winner
-    _decode_test_as_deployed(ctx, fs.backbone.preprocessing)
+    _decode_as_deployed(ctx, fs.backbone.preprocessing, ("test",))  # its pool keeps the memoised activations
     result, net = refit_finetune(ctx, fs.backbone, winner.recipe["unfreeze"], winner.memo)
     winner.memo = None
     _adopt(ctx, fs, net)
@@ -89,9 +109,12 @@ def fit_auto(ctx: RunContext) -> FitResult:
         return _fit_finetuned(ctx, found, fs)
     stages = winner.recipe["stages"]
     cols = fs.columns(stages)
-    views = None if not winner.recipe["views"] else fs.views[:winner.recipe["views"], :, cols]
-    weight, bias = fit_head(fs.center[:, cols], views, found.pool_labels, ctx.net.head[-1].out_features,
-                            winner.recipe)
+    center, views = fs.center, None if not winner.recipe["views"] else fs.views[:winner.recipe["views"]]
+    own = _pool_as_deployed(ctx, fs, winner.recipe["views"])
+    if own is not None:
+        center, views = own
+    weight, bias = fit_head(center[:, cols], None if views is None else views[:, :, cols], found.pool_labels,
+                            ctx.net.head[-1].out_features, winner.recipe)
     net = _winning_network(ctx, fs, stages)
     linear = net.head[-1]
     with torch.no_grad():  # the refitted head, on every pool image (and its views)
@@ -104,9 +127,9 @@ def fit_auto(ctx: RunContext) -> FitResult:
         with torch.no_grad():
             return linear(torch.from_numpy(np.ascontiguousarray(features[:, cols], dtype=np.float32)))
 
-    logits = {"train": scores(fs.center[:n_train]), "val": torch.from_numpy(winner.oof_logits[n_train:]).float()}
+    logits = {"train": scores(center[:n_train]), "val": torch.from_numpy(winner.oof_logits[n_train:]).float()}
     if "test" in ctx.decoded:  # read only now, for the kept model: never for a choice
-        _decode_test_as_deployed(ctx, fs.backbone.preprocessing)
+        _decode_as_deployed(ctx, fs.backbone.preprocessing, ("test",))
         rows, _ = split_features(dataclasses.replace(fs.ctx, decoded=ctx.decoded), fs.frozen, "test", "none", 0)
         logits["test"] = scores(rows.features())
     return _result(ctx, found, logits)
