@@ -72,11 +72,12 @@ def _decode_as_deployed(ctx: RunContext, pre: Preprocessing, splits: tuple[str, 
 def _pool_as_deployed(ctx: RunContext, fs: FeatureSet, views: int) -> tuple[np.ndarray, np.ndarray | None] | None:
     """The winner's pool features (center, and its views) from its own decode, or None where the search's serve
     (decoded at this size already, or a file that no longer decodes the same)."""
-    before = {s: ctx.decoded[s].paths for s in ("train", "val")}
+    before = ctx.decoded
     if not _decode_as_deployed(ctx, fs.backbone.preprocessing, ("train", "val")):
         return None
-    if any(ctx.decoded[s].paths != before[s] for s in before):
+    if any(ctx.decoded[s].paths != before[s].paths for s in ("train", "val")):
         log.warning("auto: a train or val image no longer decodes as it did; the head trains on the search's features")
+        ctx.decoded = before  # the pool the search's features and labels came from
         return None
     own = dataclasses.replace(fs.ctx, decoded=ctx.decoded)
 
