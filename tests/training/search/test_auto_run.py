@@ -85,34 +85,36 @@ def test_features_mode_suggests_auto_below_its_bar(monkeypatch):
     assert not any("--mode auto" in line for line in printed)
 
 
-def test_a_winner_on_a_smaller_backbone_trains_and_scores_on_its_own_decode(tmp_path, monkeypatch):
+def test_a_winner_on_a_smaller_backbone_trains_and_scores_on_its_own_decode(tmp_path):
     """auto decodes every split once, at the largest backbone's size; a winner on a smaller backbone is refitted on
-    and scored on its own decode, the one load() makes: the run's train and test scores are its saved model's."""
+    and scored on its own decode, the one load() makes: the run's train and test scores are its saved model's.
+    In a fresh process (its engines at three native sizes stay out of this worker), with the first candidate, the
+    run's own efficientnet_lite0, standing in for the cross-validation's winner."""
     import headstart
-    from headstart.training.search import run as search_run
 
     data = make_synthetic_dataset(tmp_path / "data", per_split={"train": 8, "val": 3, "test": 4}, size=400)
-    # the first candidate: the run's own backbone, efficientnet_lite0, smaller than lite1 and lite2
-    monkeypatch.setattr(search_run, "_best", lambda candidates, held_out=0: candidates[0] if candidates else None)
-    run = headstart.train(str(data), mode="auto", budget="60s", epochs=1, views=1, precision="32", report=False,
-                          out=str(tmp_path / "run"), seed=0)
-    summary = json.loads((run.run_dir / "summary.json").read_text())
+    script = (
+        "import sys, headstart\n"
+        "from headstart.training.search import run as search_run\n"
+        "search_run._best = lambda candidates, held_out=0: candidates[0] if candidates else None\n"
+        "headstart.train(sys.argv[1], mode='auto', budget='60s', epochs=1, views=1, precision='32', report=False,\n"
+        "                out=sys.argv[2], seed=0)\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(data), str(tmp_path / "run")], capture_output=True,
+                          text=True, env=os.environ.copy(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    summary = json.loads((run_dir / "summary.json").read_text())
     planned = [c["name"] for c in summary["search"]["candidates"] + summary["search"]["skipped"]]
     assert any(name.startswith("efficientnet_lite2") for name in planned)  # so every split was decoded for lite2
-    manifest = json.loads((run.run_dir / "model.json").read_text())
+    manifest = json.loads((run_dir / "model.json").read_text())
     assert manifest["backbone"] == "efficientnet_lite0"
-    saved = np.load(run.run_dir / "logits.npz")
-    clf = headstart.load(run.run_dir)
-    predicted = np.array([[dict(r["top_k"])[c] for c in clf.classes]
-                          for r in clf.predict([str(p) for p in saved["paths_test"]], top_k=3)])
-    # log-probabilities: these confident images differ by ~4e-5 in probability when the test split is scored from
-    # the larger decode, but by up to 9 in the small classes' log-probabilities (~1e-3 from the right decode)
-    expected = softmax(saved["logits_test"], manifest["temperature"])
-    np.testing.assert_allclose(np.log(np.clip(predicted, 1e-7, None)), np.log(np.clip(expected, 1e-7, None)),
-                               atol=0.05)
-    # the head was refitted on the train images as load() decodes them too, not on the search's larger decode
-    predicted = np.array([[dict(r["top_k"])[c] for c in clf.classes]
-                          for r in clf.predict([str(p) for p in saved["paths_train"]], top_k=3)])
-    expected = softmax(saved["logits_train"], manifest["temperature"])
-    np.testing.assert_allclose(np.log(np.clip(predicted, 1e-7, None)), np.log(np.clip(expected, 1e-7, None)),
-                               atol=0.05)
+    saved = np.load(run_dir / "logits.npz")
+    clf = headstart.load(run_dir)
+    for split in ("test", "train"):  # the head was refitted on the train images as load() decodes them too
+        predicted = np.array([[dict(r["top_k"])[c] for c in clf.classes]
+                              for r in clf.predict([str(p) for p in saved[f"paths_{split}"]], top_k=3)])
+        expected = softmax(saved[f"logits_{split}"], manifest["temperature"])
+        # log-probabilities: from the larger decode, these confident images moved by ~4e-5 in probability but by
+        # 3.7-4.4 in the small classes' log-probabilities (~1e-3 from the right decode)
+        np.testing.assert_allclose(np.log(np.clip(predicted, 1e-7, None)), np.log(np.clip(expected, 1e-7, None)),
+                                   atol=0.05, err_msg=split)
