@@ -124,9 +124,8 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 def features_precision(setting: str, resolved: str) -> str:
     """The precision frozen features are extracted in: fp32 unless the user asked for less. `auto`'s bf16 speeds
-    up training, but frozen bf16 features are ~7% off fp32's per image, and a head trained on them scored 0.3-0.6
-    point lower on the dev sets while load() and exports predict in fp32 (docs/benchmarks.md, "Accuracy (issue
-    18): frozen features in fp32 under auto precision")."""
+    up training, but heads trained on bf16 features scored lower, and load() and exports predict in fp32
+    (docs/benchmarks.md, "Accuracy (issue 18): frozen features in fp32 under auto precision")."""
     return "32-true" if setting == "auto" else resolved
 
 

@@ -57,8 +57,8 @@ def _adopt(ctx: RunContext, fs: FeatureSet, net) -> None:
 def _decode_as_deployed(ctx: RunContext, pre: Preprocessing, splits: tuple[str, ...]) -> bool:
     """Auto decodes every split once, at the largest backbone's size; these splits are decoded again at the kept
     backbone's own size, as load() decodes for it, so that the saved model trains and is scored on the pixels it
-    will see (a second resize and another JPEG draft scale moved test probabilities by up to 0.28). Held in memory
-    only where the first decode was. False when nothing needed decoding again."""
+    will see (a second resize and another JPEG draft scale move its features: docs/benchmarks.md, "Honest test
+    scores"). Held in memory only where the first decode was. False when nothing needed decoding again."""
     todo = [s for s in splits if s in ctx.decoded and ctx.decoded[s].short_side != pre.resize_size]
     for split in todo:
         first = ctx.decoded[split]
