@@ -54,3 +54,21 @@ def test_frozen_features_stay_fp32_unless_less_is_asked_for():
     assert device.features_precision("auto", "32-true") == "32-true"
     assert device.features_precision("bf16-mixed", "bf16-mixed") == "bf16-mixed"
     assert device.features_precision("32", "32-true") == "32-true"
+
+
+def test_int8_features_only_where_the_cpu_has_int8_dot_products(monkeypatch, caplog):
+    """--int8-features on a CPU with VNNI (or AMX) extracts in int8; on an AVX2-only CPU it extracts in fp32 and
+    says why, once; on CUDA it never applies."""
+    monkeypatch.delenv("HEADSTART_CPU_INT8", raising=False)
+    monkeypatch.setattr(device, "_cpuinfo", lambda: ("Zen 4", {"avx2", "avx512_vnni", "avx512_bf16"}))
+    assert device.features_precision("auto", "bf16-mixed", int8=True) == "int8"
+    assert device.features_precision("auto", "bf16-mixed", int8=True, accelerator="cuda") == "32-true"
+    monkeypatch.setattr(device, "_cpuinfo", lambda: ("Zen 3", {"avx2", "fma"}))
+    device._warn_no_int8_dot.cache_clear()
+    with caplog.at_level("WARNING", logger="headstart.device"):
+        assert device.features_precision("auto", "32-true", int8=True) == "32-true"
+        assert device.features_precision("auto", "32-true", int8=True) == "32-true"
+    assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
+    assert "VNNI" in caplog.records[0].message
+    monkeypatch.setenv("HEADSTART_CPU_INT8", "1")
+    assert device.features_precision("auto", "32-true", int8=True) == "int8"

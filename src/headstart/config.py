@@ -94,7 +94,8 @@ class TrainConfig:
     sync_bn: bool = False
     extract_engine: str = "auto"
     # features and auto modes: the frozen backbone quantized to int8 for extraction (OpenVINO + NNCF), head
-    # training stays fp32; measured within 0.5 point of fp32's linear probe on every dev set (docs/benchmarks.md)
+    # training stays fp32; measured within 0.5 point of fp32's linear probe on every dev set on a CPU with VNNI,
+    # so honoured only on such CPUs (device.features_precision; docs/benchmarks.md)
     int8_features: bool = False
     num_workers: int | None = None
     threshold: float = 0.5

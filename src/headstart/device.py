@@ -8,8 +8,8 @@ import logging
 import os
 from pathlib import Path
 
-__all__ = ["autocast", "cpu_has_fast_bf16", "features_precision", "one_torch_thread", "resolve_accelerator",
-           "resolve_precision"]
+__all__ = ["autocast", "cpu_has_fast_bf16", "cpu_has_int8_dot", "features_precision", "narrow_int8_weights",
+           "one_torch_thread", "resolve_accelerator", "resolve_precision"]
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +122,40 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed" if cpu_has_fast_bf16() else "32-true"
 
 
-def features_precision(setting: str, resolved: str) -> str:
+def cpu_has_int8_dot() -> bool:
+    """True where the CPU multiplies int8 in one instruction (VNNI or AMX). HEADSTART_CPU_INT8=0/1 overrides.
+
+    Without it (AVX2-only CPUs) OpenVINO's int8 kernels gain little over fp32 and NNCF's quantization must narrow
+    the weights to avoid overflow; int8 features lost more than issue 21's half point of probe accuracy there
+    (docs/benchmarks.md, "int8 extraction on an AVX2-only CPU")."""
+    override = os.environ.get("HEADSTART_CPU_INT8")
+    if override in ("0", "1"):
+        return override == "1"
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & _cpuinfo()[1])
+
+
+def narrow_int8_weights() -> bool:
+    """Quantize weights to 7 bits (ONNX Runtime's reduce_range, NNCF's overflow fix): on CPUs without int8 dot
+    products, the u8 x s8 kernels add pairs of products in 16 bits, which full 8-bit weights can overflow."""
+    return not cpu_has_int8_dot()
+
+
+@functools.cache  # once per process: auto mode asks once per backbone
+def _warn_no_int8_dot() -> None:
+    log.warning("int8 features: this CPU has no int8 dot-product instructions (VNNI or AMX), where int8 features "
+                "lose accuracy and barely gain speed; extracting in fp32")
+
+
+def features_precision(setting: str, resolved: str, *, int8: bool = False, accelerator: str = "cpu") -> str:
     """The precision frozen features are extracted in: fp32 unless the user asked for less. `auto`'s bf16 speeds
     up training, but heads trained on bf16 features scored lower, and load() and exports predict in fp32
-    (docs/benchmarks.md, "Accuracy (issue 18): frozen features in fp32 under auto precision")."""
+    (docs/benchmarks.md, "Accuracy (issue 18): frozen features in fp32 under auto precision"). `int8`
+    (--int8-features) is honoured on CPUs with int8 dot products only, and says so where it is not."""
+    if int8 and accelerator == "cpu":
+        if cpu_has_int8_dot():
+            return "int8"
+        _warn_no_int8_dot()
+        return "32-true"
     return "32-true" if setting == "auto" else resolved
 
 

@@ -131,6 +131,24 @@ def test_int8_features_run_quantized_on_openvino_and_a_wrong_graph_is_refused(mo
     assert relative.max() <= engines._INT8_MAX_RELATIVE_ERROR and not torch.allclose(got, expected, atol=1e-4)
 
 
+def test_int8_that_misses_its_check_extracts_in_fp32_on_the_same_runtime(monkeypatch):
+    """An int8 graph too far from torch's fp32 (as on an AVX2-only CPU) leaves OpenVINO in fp32, several times
+    faster than torch's forward, and the backbone says fp32 from then on."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    import headstart.extract.engines as engines
+
+    monkeypatch.setattr(engines, "_INT8_MAX_RELATIVE_ERROR", 0.0)  # no int8 output can pass
+    backbone = _backbone()
+    images = torch.randn(4, 3, 64, 64)
+    frozen = FrozenBackbone(backbone, precision="int8", engine="openvino")
+    got = frozen(images)
+    with torch.inference_mode():
+        expected = backbone(images)
+    assert (frozen.engine, frozen.precision) == ("openvino", "32-true")
+    assert (got - expected).abs().max() <= 1e-3 * expected.abs().max()
+
+
 class _Unexportable(nn.Module):
     def forward(self, x):
         return torch.from_numpy(x.numpy().mean(axis=(2, 3)))  # leaves the graph: tracing cannot follow it

@@ -12,6 +12,7 @@ import time
 import pytest
 
 import headstart
+from headstart.device import cpu_has_int8_dot
 
 pytestmark = pytest.mark.integration
 
@@ -32,11 +33,13 @@ def test_pizza_steak_sushi_features_cli_under_a_minute(shared, tmp_path):
 
 def test_pizza_steak_sushi_int8_features(shared, tmp_path):
     """--int8-features: the backbone quantized by NNCF extracts on OpenVINO, the head trains in fp32. Measured
-    0.947 test (fp32 and bf16 features: 0.947-0.960; docs/benchmarks.md), and the cache keeps int8 rows apart."""
+    0.947 test (fp32 and bf16 features: 0.947-0.960; docs/benchmarks.md), and the cache keeps int8 rows apart.
+    On a CPU without VNNI or AMX the run extracts in fp32 instead, on the same engine."""
     result = headstart.train(shared / "datasets" / "pizza_steak_sushi", mode="features", int8_features=True,
                              out=str(tmp_path / "int8"), report=False)
     extraction = json.loads((result.run_dir / "summary.json").read_text())["extraction"]
-    assert (extraction["engine"], extraction["precision"], extraction["computed"]) == ("openvino", "int8", 300)
+    precision = "int8" if cpu_has_int8_dot() else "32-true"
+    assert (extraction["engine"], extraction["precision"], extraction["computed"]) == ("openvino", precision, 300)
     assert result.metrics["test"]["accuracy"] >= 0.92
 
 

@@ -140,8 +140,9 @@ def train_command(
         help="auto | torch | openvino | onnxruntime: the frozen forward pass of feature extraction  "
              f"[default: {DEFAULTS.extract_engine}]")] = None,
     int8_features: Annotated[bool, typer.Option(
-        help="extract features with the backbone quantized to int8 (OpenVINO + NNCF; faster where the CPU has "
-             "no native bf16); features and auto modes")] = DEFAULTS.int8_features,
+        help="extract features with the backbone quantized to int8 (OpenVINO + NNCF), on CPUs with VNNI or "
+             "AMX int8 instructions (elsewhere fp32, with a warning); features and auto modes"
+    )] = DEFAULTS.int8_features,
     devices: Annotated[Optional[int], typer.Option(
         help=f"processes per machine (CPU) or GPUs per machine  [default: {DEFAULTS.devices}]")] = None,
     num_nodes: Annotated[Optional[int], typer.Option(

@@ -88,6 +88,14 @@ class FrozenBackbone:
         self._forward, reason = frozen_forward(self.module, sample, engine=self.requested,
                                                accelerator=self.accelerator, precision=self.precision,
                                                cache_dir=self.engine_cache)
+        if self._forward is None and self.precision == "int8":
+            # int8 that misses its accuracy check still leaves the compiled fp32 engine, several times faster
+            # than torch's forward (docs/benchmarks.md, "int8 extraction on an AVX2-only CPU")
+            log.warning("int8 features are not usable here (%s); extracting in fp32", reason)
+            self.precision = "32-true"
+            self._forward, reason = frozen_forward(self.module, sample, engine=self.requested,
+                                                   accelerator=self.accelerator, precision=self.precision,
+                                                   cache_dir=self.engine_cache)
         if self._forward is None:
             # Outside inference mode: the moved weights must stay ordinary tensors, which a later fine-tuning
             # phase of the same network (auto mode) trains.
@@ -95,9 +103,6 @@ class FrozenBackbone:
                 self.module.to(device=self.accelerator, memory_format=self.memory_format)
             self.engine = "torch"
             log.info("extraction engine: torch (%s)", reason)
-            if self.precision == "int8":  # torch has no int8 path here: it computes fp32 features, and says so
-                log.warning("int8 features need OpenVINO and NNCF (%s); extracting in fp32", reason)
-                self.precision = "32-true"
         else:
             self.engine = reason
             log.info("extraction engine: %s", self.engine)

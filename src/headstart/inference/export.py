@@ -28,6 +28,7 @@ from PIL import Image
 
 from headstart._version import __version__
 from headstart.artifact import ArtifactError, atomic_write_bytes, read_manifest
+from headstart.device import narrow_int8_weights
 from headstart.onnx_export import OPSET
 from headstart.runtime.images import ImageLoadError, open_image
 from headstart.runtime.onnx_engine import (
@@ -293,8 +294,10 @@ def _quantize_int8(model, run_dir: Path, preprocessing: dict, workdir: Path,
     del model.graph.value_info[:]
     onnx.save(model, src)
     quant_pre_process(str(src), str(pre))
+    # 7-bit weights where the CPU has no int8 dot products: its u8 x s8 kernels saturate 16-bit sums with 8-bit
+    # weights (docs/export.md, "int8 on an AVX2-only CPU").
     quantize_static(str(pre), str(dst), Calibration(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, reduce_range=narrow_int8_weights())
     return onnx.load(dst), len(images)
 
 
@@ -320,7 +323,8 @@ def finish_onnx(model, run_dir: Path, manifest: dict, *, exporter: str, opset: i
     if quantize:
         with tempfile.TemporaryDirectory() as tmp:
             model, calibrated = _quantize_int8(model, run_dir, manifest["preprocessing"], Path(tmp), images)
-        meta["quantization"] = f"int8 static QDQ, per-channel weights, calibrated on {calibrated} train images"
+        meta["quantization"] = (f"int8 static QDQ, per-channel {7 if narrow_int8_weights() else 8}-bit weights, "
+                                f"calibrated on {calibrated} train images")
     else:
         model = onnx.ModelProto.FromString(model.SerializeToString())
     _set_metadata(model, meta)

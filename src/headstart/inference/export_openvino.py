@@ -12,12 +12,23 @@ from pathlib import Path
 from PIL import Image
 
 from headstart.artifact import atomic_write_json
+from headstart.device import narrow_int8_weights
 from headstart.runtime.openvino_engine import OPENVINO_FORMAT, OPENVINO_XML
 from headstart.runtime.preprocess import Preprocessing, preprocess
 
 __all__ = ["ir_size", "write_openvino"]
 
 log = logging.getLogger(__name__)
+
+
+def _overflow_fix():
+    """NNCF's overflow fix (7-bit weights) on every layer where the CPU has no int8 dot products, whose kernels
+    saturate otherwise; NNCF's default (the first layer only) elsewhere (docs/export.md, "int8 on an AVX2-only
+    CPU")."""
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    return AdvancedQuantizationParameters(
+        overflow_fix=OverflowFix.ENABLE if narrow_int8_weights() else OverflowFix.FIRST_LAYER)
 
 
 def _quantize(model, images: list[Image.Image], preprocessing: dict):
@@ -27,7 +38,8 @@ def _quantize(model, images: list[Image.Image], preprocessing: dict):
     spec = Preprocessing.from_dict(preprocessing)
     # One image per item: NNCF collects its statistics item by item; preprocessing happens as it asks.
     dataset = nncf.Dataset(images, lambda img: preprocess(img, spec)[None])
-    return nncf.quantize(model, dataset, subset_size=len(images), fast_bias_correction=True)
+    return nncf.quantize(model, dataset, subset_size=len(images), fast_bias_correction=True,
+                         advanced_parameters=_overflow_fix())
 
 
 def write_openvino(onnx_bytes: bytes, folder: Path, meta: dict, *, images: list[Image.Image] | None = None
@@ -41,8 +53,9 @@ def write_openvino(onnx_bytes: bytes, folder: Path, meta: dict, *, images: list[
     meta = dict(meta, format=OPENVINO_FORMAT, openvino_version=ov.get_version())
     if images is not None:
         model = _quantize(model, images, meta["preprocessing"])
-        meta["quantization"] = (f"int8 by NNCF post-training quantization (performance preset), calibrated on "
-                                f"{len(images)} train images")
+        meta["quantization"] = (f"int8 by NNCF post-training quantization (performance preset, "
+                                f"{7 if narrow_int8_weights() else 8}-bit weights), calibrated on {len(images)} "
+                                f"train images")
     ov.save_model(model, str(folder / OPENVINO_XML), compress_to_fp16=False)
     atomic_write_json(folder / "model.json", meta)
     return meta

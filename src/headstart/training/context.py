@@ -97,8 +97,8 @@ def frozen_backbone(ctx: RunContext) -> FrozenBackbone:
     Several processes may write the same entry at once: the graph is written atomically, and OpenVINO checks
     its blobs on load and compiles again when one is damaged."""
     freeze_backbone(ctx.net)
-    precision = "int8" if ctx.cfg.int8_features and ctx.accelerator == "cpu" else \
-        features_precision(ctx.cfg.precision, ctx.precision)
+    precision = features_precision(ctx.cfg.precision, ctx.precision, int8=ctx.cfg.int8_features,
+                                   accelerator=ctx.accelerator)
     return FrozenBackbone(ctx.net.backbone, accelerator=ctx.accelerator, precision=precision,
                           channels_last=not ctx.spec.is_vit, engine=ctx.cfg.extract_engine,
                           engine_cache=ctx.engine_cache, pixels=(ctx.preprocessing.mean, ctx.preprocessing.std))
