@@ -8,6 +8,10 @@ training decodes them (reduced-scale JPEG decode, resized to the resize size). A
 each engine on decoded 64-image batches, on this machine.
 
     python benchmarks/int8_probe.py [--sets pizza_steak_sushi,oxford_pets_3class,hymenoptera_data,digits]
+                                    [--narrow-weights]
+
+--narrow-weights quantizes with NNCF's overflow fix on every layer (7-bit weights), which CPUs without int8 dot
+products (VNNI or AMX) need; without it, NNCF's default (the first layer only).
 """
 
 from __future__ import annotations
@@ -55,11 +59,17 @@ def main() -> None:
     from headstart.backbones.model import build_network
     from headstart.backbones.registry import get_spec
     from headstart.data.folders import discover
+    from headstart.device import cpu_has_int8_dot
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", default="pizza_steak_sushi,oxford_pets_3class,hymenoptera_data,digits")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "int8_probe.json")
+    parser.add_argument("--narrow-weights", action="store_true", help="NNCF's overflow fix on every layer")
     args = parser.parse_args()
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    overflow_fix = AdvancedQuantizationParameters(
+        overflow_fix=OverflowFix.ENABLE if args.narrow_weights else OverflowFix.FIRST_LAYER)
     spec = get_spec("efficientnet_lite0")
     pre = spec.preprocessing
     net = build_network(spec, 2).eval()
@@ -79,11 +89,12 @@ def main() -> None:
         started = time.perf_counter()
         quantized = nncf.quantize(core.read_model(graph, b""),
                                   nncf.Dataset(list(decoded(calibration, pre)), lambda a: a[None]),
-                                  subset_size=len(calibration), fast_bias_correction=True)
+                                  subset_size=len(calibration), fast_bias_correction=True,
+                                  advanced_parameters=overflow_fix)
         quantize_seconds = time.perf_counter() - started
         int8 = core.compile_model(quantized, "CPU", f32)
         row = {"set": name, "test_split": test_split, "images": sum(map(len, items.values())),
-               "quantize_seconds": quantize_seconds}
+               "quantize_seconds": quantize_seconds, "narrow_weights": args.narrow_weights}
         for key, engine in (("fp32", fp32), ("int8", int8)):
             feats = {k: run_all(engine, v) for k, v in x.items()}
             row[f"{key}_accuracy"] = probe(feats["fit"], y["fit"], feats["test"], y["test"])
@@ -96,7 +107,9 @@ def main() -> None:
         row["difference_points"] = 100 * (row["int8_accuracy"] - row["fp32_accuracy"])
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(f"\nCPU: {platform.processor() or platform.machine()}; OpenVINO {ov.get_version()}, NNCF {nncf.__version__}")
+    print(f"\nCPU: {platform.processor() or platform.machine()}, int8 dot products (VNNI/AMX): "
+          f"{cpu_has_int8_dot()}; OpenVINO {ov.get_version()}, NNCF {nncf.__version__}; narrow weights: "
+          f"{args.narrow_weights}")
     print("\n| set | images | probe fp32 | probe int8 | difference (points) | feature cosine mean / min | "
           "img/s fp32 | img/s int8 | quantize s |\n|---|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -120,8 +120,12 @@ def test_a_format_below_its_floor_is_refused_and_the_earlier_export_is_kept(run,
     for fmt in ("openvino", "onnx"):
         with pytest.raises(ExportError, match=r"83\.33% on 6 test split images is below the 100% floor"):
             export(copy, fmt, exporter="torchscript", measure_speed=False)
-    with pytest.raises(ExportError, match="below the 99% floor"):
+    monkeypatch.setenv("HEADSTART_CPU_INT8", "1")
+    with pytest.raises(ExportError, match="below the 99% floor; nothing written"):
         export(copy, "openvino-int8", exporter="torchscript", measure_speed=False)
+    monkeypatch.setenv("HEADSTART_CPU_INT8", "0")  # an AVX2-only CPU: the refusal says why int8 is less exact
+    with pytest.raises(ExportError, match=r"below the 99% floor \(this CPU has no int8 dot products"):
+        export(copy, "onnx-int8", exporter="torchscript", measure_speed=False)
     assert snapshot(copy) == before  # model.onnx, openvino/, export.json: all as they were, no staging left
     assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in run.iterdir())
 
@@ -206,13 +210,14 @@ def test_cli_refusal_exits_1_in_one_line_and_the_table_lists_every_format(run, t
 @pytest.mark.integration
 def test_int8_on_real_weights_and_data(shared, tmp_path):
     """efficientnet_lite0 with its ImageNet weights at 224 px on pizza_steak_sushi (75 test images), from the
-    default (dynamo) graph. Measured: 73-75 of 75 agree depending on the CPU (docs/export.md), under the 99% floor
-    at times, which the default would refuse (tested above); a floor of 95% accepts them, one export per format.
+    default (dynamo) graph. Measured: 72-75 of 75 agree depending on the CPU (docs/export.md; on an AVX2-only CPU
+    with 7-bit weights, docs/benchmarks.md "int8 exports on an AVX2-only CPU"), under the 99% floor at times,
+    which the default would refuse (tested above); a floor of 93% accepts them, one export per format.
     The torchscript exporter's graph quantizes worse (71/75 on ONNX Runtime: timm's 'same' padding stays a
     run-time Pad subgraph there), so this test does not take that shortcut."""
     run_dir = headstart.train(shared / "datasets" / "pizza_steak_sushi", backbone="efficientnet_lite0",
                               mode="features", epochs=5, out=str(tmp_path / "pss"), report=False).run_dir
     for fmt in ("onnx-int8", "openvino-int8"):
-        row = export(run_dir, fmt, measure_speed=False, floor=0.95).scores
-        assert row["n"] == 75 and row["top1_agreement"] >= 0.96, (fmt, row)
+        row = export(run_dir, fmt, measure_speed=False, floor=0.93).scores
+        assert row["n"] == 75 and row["top1_agreement"] >= 0.94, (fmt, row)
         assert abs(row["accuracy_change"]) <= 0.03 and abs(row["ece_change"]) <= 0.03, (fmt, row)

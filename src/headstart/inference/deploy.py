@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from headstart.artifact import ArtifactError, atomic_write_json, current_umask, read_manifest
+from headstart.device import cpu_has_int8_dot
 from headstart.inference.export import (
     CALIBRATION_IMAGES,
     DEFAULT_OPSET,
@@ -259,8 +260,10 @@ def export(run_dir: str | os.PathLike, format: str = "onnx", out: str | os.PathL
         scores["runtime"] = _runtime_name(format)
         size = _size(built)
         if scores["top1_agreement"] < floor:
+            why = "" if not int8 or cpu_has_int8_dot() else (
+                " (this CPU has no int8 dot products, VNNI or AMX, where int8 runs less exactly)")
             raise ExportRefused(f"{format}: top-1 agreement with PyTorch {scores['top1_agreement']:.2%} on "
-                              f"{scores['n']} {source_name} images is below the {floor:.0%} floor; nothing "
+                              f"{scores['n']} {source_name} images is below the {floor:.0%} floor{why}; nothing "
                               f"written, earlier exports kept (--floor accepts less)")
         if not int8 and scores["max_abs_logit_diff"] > TOLERANCE:
             raise ExportRefused(f"{format}: logits differ from PyTorch's by up to {scores['max_abs_logit_diff']:.3g} "

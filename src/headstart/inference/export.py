@@ -295,7 +295,7 @@ def _quantize_int8(model, run_dir: Path, preprocessing: dict, workdir: Path,
     onnx.save(model, src)
     quant_pre_process(str(src), str(pre))
     # 7-bit weights where the CPU has no int8 dot products: its u8 x s8 kernels saturate 16-bit sums with 8-bit
-    # weights (docs/export.md, "int8 on an AVX2-only CPU").
+    # weights (docs/benchmarks.md, "int8 exports on an AVX2-only CPU").
     quantize_static(str(pre), str(dst), Calibration(), quant_format=QuantFormat.QDQ, per_channel=True,
                     weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, reduce_range=narrow_int8_weights())
     return onnx.load(dst), len(images)

@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 
 def _overflow_fix():
     """NNCF's overflow fix (7-bit weights) on every layer where the CPU has no int8 dot products, whose kernels
-    saturate otherwise; NNCF's default (the first layer only) elsewhere (docs/export.md, "int8 on an AVX2-only
-    CPU")."""
+    saturate otherwise; NNCF's default (the first layer only) elsewhere (docs/benchmarks.md, "int8 exports on an
+    AVX2-only CPU")."""
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     return AdvancedQuantizationParameters(
