@@ -217,6 +217,7 @@ def test_int8_on_real_weights_and_data(shared, tmp_path):
     run-time Pad subgraph there), so this test does not take that shortcut."""
     run_dir = headstart.train(shared / "datasets" / "pizza_steak_sushi", backbone="efficientnet_lite0",
                               mode="features", epochs=5, out=str(tmp_path / "pss"), report=False).run_dir
+    export(run_dir, "onnx", measure_speed=False)  # its model.onnx is the int8 formats' source: one dynamo export
     for fmt in ("onnx-int8", "openvino-int8"):
         row = export(run_dir, fmt, measure_speed=False, floor=0.93).scores
         assert row["n"] == 75 and row["top1_agreement"] >= 0.94, (fmt, row)
