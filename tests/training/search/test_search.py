@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from types import SimpleNamespace
 
@@ -123,6 +124,27 @@ def test_the_winner_is_the_cheapest_within_one_standard_error_of_the_best():
     # one split (large sets): the binomial standard error of the best's accuracy on its held-out images
     assert winner(_candidate("a", [0.95], 0.3), _candidate("b", [0.96], 0.2), held_out=100) == "a"  # 0.0196
     assert winner(_candidate("a", [0.95], 0.3), _candidate("b", [0.96], 0.2), held_out=10_000) == "b"  # 0.002
+
+
+def test_a_leader_on_another_decode_size_keeps_time_for_its_own_pool_features(world, tmp_path):
+    """A head leader whose backbone's native size differs from the search's decode is refitted on features of
+    its own decode (center and views), so the search ends earlier by their estimated extraction."""
+    from headstart.training.search.plan import SearchBackbone
+
+    ctx = _context(world, tmp_path, seconds=600)
+    other = SearchBackbone(get_spec("efficientnet_lite2"), None, world.pre.with_crop(96))
+    search_ = search_run._Search(ctx, [SearchBackbone(SPEC, None, world.pre), other], tail_images=0)
+    search_.rate = 0.01
+    before = search_.stop_at
+    search_.candidates = [dataclasses.replace(_candidate("same size", [0.9, 0.9], 0.3), backbone=SPEC.name,
+                                              recipe={"views": 2})]
+    assert search_.stop_at == pytest.approx(before, abs=1e-3)
+    search_.candidates.insert(0, dataclasses.replace(_candidate("own size", [0.95, 0.95], 0.2),
+                                                     backbone=other.name, recipe={"views": 2}))
+    pool = len(search_.labels)
+    assert before - search_.stop_at == pytest.approx(pool * 3 * 0.01 * other.relative_cost, rel=1e-3)
+    search_.candidates[0].family = "finetune"  # a fine-tuned leader's refit is budgeted on its own
+    assert search_.stop_at == pytest.approx(before, abs=1e-3)
 
 
 def test_first_backbone_extraction_is_not_cut_by_the_budget(world, tmp_path, monkeypatch):

@@ -166,7 +166,20 @@ class _Search:
         tail = self.tail_images * rate * max(b.relative_cost for b in self.backbones)
         tail += REPORT_SECONDS if self.cfg.report else 0.0
         tail += self.refit_reserve  # a fine-tuned leader's refit, which runs after the search
+        tail += self._own_decode_reserve(rate)
         return self.ctx.deadline - max(MIN_RESERVE, RESERVE_FRACTION * (self.budget or 0)) - tail
+
+    def _own_decode_reserve(self, rate: float) -> float:
+        """A head leader on a backbone whose native size differs from the search's decode is refitted on the
+        pool decoded at its own size, its features (center and views) extracted again (modes/auto.py,
+        _pool_as_deployed): their extraction, budgeted like the test split's."""
+        leader = self.best()
+        if leader is None or leader.family == "finetune":
+            return 0.0
+        backbone = next(b for b in self.backbones if b.name == leader.backbone)
+        if backbone.preprocessing.resize_size == self.ctx.decoded["train"].short_side:
+            return 0.0
+        return len(self.labels) * (1 + leader.recipe.get("views", 0)) * rate * backbone.relative_cost
 
     def left(self) -> float:
         return self.stop_at - time.perf_counter()
