@@ -121,6 +121,23 @@ def test_the_second_features_run_reads_every_feature_from_the_cache(world, tmp_p
     assert reseeded.extraction["computed"] == 2 * train
 
 
+def test_rows_extracted_after_int8_fell_back_are_filed_as_fp32(world, tmp_path, monkeypatch):
+    """int8 that misses its check on the first batch extracts in fp32 from then on: those rows, the first
+    batch's included, are filed under fp32's key, so a later fp32 run finds every one of them in the cache."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    import headstart.extract.engines as engines
+
+    monkeypatch.setattr(engines, "_INT8_MAX_RELATIVE_ERROR", 0.0)  # no int8 output passes
+    monkeypatch.setenv("HEADSTART_CPU_INT8", "1")
+    images = sum(len(d.labels) for d in world.decoded.values())
+    first = run_features(_context(world, tmp_path / "cache", epochs=1, int8_features=True,
+                                  extract_engine="openvino"))
+    assert (first.extraction["precision"], first.extraction["computed"]) == ("32-true", images)
+    second = run_features(_context(world, tmp_path / "cache", epochs=1, extract_engine="openvino"))
+    assert (second.extraction["precision"], second.extraction["computed"]) == ("32-true", 0)
+
+
 @pytest.mark.parametrize(("unfreeze", "views"), [("last", 0), ("last", 2), ("2", 0)])
 def test_finetune_trains_the_chosen_stages_and_leaves_the_others_alone(world, tmp_path, unfreeze, views):
     """views=0: epochs run on images through every stage; views=2: the frozen prefix is cached and bypassed."""

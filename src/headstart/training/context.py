@@ -123,7 +123,8 @@ def split_features(ctx: RunContext, backbone: FrozenBackbone, split: str, preset
     transform_id = transform_key(ctx.preprocessing, preset)
     if decoded.short_side != ctx.preprocessing.resize_size:  # decoded for a larger backbone (auto mode)
         transform_id += f"|decoded@{decoded.short_side}"
-    key = FeatureCache.key(ctx.model_id, transform_id, view, seed, backbone.precision)
+    precision = backbone.precision
+    key = FeatureCache.key(ctx.model_id, transform_id, view, seed, precision)
     missing = ctx.cache.missing(key, decoded.hashes)
     if ctx.world > 1:
         # Rank 0's view of what is missing, for all: a rank that looked later might already see shards that
@@ -139,8 +140,16 @@ def split_features(ctx: RunContext, backbone: FrozenBackbone, split: str, preset
         seeds = None if seed is None else [view_seed(seed, view, decoded.hashes[i]) for i in chunk]
         rows = extract_features(backbone, decoded.view(chunk), transform, seeds=seeds,
                                 progress=lambda d, t, s=start: report_progress(ctx, task, s + d, len(mine)))
+        # int8 that missed its check on this first batch computed fp32 rows: filed under fp32's key, and the rest
+        # looked up there (one process only: several share one list and one key, and go on as they started)
+        fell_back = backbone.precision != precision and ctx.world == 1
+        if fell_back:
+            key = FeatureCache.key(ctx.model_id, transform_id, view, seed, backbone.precision)
         ctx.cache.write(key, [decoded.hashes[i] for i in chunk], rows)
         ctx.extracted_ids.extend(decoded.hashes[i] for i in chunk)
+        if fell_back:
+            more, computed = split_features(ctx, backbone, split, preset, view)
+            return more, len(chunk) + computed
     if ctx.world > 1:
         ctx.fabric.barrier()  # every process's shards are on disk before anyone reads them
     return ctx.cache.rows(key, decoded.hashes, decoded.labels), len(missing)
