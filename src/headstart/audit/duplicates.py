@@ -9,6 +9,10 @@ for them flagged hundreds of distinct digits as copies (docs/audit.md); for them
 The thresholds were measured, not chosen: on hymenoptera_data (not a benchmark set), 60 planted copies (15 each
 of resized to 70%, JPEG quality 60, cropped by 10%, brightness +20%) against every distinct pair; each threshold
 sits midway between the worst copy and the closest distinct pair (docs/audit.md, "Thresholds").
+
+Both signals are absolute, so in a set whose images all look alike (scans, X-rays, upscaled digits) distinct
+images pass them by the thousand. A pair must also stand out from its neighbourhood, as in Lowe's ratio test:
+its embedding distance at most CROWD_RATIO of the distance to either image's CROWD_K-th nearest neighbour.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ __all__ = ["COSINE", "PHASH_BITS", "TINY", "NearDuplicate", "near_duplicates"]
 COSINE = 0.85  # copies >= 0.885, distinct pairs <= 0.806
 PHASH_BITS = 19  # of 64; copies <= 16 (a 10% crop), distinct pairs >= 22
 TINY = 32  # the doctor's too_small side: smaller images are left out
+CROWD_K = 5  # the neighbour a copy is compared with: an image may have a few copies and still be found
+CROWD_RATIO = 0.32  # copies <= 0.27 (hymenoptera), distinct pairs on upscaled digits >= 0.37
 _BLOCK = 2048  # rows of the similarity matrix at a time: memory stays O(block x N)
 
 
@@ -47,7 +53,9 @@ def near_duplicates(emb: Embedded, tiny: set[str] = frozenset()) -> list[NearDup
     """Every near-duplicate pair of `emb` (exact copies excluded), the closest first. tiny: paths of images
     under TINY pixels on a side (from the doctor's too_small finding), left out."""
     small = np.array([p in tiny for p in emb.paths], dtype=bool)
-    pairs = [(i, j, s) for i, j, s in _similar(emb.features, COSINE) if not (small[i] or small[j])]
+    pairs, crowd = _similar(emb.features, COSINE)
+    pairs = [(i, j, s) for i, j, s in pairs if not (small[i] or small[j])
+             and 1 - s <= CROWD_RATIO * (1 - max(crowd[i], crowd[j]))]
     found = _confirm_by_phash(emb, pairs)
     out = []
     for i, j, similarity, bits in found:
@@ -59,9 +67,12 @@ def near_duplicates(emb: Embedded, tiny: set[str] = frozenset()) -> list[NearDup
     return out
 
 
-def _similar(vectors: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
-    """Index pairs i < j whose rows' dot product is at least threshold (rows of unit length)."""
+def _similar(vectors: np.ndarray, threshold: float) -> tuple[list[tuple[int, int, float]], np.ndarray]:
+    """(index pairs i < j whose rows' dot product is at least threshold, each row's similarity to its CROWD_K-th
+    nearest other row); rows of unit length."""
     out = []
+    crowd = np.full(len(vectors), -1.0, dtype=np.float32)
+    k = min(CROWD_K, len(vectors) - 1)
     for start in range(0, len(vectors), _BLOCK):
         block = vectors[start:start + _BLOCK] @ vectors.T
         rows, cols = np.nonzero(block >= threshold)
@@ -69,7 +80,10 @@ def _similar(vectors: np.ndarray, threshold: float) -> list[tuple[int, int, floa
             i = start + int(r)
             if i < c:
                 out.append((i, int(c), float(block[r, c])))
-    return out
+        if k > 0:
+            np.fill_diagonal(block[:, start:], -np.inf)  # not its own neighbour
+            crowd[start:start + len(block)] = -np.partition(-block, k - 1, axis=1)[:, k - 1]
+    return out, crowd
 
 
 def _confirm_by_phash(emb: Embedded, pairs: list[tuple[int, int, float]]) -> list[tuple[int, int, float, int]]:
