@@ -80,9 +80,11 @@ def _similar(vectors: np.ndarray, threshold: float) -> tuple[list[tuple[int, int
             i = start + int(r)
             if i < c:
                 out.append((i, int(c), float(block[r, c])))
-        if k > 0:
+        if k > 0:  # in place: a block of a large set is hundreds of MB
             np.fill_diagonal(block[:, start:], -np.inf)  # not its own neighbour
-            crowd[start:start + len(block)] = -np.partition(-block, k - 1, axis=1)[:, k - 1]
+            np.negative(block, out=block)
+            block.partition(k - 1, axis=1)
+            crowd[start:start + len(block)] = -block[:, k - 1]
     return out, crowd
 
 
