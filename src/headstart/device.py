@@ -8,7 +8,7 @@ import logging
 import os
 from pathlib import Path
 
-__all__ = ["autocast", "cpu_has_fast_bf16", "cpu_has_int8_dot", "features_precision", "narrow_int8_weights",
+__all__ = ["autocast", "cpu_has_fast_bf16", "cpu_has_int8_dot", "features_precision", "int8_weight_bits",
            "one_torch_thread", "resolve_accelerator", "resolve_precision"]
 
 log = logging.getLogger(__name__)
@@ -134,10 +134,11 @@ def cpu_has_int8_dot() -> bool:
     return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & _cpuinfo()[1])
 
 
-def narrow_int8_weights() -> bool:
-    """Quantize weights to 7 bits (ONNX Runtime's reduce_range, NNCF's overflow fix): on CPUs without int8 dot
-    products, the u8 x s8 kernels add pairs of products in 16 bits, which full 8-bit weights can overflow."""
-    return not cpu_has_int8_dot()
+def int8_weight_bits() -> int:
+    """The bits int8 quantization gives weights here: 7 on CPUs without int8 dot products (ONNX Runtime's
+    reduce_range, NNCF's overflow fix), whose u8 x s8 kernels add pairs of products in 16 bits, which full 8-bit
+    weights can overflow; else 8."""
+    return 8 if cpu_has_int8_dot() else 7
 
 
 @functools.cache  # once per process: auto mode asks once per backbone

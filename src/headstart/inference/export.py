@@ -28,7 +28,7 @@ from PIL import Image
 
 from headstart._version import __version__
 from headstart.artifact import ArtifactError, atomic_write_bytes, read_manifest
-from headstart.device import narrow_int8_weights
+from headstart.device import int8_weight_bits
 from headstart.onnx_export import OPSET
 from headstart.runtime.images import ImageLoadError, open_image
 from headstart.runtime.onnx_engine import (
@@ -262,7 +262,7 @@ def calibration_images(run_dir: Path, count: int = CALIBRATION_IMAGES, folder: s
 
 
 def _quantize_int8(model, run_dir: Path, preprocessing: dict, workdir: Path,
-                   images: list[Image.Image] | None = None) -> tuple:
+                   images: list[Image.Image] | None = None, weight_bits: int = 8) -> tuple:
     """Static int8 (QDQ, per-channel weights), calibrated on up to CALIBRATION_IMAGES of the run's train images.
 
     Not quantize_dynamic: on EfficientNet-Lite0 its ConvInteger kernels ran slower than fp32 on the CPU and
@@ -297,7 +297,7 @@ def _quantize_int8(model, run_dir: Path, preprocessing: dict, workdir: Path,
     # 7-bit weights where the CPU has no int8 dot products: its u8 x s8 kernels saturate 16-bit sums with 8-bit
     # weights (docs/benchmarks.md, "int8 exports on an AVX2-only CPU").
     quantize_static(str(pre), str(dst), Calibration(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, reduce_range=narrow_int8_weights())
+                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, reduce_range=weight_bits == 7)
     return onnx.load(dst), len(images)
 
 
@@ -322,8 +322,9 @@ def finish_onnx(model, run_dir: Path, manifest: dict, *, exporter: str, opset: i
     meta = _metadata(manifest, exporter, opset)
     if quantize:
         with tempfile.TemporaryDirectory() as tmp:
-            model, calibrated = _quantize_int8(model, run_dir, manifest["preprocessing"], Path(tmp), images)
-        meta["quantization"] = (f"int8 static QDQ, per-channel {7 if narrow_int8_weights() else 8}-bit weights, "
+            bits = int8_weight_bits()
+            model, calibrated = _quantize_int8(model, run_dir, manifest["preprocessing"], Path(tmp), images, bits)
+        meta["quantization"] = (f"int8 static QDQ, per-channel {bits}-bit weights, "
                                 f"calibrated on {calibrated} train images")
     else:
         model = onnx.ModelProto.FromString(model.SerializeToString())

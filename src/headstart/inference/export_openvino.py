@@ -12,7 +12,7 @@ from pathlib import Path
 from PIL import Image
 
 from headstart.artifact import atomic_write_json
-from headstart.device import narrow_int8_weights
+from headstart.device import int8_weight_bits
 from headstart.runtime.openvino_engine import OPENVINO_FORMAT, OPENVINO_XML
 from headstart.runtime.preprocess import Preprocessing, preprocess
 
@@ -21,25 +21,20 @@ __all__ = ["ir_size", "write_openvino"]
 log = logging.getLogger(__name__)
 
 
-def _overflow_fix():
-    """NNCF's overflow fix (7-bit weights) on every layer where the CPU has no int8 dot products, whose kernels
-    saturate otherwise; NNCF's default (the first layer only) elsewhere (docs/benchmarks.md, "int8 exports on an
-    AVX2-only CPU")."""
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
-
-    return AdvancedQuantizationParameters(
-        overflow_fix=OverflowFix.ENABLE if narrow_int8_weights() else OverflowFix.FIRST_LAYER)
-
-
-def _quantize(model, images: list[Image.Image], preprocessing: dict):
-    """NNCF post-training quantization (int8 weights and activations, the default 'performance' preset)."""
+def _quantize(model, images: list[Image.Image], preprocessing: dict, weight_bits: int):
+    """NNCF post-training quantization (int8 weights and activations, the default 'performance' preset). With
+    7-bit weights, NNCF's overflow fix on every layer (for CPUs without int8 dot products, whose kernels saturate
+    otherwise); else NNCF's default, the first layer only (docs/benchmarks.md, "int8 exports on an AVX2-only
+    CPU")."""
     import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     spec = Preprocessing.from_dict(preprocessing)
     # One image per item: NNCF collects its statistics item by item; preprocessing happens as it asks.
     dataset = nncf.Dataset(images, lambda img: preprocess(img, spec)[None])
     return nncf.quantize(model, dataset, subset_size=len(images), fast_bias_correction=True,
-                         advanced_parameters=_overflow_fix())
+                         advanced_parameters=AdvancedQuantizationParameters(
+                             overflow_fix=OverflowFix.ENABLE if weight_bits == 7 else OverflowFix.FIRST_LAYER))
 
 
 def write_openvino(onnx_bytes: bytes, folder: Path, meta: dict, *, images: list[Image.Image] | None = None
@@ -52,10 +47,10 @@ def write_openvino(onnx_bytes: bytes, folder: Path, meta: dict, *, images: list[
     model = core.read_model(io.BytesIO(onnx_bytes))
     meta = dict(meta, format=OPENVINO_FORMAT, openvino_version=ov.get_version())
     if images is not None:
-        model = _quantize(model, images, meta["preprocessing"])
-        meta["quantization"] = (f"int8 by NNCF post-training quantization (performance preset, "
-                                f"{7 if narrow_int8_weights() else 8}-bit weights), calibrated on {len(images)} "
-                                f"train images")
+        bits = int8_weight_bits()
+        model = _quantize(model, images, meta["preprocessing"], bits)
+        meta["quantization"] = (f"int8 by NNCF post-training quantization (performance preset, {bits}-bit "
+                                f"weights), calibrated on {len(images)} train images")
     ov.save_model(model, str(folder / OPENVINO_XML), compress_to_fp16=False)
     atomic_write_json(folder / "model.json", meta)
     return meta
